@@ -1,0 +1,131 @@
+/*
+ * arena.c: heap arenas and the arena map (malloc.go "Heap arenas",
+ * mheap.sysAlloc, sysReserveAligned).
+ *
+ * The heap lives in 64 MiB arenas aligned to 64 MiB.  Address space is
+ * reserved PROT_NONE an arena (or several contiguous arenas, for a huge
+ * object) at a time, at hint addresses starting at 0x00c0<<32 and going up,
+ * as Go does: the heap then sits in a range that rarely collides with
+ * anything else, and its addresses are easy to recognise in a debugger.
+ * When a hint is taken, we try the next; after enough failures we take any
+ * 64 MiB-aligned range the kernel offers.
+ *
+ * Reserved space is mapped (Reserved -> Prepared) a 4 MiB chunk at a time as
+ * the page heap needs it, so /proc/self/maps shows each arena as a
+ * read-write part followed by a PROT_NONE part.
+ *
+ * The arena map takes any address to its heapArena record in one load: the
+ * L2 array has an entry per 64 MiB of the 48-bit address space.  With the
+ * record, the span of any page is one more load (heapArena.spans).
+ */
+#include <string.h>
+
+#include "gm_internal.h"
+
+#define HINT_TRIES 64
+
+void gm_arena_init(void) {
+    size_t bytes = ARENA_L2_ENTRIES * sizeof(gm_heap_arena *);
+    /* Not counted in sys: 32 MiB of address space, faulted in one page per
+     * 512 arenas actually used.  Go does not count it either. */
+    gm_heap.arenas = gm_sysAlloc(bytes);
+    if (gm_heap.arenas == NULL)
+        gm_throw("cannot reserve the arena map");
+    gm_heap.arenaHint = ARENA_HINT_BASE;
+}
+
+/* Reserve n bytes (a multiple of ARENA_SIZE) of arena space, at the hint if
+ * possible.  Returns the base or 0. */
+static uintptr_t reserve(uintptr_t n) {
+    for (int i = 0; i < HINT_TRIES; i++) {
+        uintptr_t hint = gm_heap.arenaHint;
+        if (hint + n > ((uintptr_t)1 << (HEAP_ADDR_BITS - 1)))
+            break;
+        void *p = gm_sysReserveAligned((void *)hint, n, ARENA_SIZE);
+        gm_heap.arenaHint = hint + n;
+        if (p != NULL)
+            return (uintptr_t)p;
+    }
+    void *p = gm_sysReserveAligned(NULL, n, ARENA_SIZE);
+    if (p == NULL)
+        return 0;
+    if ((uintptr_t)p + n > ((uintptr_t)1 << HEAP_ADDR_BITS)) {
+        gm_sysFree(p, n); /* outside what the arena map covers */
+        return 0;
+    }
+    return (uintptr_t)p;
+}
+
+/* Create the heapArena records for [base, base+n). */
+static bool register_arenas(uintptr_t base, uintptr_t n) {
+    for (uintptr_t a = base; a < base + n; a += ARENA_SIZE) {
+        gm_heap_arena *ha = gm_persistentalloc(sizeof(gm_heap_arena), 64, &gm_heap.other_sys);
+        if (ha == NULL)
+            return false;
+        ha->base = a;
+        ha->zeroedBase = 0;
+        /* Publish after the record is complete: free() on another thread
+         * may look the arena up without a lock. */
+        __atomic_store_n(&gm_heap.arenas[a >> ARENA_SHIFT], ha, __ATOMIC_RELEASE);
+        gm_heap.num_arenas++;
+    }
+    return true;
+}
+
+/*
+ * Grow the mapped heap by at least n bytes (page multiple), in whole chunks
+ * where the reservation allows.  Returns the base of the newly mapped range
+ * (Prepared: the caller treats it as free, released pages) and its length in
+ * *got, or 0 when out of memory.  Called with mheap.lock held.
+ */
+uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
+    uintptr_t ask = (n + CHUNK_SIZE - 1) & ~(CHUNK_SIZE - 1);
+    if (gm_heap.curArenaEnd - gm_heap.curArenaBase < n) {
+        uintptr_t rn = (n + ARENA_SIZE - 1) & ~(ARENA_SIZE - 1);
+        uintptr_t base = reserve(rn);
+        if (base == 0)
+            return 0;
+        if (!register_arenas(base, rn)) {
+            gm_sysFree((void *)base, rn);
+            return 0;
+        }
+        gm_heap.heap_reserved += rn;
+        if (base == gm_heap.curArenaEnd) {
+            gm_heap.curArenaEnd += rn; /* contiguous: extend */
+        } else {
+            /* The rest of the old reservation stays Reserved and unused:
+             * address space, not memory. */
+            gm_heap.curArenaBase = base;
+            gm_heap.curArenaEnd = base + rn;
+        }
+    }
+    uintptr_t left = gm_heap.curArenaEnd - gm_heap.curArenaBase;
+    if (ask > left)
+        ask = left;
+    uintptr_t v = gm_heap.curArenaBase;
+    if (gm_sysMap((void *)v, ask) != 0)
+        return 0;
+    gm_heap.curArenaBase += ask;
+    gm_heap.heap_sys += ask;
+    *got = ask;
+    return v;
+}
+
+/* Point spans[] of every page in [base, base+npages*PAGE_SIZE) at v. */
+void gm_set_spans(gm_mspan *s, uintptr_t base, uintptr_t npages, gm_mspan *v) {
+    (void)s;
+    uintptr_t a = base, end = base + npages * PAGE_SIZE;
+    while (a < end) {
+        gm_heap_arena *ha = gm_arena_of(a);
+        uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+        uintptr_t stop = ha->base + ARENA_SIZE < end ? ha->base + ARENA_SIZE : end;
+        for (; a < stop; a += PAGE_SIZE, i++)
+            STORE_RELAXED(&ha->spans[i], v);
+    }
+}
+
+int gm_owns(const void *p) {
+    if (!atomic_load_explicit(&gm_inited, memory_order_acquire))
+        return 0;
+    return gm_arena_of((uintptr_t)p) != NULL;
+}

@@ -1,0 +1,464 @@
+/*
+ * gm_internal.h: the structures of pygomalloc and the map of its modules.
+ *
+ * See malloc.c for the overview of the allocator.  This header is grouped by
+ * source file, so it doubles as a map: each heading names the file that
+ * implements what follows it.
+ *
+ * Glossary (Go names in parentheses):
+ *   page      8 KiB, the unit of the page heap (pageSize).
+ *   arena     64 MiB of address space aligned to 64 MiB (heapArena).
+ *   span      a run of pages holding objects of one size class, or one large
+ *             object, or free pages (mspan).
+ *   class     one of 67 object sizes up to 32 KiB; class 0 means "large".
+ *   mcache    the per-thread cache: a current span and a list of freed
+ *             objects per class, plus a page cache (mcache, per P in Go).
+ *   mcentral  per class: the spans not owned by any mcache, partial and full.
+ *   mheap     the page heap: arenas, the arena map, free page runs.
+ *
+ * Lock order: registry lock < mcentral[c].lock < mheap.lock.  No lock is
+ * held while calling the OS layer except mheap.lock when growing.
+ */
+#ifndef GM_INTERNAL_H
+#define GM_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#include "gomalloc.h"
+#include "sizeclasses.h"
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+#define GM_NOINLINE __attribute__((noinline))
+#define GM_INLINE static inline __attribute__((always_inline))
+#define GM_HIDDEN __attribute__((visibility("hidden")))
+
+/* Relaxed atomics for fields written by one thread and read by others (stats,
+ * bitmaps read by the free fast path).  On x86-64 they compile to plain moves. */
+#define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE_RELAXED(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+#define ADD_RELAXED(p, v) STORE_RELAXED((p), LOAD_RELAXED(p) + (v))
+#define ATOMIC_ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+
+/* ---- Virtual memory layout (malloc.go: "Heap arenas") ---------------------- */
+
+#define PAGE_SHIFT GM_SC_PAGE_SHIFT
+#define PAGE_SIZE ((uintptr_t)1 << PAGE_SHIFT)
+#define ARENA_SHIFT 26 /* heapArenaBytes = 64 MiB */
+#define ARENA_SIZE ((uintptr_t)1 << ARENA_SHIFT)
+#define PAGES_PER_ARENA (ARENA_SIZE / PAGE_SIZE)
+/* User addresses on x86-64 Linux are below 2^47 (2^48 with a hint); the
+ * arena map covers 2^48 bytes.  As in Go on amd64, arenaL1Bits is 0: the L1
+ * map has one entry and the L2 map is a 4M-entry array (32 MiB of address
+ * space, faulted in a page at a time as arenas appear). */
+#define HEAP_ADDR_BITS 48
+#define ARENA_L1_BITS 0
+#define ARENA_L2_BITS (HEAP_ADDR_BITS - ARENA_SHIFT - ARENA_L1_BITS)
+#define ARENA_L1_ENTRIES ((uintptr_t)1 << ARENA_L1_BITS)
+#define ARENA_L2_ENTRIES ((uintptr_t)1 << ARENA_L2_BITS)
+/* First arena hint, as in Go: 0x00c0<<32, upward. */
+#define ARENA_HINT_BASE ((uintptr_t)0x00c0 << 32)
+/* The heap grows a chunk at a time (pallocChunkBytes). */
+#define CHUNK_SIZE ((uintptr_t)4 << 20)
+#define PAGES_PER_CHUNK (CHUNK_SIZE / PAGE_SIZE)
+
+#define NUM_CLASSES GM_SC_NUM_CLASSES
+#define MAX_SMALL_SIZE GM_SC_MAX_SMALL_SIZE
+#define MAX_NELEMS GM_SC_MAX_OBJECTS
+#define BITMAP_WORDS ((MAX_NELEMS + 63) / 64)
+
+/* ---- Freed-object links ------------------------------------------------- */
+/*
+ * A freed object waiting in an mcache list holds, in its first word, the
+ * address of the next object in the list with a 16-bit tag in the top bits
+ * (addresses are below 2^48).  The tag lets free() notice that an object is
+ * probably on a list already (a double free); free() then confirms by
+ * walking the list, so a live object that happens to hold the tag bits costs
+ * time, never a false report.  An object leaves a list with its first word
+ * zeroed, so a stale link never outlives the list.
+ */
+#define LINK_ADDR_MASK (((uintptr_t)1 << HEAP_ADDR_BITS) - 1)
+#define LINK_TAG_SHIFT HEAP_ADDR_BITS
+
+/* ---- Spans (mheap.go: mspan) ------------------------------------------------ */
+
+enum span_state {
+    SPAN_DEAD = 0,   /* in the fixalloc free list or a span cache, covering nothing */
+    SPAN_INUSE = 1,  /* holds objects of one class, or one large object */
+    SPAN_FREE = 2,   /* a free run of pages in the page heap */
+};
+
+enum span_list {
+    LIST_NONE = 0,
+    LIST_PARTIAL = 1, /* mcentral.partial: uncached, has free slots */
+    LIST_FULL = 2,    /* mcentral.full: uncached, no free slots */
+    LIST_FREE = 3,    /* mheap free run lists */
+};
+
+/*
+ * A span.  For a small-object span of class c, object i lives at
+ * startAddr + i*elemsize, for i < nelems.
+ *
+ * Object states, and the bits that encode them (see mcentral.c):
+ *   free in span:   (allocBits[i] == 0 && i >= freeindex) || freeBits[i] == 1
+ *   live or cached: (allocBits[i] == 1 || i < freeindex) && freeBits[i] == 0
+ * "cached" means on some mcache's free list: to the span the object is
+ * allocated until the list is flushed back.
+ *
+ * Invariants (checked by gm_check_heap):
+ *   allocBits bits at and beyond nelems are 0; freeBits & ~allocBits is zero
+ *     for bits >= freeindex (only handed-out objects are freed);
+ *   uncached: every slot < freeindex has allocBits set (uncacheSpan sets them),
+ *     allocCount == popcount(allocBits & ~freeBits);
+ *   cached by mcache m: m->cls[spanclass].span == this span, allocCount counts
+ *     every slot not freed back, including slots the owner has not yet
+ *     handed out (they are reserved for it), so allocCount == nelems -
+ *     popcount(freeBits);
+ *   list == LIST_FULL iff uncached and allocCount == nelems;
+ *     list == LIST_PARTIAL iff uncached and 0 < allocCount < nelems.
+ *   An uncached span with allocCount == 0 does not exist: it goes back to the heap.
+ */
+typedef struct gm_mspan {
+    /* Fields read by the free fast path, kept together. */
+    uintptr_t startAddr;      /* first byte; page aligned. Immutable while in use. */
+    uint32_t divMul;          /* for offset/elemsize as (offset*divMul)>>32; 0 for large. Immutable. */
+    uint8_t sizeclass;        /* 1..67 for small spans; 0 for large, free and dead spans. Immutable while in use. */
+    uint8_t state;            /* enum span_state. Written under mheap.lock; read racily only to report bad frees. */
+    uint8_t needzero;         /* 1 if any object or page may hold non-zero bytes. Under mcentral lock (small) or owner. */
+    uint8_t list;             /* enum span_list: which list the span is on. Under its owner lock. */
+    uintptr_t elemsize;       /* object size; npages*PAGE_SIZE for large. Immutable while in use. */
+    uintptr_t npages;         /* pages in the span. Under mheap.lock. */
+    /* Allocation state (mheap.go: freeindex, allocCache).  Written only by the
+     * owning mcache while cached, and under mcentral.lock otherwise.
+     * freeindex is read by other threads (relaxed) to validate frees. */
+    uintptr_t freeindex;      /* slot at which nextFreeIndex resumes scanning, 0..nelems */
+    uint64_t allocCache;      /* ~allocBits shifted so bit 0 is slot freeindex. Owner only. */
+    uint32_t nelems;          /* objects in the span. Immutable while in use. */
+    uint32_t allocCount;      /* see invariants above. Under mcentral.lock. */
+    struct gm_mcache *cachedBy; /* owning mcache, or NULL. Under mcentral.lock. */
+    uint64_t unusedsince;     /* free runs: ms timestamp when the newest page became free. Under mheap.lock. */
+    struct gm_mspan *next;    /* list links: mcentral partial/full, heap free lists, span caches */
+    struct gm_mspan *prev;
+    /* allocBits: 1 = slot was allocated when the span was last handed to an
+     * mcache, or (once uncached) was handed out since.  Written under
+     * mcentral.lock; read racily by free() (relaxed). */
+    uint64_t allocBits[BITMAP_WORDS];
+    /* freeBits: 1 = object freed back to the span since it was last cached
+     * (Go's sweeper sets allocBits from gcmarkBits; here the frees are
+     * explicit).  Set under mcentral.lock (relaxed stores), read by free(). */
+    uint64_t freeBits[BITMAP_WORDS];
+} gm_mspan;
+
+/* Doubly linked span lists (mcentral partial/full, heap free lists). */
+static inline void gm_list_push(gm_mspan **head, gm_mspan *s) {
+    s->prev = NULL;
+    s->next = *head;
+    if (*head != NULL)
+        (*head)->prev = s;
+    *head = s;
+}
+static inline void gm_list_unlink(gm_mspan **head, gm_mspan *s) {
+    if (s->prev != NULL)
+        s->prev->next = s->next;
+    else
+        *head = s->next;
+    if (s->next != NULL)
+        s->next->prev = s->prev;
+    s->next = s->prev = NULL;
+}
+
+/* ---- Per-arena metadata (mheap.go: heapArena) ------------------------------ */
+
+typedef struct gm_heap_arena {
+    /* spans[i] is the span holding page i of this arena: the in-use span
+     * for every page of an in-use span; for a free run only its first and
+     * last page (boundary tags for coalescing); NULL elsewhere.  Written
+     * under mheap.lock (or by the owner of the page cache holding the
+     * pages); read without a lock by free() (relaxed). */
+    gm_mspan *spans[PAGES_PER_ARENA];
+    /* pageInUse: bit i set iff page i is the first page of an in-use span.
+     * Under mheap.lock. */
+    uint64_t pageInUse[PAGES_PER_ARENA / 64];
+    /* scavenged: bit i set iff page i is free and released to the OS
+     * (Prepared).  Under mheap.lock, or the page cache owner. */
+    uint64_t scavenged[PAGES_PER_ARENA / 64];
+    /* zeroedBase: offset in bytes below which pages may have been used;
+     * memory at and above it has never been handed out, so it is zero.
+     * Only grows.  Under mheap.lock. */
+    uintptr_t zeroedBase;
+    uintptr_t base; /* arena start address. Immutable. */
+} gm_heap_arena;
+
+/* ---- mcache (mcache.go) ---------------------------------------------------- */
+
+/* One size class in an mcache: the hot fields of malloc and free together. */
+typedef struct gm_mclass {
+    void *head;          /* freed objects, LIFO, linked through their first word. Owner only. */
+    gm_mspan *span;      /* span being allocated from; &gm_emptyspan when none. Owner only. */
+    uint32_t n;          /* objects on the list. Owner only. */
+    uint32_t max;        /* flush when n exceeds it. Owner only. */
+    uint64_t nmalloc;    /* objects handed out by this mcache, ever. Owner writes, others read (relaxed). */
+    uint64_t nfree;      /* objects freed through this mcache, ever. Owner writes, others read (relaxed). */
+} gm_mclass;
+
+/* Per-thread page cache (mpagecache.go): 64 pages taken from the heap in one
+ * run, handed out to small spans without the heap lock.  Owner only. */
+typedef struct gm_pagecache {
+    uintptr_t base;  /* first page; 0 if empty */
+    uint64_t free;   /* bit i: page base+i*PAGE_SIZE is free in the cache */
+    uint64_t scav;   /* bit i: that page is released to the OS (implies free) */
+    uint64_t zero;   /* bit i: that page is known to hold only zeros (implies free) */
+} gm_pagecache;
+#define PAGE_CACHE_PAGES 64
+#define PAGE_CACHE_MAX_SPAN (PAGE_CACHE_PAGES / 4) /* smaller spans use the cache */
+
+#define SPAN_CACHE_MAX 16
+
+typedef struct gm_mcache {
+    gm_mclass cls[NUM_CLASSES];
+    uintptr_t tag;                  /* link tag of this process, << LINK_TAG_SHIFT. Immutable. */
+    gm_pagecache pcache;
+    gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
+    int nspancache;
+    bool linked;                    /* on the registry list. Under registry lock. */
+    struct gm_mcache *next, *prev;  /* registry list. Under registry lock. */
+} gm_mcache;
+
+/* ---- mcentral (mcentral.go) ------------------------------------------------ */
+
+typedef struct gm_mcentral {
+    pthread_mutex_t lock;
+    gm_mspan *partial; /* uncached spans with free slots (list == LIST_PARTIAL). */
+    gm_mspan *full;    /* uncached spans without free slots (list == LIST_FULL). */
+    uint64_t nspans;   /* in-use spans of this class, cached or not. Under lock. */
+    char pad[64];
+} gm_mcentral;
+
+/* ---- Off-heap metadata (fixalloc.c) ---------------------------------------- */
+
+typedef struct gm_fixalloc {
+    size_t size;        /* object size */
+    void *list;         /* free objects */
+    uintptr_t chunk;    /* current chunk */
+    size_t nchunk;      /* bytes left in chunk */
+    uint64_t inuse;     /* bytes handed out and not freed */
+    uint64_t *sys;      /* stat credited with chunk memory */
+} gm_fixalloc;
+
+/* ---- The heap (mheap.go) --------------------------------------------------- */
+
+#define FREE_EXACT_LISTS 128 /* free[n] holds runs of exactly n pages, n < 128 */
+#define FREE_LARGE_LISTS 40  /* large[k] holds runs with 2^(k+7) <= npages < 2^(k+8) */
+
+typedef struct gm_mheap {
+    pthread_mutex_t lock;
+    gm_heap_arena **arenas;          /* the L2 arena map (L1 has one entry). Set once at init. */
+    gm_mspan *free[FREE_EXACT_LISTS];    /* free runs by exact length. Under lock. */
+    gm_mspan *large[FREE_LARGE_LISTS];   /* free runs of >= 128 pages by log2. Under lock. */
+    uint64_t freemask[2];            /* bit n: free[n] non-empty. Under lock. */
+    uint64_t largemask;              /* bit k: large[k] non-empty. Under lock. */
+    uintptr_t curArenaBase, curArenaEnd; /* reserved, not yet mapped address space. Under lock. */
+    uintptr_t arenaHint;             /* next address to try when reserving. Under lock. */
+    gm_fixalloc spanalloc;           /* mspan structs. Under lock. */
+    gm_fixalloc cachealloc;          /* mcache structs. Under registry lock. */
+    /* Accounting, all under lock unless said. */
+    uint64_t heap_reserved, heap_sys, heap_inuse, heap_released;
+    uint64_t mspan_sys, mcache_sys, other_sys;
+    uint64_t num_arenas;
+    uint64_t large_mallocs, large_frees, large_bytes_alloc, large_bytes_freed;
+    uint64_t scavenge_cycles, scavenged_bytes;
+} gm_mheap;
+
+/* ---- Global state ----------------------------------------------------------- */
+
+extern GM_HIDDEN gm_mheap gm_heap;
+extern GM_HIDDEN gm_mcentral gm_central[NUM_CLASSES];
+extern GM_HIDDEN gm_mspan gm_emptyspan;
+extern GM_HIDDEN uintptr_t gm_phys_page_size, gm_huge_page_size;
+
+/* ---- mem_linux.c: the OS layer (None, Reserved, Prepared, Ready) ----------- */
+
+struct gm_sysstats {
+    uint64_t n[6], bytes[6]; /* indexed by enum sys_op; updated atomically */
+};
+enum sys_op { SYS_RESERVE, SYS_MAP, SYS_USED, SYS_UNUSED, SYS_FREE, SYS_FAULT };
+extern GM_HIDDEN struct gm_sysstats gm_sysstats;
+
+GM_HIDDEN void gm_sys_init(void);
+GM_HIDDEN void *gm_sysReserve(void *hint, size_t n);     /* None -> Reserved */
+GM_HIDDEN void *gm_sysReserveAligned(void *hint, size_t n, size_t align);
+GM_HIDDEN int gm_sysMap(void *v, size_t n);              /* Reserved -> Prepared */
+GM_HIDDEN void gm_sysUsed(void *v, size_t n);            /* Prepared -> Ready */
+GM_HIDDEN void gm_sysUnused(void *v, size_t n);          /* Ready -> Prepared */
+GM_HIDDEN void gm_sysFree(void *v, size_t n);            /* any -> None */
+GM_HIDDEN void gm_sysFault(void *v, size_t n);           /* Ready/Prepared -> Reserved */
+GM_HIDDEN void *gm_sysAlloc(size_t n);                   /* None -> Ready, for metadata */
+
+/* ---- fixalloc.c: off-heap metadata ---------------------------------------- */
+
+GM_HIDDEN void *gm_persistentalloc(size_t size, size_t align, uint64_t *sysStat);
+GM_HIDDEN void gm_fixalloc_init(gm_fixalloc *f, size_t size, uint64_t *sysStat);
+GM_HIDDEN void *gm_fixalloc_alloc(gm_fixalloc *f);
+GM_HIDDEN void gm_fixalloc_free(gm_fixalloc *f, void *p);
+GM_HIDDEN void gm_persistent_lock(void);
+GM_HIDDEN void gm_persistent_unlock(void);
+GM_HIDDEN void gm_persistent_reinit(void);
+
+/* ---- arena.c: arenas and the arena map -------------------------------------- */
+
+GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
+    uintptr_t i = a >> ARENA_SHIFT;
+    if (unlikely(i >= ARENA_L2_ENTRIES))
+        return NULL;
+    return LOAD_RELAXED(&gm_heap.arenas[i]);
+}
+/* spanOf: the span holding address a, or NULL.  Any address may be asked. */
+GM_INLINE gm_mspan *gm_span_of(uintptr_t a) {
+    gm_heap_arena *ha = gm_arena_of(a);
+    if (unlikely(ha == NULL))
+        return NULL;
+    return LOAD_RELAXED(&ha->spans[(a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)]);
+}
+GM_HIDDEN void gm_arena_init(void);
+/* Reserve and map address space for at least n bytes; returns the base of a
+ * newly mapped run, or 0.  Called with mheap.lock held. */
+GM_HIDDEN uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got);
+GM_HIDDEN void gm_set_spans(gm_mspan *s, uintptr_t base, uintptr_t npages, gm_mspan *v);
+
+/* ---- pagealloc.c: the page heap --------------------------------------------- */
+
+GM_HIDDEN void gm_pages_init(void);
+/* Allocate a span of npages; sizeclass 0 for a large object.  Returns the
+ * span in state SPAN_INUSE with needzero set, or NULL when out of memory. */
+GM_HIDDEN gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass);
+/* A large span whose start is aligned to align (a power of two > PAGE_SIZE). */
+GM_HIDDEN gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align);
+GM_HIDDEN void gm_heap_free(gm_mspan *s);
+GM_HIDDEN void gm_pagecache_flush(gm_mcache *c);
+/* Scavenge free pages until `want` bytes were released (all if want == ~0). */
+GM_HIDDEN uintptr_t gm_heap_scavenge(uintptr_t want);
+GM_HIDDEN uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms);
+GM_HIDDEN int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav);
+
+/* ---- mspan.c: span bitmaps --------------------------------------------------- */
+
+GM_HIDDEN void gm_span_init_small(gm_mspan *s, uint8_t sizeclass);
+GM_HIDDEN uintptr_t gm_span_nextFreeIndex(gm_mspan *s);
+GM_HIDDEN void gm_span_refillAllocCache(gm_mspan *s, uintptr_t whichByte);
+GM_INLINE bool gm_bit(const uint64_t *bits, uintptr_t i) {
+    return (LOAD_RELAXED(&bits[i / 64]) >> (i % 64)) & 1;
+}
+GM_INLINE uintptr_t gm_span_index(const gm_mspan *s, uintptr_t a) {
+    return (uintptr_t)(((uint64_t)(a - s->startAddr) * s->divMul) >> 32);
+}
+/* Is object i of small span s live (or waiting in a cache)? */
+GM_INLINE bool gm_span_live(const gm_mspan *s, uintptr_t i) {
+    return (gm_bit(s->allocBits, i) || i < LOAD_RELAXED(&s->freeindex)) && !gm_bit(s->freeBits, i);
+}
+
+/* nextFreeFast (malloc.go): the next free object of the cached span if the
+ * allocCache has one, else 0.  Go's code, nearly word for word. */
+GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
+    uint64_t cache = s->allocCache;
+    if (likely(cache != 0)) {
+        unsigned theBit = (unsigned)__builtin_ctzll(cache);
+        uintptr_t result = s->freeindex + theBit;
+        if (likely(result < s->nelems)) {
+            uintptr_t freeidx = result + 1;
+            if (unlikely(freeidx % 64 == 0 && freeidx != s->nelems))
+                return NULL;
+            s->allocCache = (cache >> theBit) >> 1;
+            STORE_RELAXED(&s->freeindex, freeidx);
+            return (void *)(s->startAddr + result * s->elemsize);
+        }
+    }
+    return NULL;
+}
+
+/* ---- mcentral.c ------------------------------------------------------------- */
+
+GM_HIDDEN void gm_mcentral_init(void);
+/* Give mcache c a span of class sc with free slots (cacheSpan). */
+GM_HIDDEN gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc);
+/* Give a cached span back (uncacheSpan). */
+GM_HIDDEN void gm_mcentral_uncacheSpan(gm_mspan *s);
+/* Return a list of n freed objects of class sc to their spans. Objects that
+ * fail validation are reported and dropped. */
+GM_HIDDEN void gm_mcentral_freeList(uint8_t sc, void *head, uintptr_t tag);
+/* Check span s of class sc against the invariants; cached says whether an
+ * mcache owns it.  Returns violations. */
+GM_HIDDEN int gm_span_check(const gm_mspan *s, bool cached);
+GM_HIDDEN int gm_mcentral_check_lists(uint64_t *nuncached);
+
+/* ---- mcache.c ------------------------------------------------------------- */
+
+GM_HIDDEN void gm_mcache_init(void);
+GM_HIDDEN gm_mcache *gm_mcache_create(void);
+GM_HIDDEN void *gm_mcache_refill(gm_mcache *c, uint8_t sc);
+GM_HIDDEN void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep);
+GM_HIDDEN void gm_mcache_flushAll(gm_mcache *c);
+GM_HIDDEN bool gm_mcache_onList(gm_mcache *c, uint8_t sc, void *p);
+GM_HIDDEN void gm_mcache_fork_prepare(void);
+GM_HIDDEN void gm_mcache_fork_parent(void);
+GM_HIDDEN void gm_mcache_fork_child(void);
+/* Registry of live mcaches and the counters of dead ones, for stats. */
+GM_HIDDEN void gm_registry_lock(void);
+GM_HIDDEN void gm_registry_unlock(void);
+GM_HIDDEN gm_mcache *gm_registry_first(void);
+extern GM_HIDDEN uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES];
+
+#if defined(GM_PRELOAD)
+#define GM_TLS_MODEL __attribute__((tls_model("initial-exec")))
+#else
+#define GM_TLS_MODEL
+#endif
+extern GM_HIDDEN __thread gm_mcache *gm_tls_mcache GM_TLS_MODEL;
+
+/* ---- malloc.c: public API and error reporting ------------------------------ */
+
+GM_HIDDEN void gm_init_slow(void);
+extern GM_HIDDEN atomic_int gm_inited;
+GM_INLINE void gm_ensure_init(void) {
+    if (unlikely(!atomic_load_explicit(&gm_inited, memory_order_acquire)))
+        gm_init_slow();
+}
+/* Report a bad pointer: abort with a message, or count it and return code. */
+GM_HIDDEN int gm_report(int code, const void *p, const char *what);
+GM_HIDDEN _Noreturn void gm_throw(const char *msg);
+GM_HIDDEN uint8_t gm_size_to_class(size_t size);
+GM_HIDDEN uint64_t gm_bad_frees(void);
+
+/* ---- options.c -------------------------------------------------------------- */
+
+struct gm_options {
+    long long abort_on_error;  /* 1: abort on bad pointers; 0: refuse and report */
+    long long madv_free;       /* 1: sysUnused uses MADV_FREE; 0: MADV_DONTNEED */
+    long long thp;             /* 1: advise huge pages on sysUsed of huge-page-aligned ranges */
+    long long check_heap;      /* 1: run gm_check_heap at exit (debug) */
+    long long print_stats;     /* 1: print stats to stderr at exit */
+    long long tcache_bytes;    /* target bytes per class on an mcache free list */
+    long long scavenger;       /* 1: background scavenger thread */
+    long long decay_ms;        /* free pages older than this are returned to the OS */
+    long long retain_percent;  /* keep at most this % of the live heap as free Ready pages */
+    long long fault_on_free;   /* 1: large spans freed become PROT_NONE until reused (debug) */
+};
+extern GM_HIDDEN struct gm_options gm_opt;
+GM_HIDDEN void gm_options_init(void);
+
+/* ---- mstats.c --------------------------------------------------------------- */
+
+GM_HIDDEN void gm_stats_fold_mcache(gm_mcache *c);
+GM_HIDDEN void gm_warn_check(const char *what, const gm_mspan *s);
+
+/* Debug builds: assertions and heap checks (mimalloc-style levels). */
+#ifdef GM_DEBUG
+#define GM_ASSERT(c) ((c) ? (void)0 : gm_throw("assertion failed: " #c))
+#else
+#define GM_ASSERT(c) ((void)0)
+#endif
+
+#endif /* GM_INTERNAL_H */

@@ -1,0 +1,143 @@
+/*
+ * gomalloc.h: the public C API of pygomalloc.
+ *
+ * pygomalloc is a memory allocator modelled on the Go runtime allocator
+ * (see csrc/malloc.c for the design), with an explicit free from any
+ * thread.  This header has no dependencies beyond the C library and is the
+ * only header a C program or a Python extension needs.
+ *
+ * Errors.  Functions that return a pointer return NULL and set errno to
+ * ENOMEM when memory cannot be had (sizes that overflow included).
+ * Functions given a pointer that pygomalloc did not hand out, a pointer into
+ * the middle of an object, or an object that is already free, either abort
+ * with a message on stderr (the default: continuing could corrupt the heap of
+ * a program that has already lost track of its memory) or, when the option
+ * "abort_on_error" is 0, leave the heap untouched and report the error
+ * (gm_free_checked returns the code; gm_free and gm_realloc set errno to
+ * EINVAL).  The *_checked functions never abort on bad input.
+ */
+#ifndef GOMALLOC_H
+#define GOMALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define GM_API __attribute__((visibility("default")))
+#else
+#define GM_API
+#endif
+
+/* Number of size classes, class 0 (large objects) included. */
+#define GM_NUM_SIZE_CLASSES 67
+/* Largest size served by a size class; larger requests get their own span. */
+#define GM_MAX_SMALL_SIZE 32768
+
+/* Error codes returned by gm_free_checked and gm_check. */
+enum gm_error {
+    GM_OK = 0,
+    GM_ERR_NOT_OURS = 1,    /* the pointer is not in memory pygomalloc manages */
+    GM_ERR_INTERIOR = 2,    /* the pointer is inside an object, not its start */
+    GM_ERR_NOT_ALLOCATED = 3, /* the object is free (double free) or was never handed out */
+};
+
+GM_API void *gm_malloc(size_t size);
+GM_API void *gm_calloc(size_t nmemb, size_t size);
+GM_API void *gm_realloc(void *ptr, size_t size);
+GM_API void gm_free(void *ptr);
+/* Like gm_free, but returns an enum gm_error instead of aborting. */
+GM_API int gm_free_checked(void *ptr);
+/* GM_OK if ptr is the start of a live object, else the error gm_free would report. */
+GM_API int gm_check(const void *ptr);
+GM_API const char *gm_strerror(int code);
+/* alignment must be a power of two; returns NULL/EINVAL otherwise. */
+GM_API void *gm_aligned_alloc(size_t alignment, size_t size);
+/* POSIX semantics: returns 0, EINVAL or ENOMEM; does not set errno. */
+GM_API int gm_posix_memalign(void **out, size_t alignment, size_t size);
+/* Bytes usable at ptr (>= the requested size); 0 for NULL or a pointer not ours. */
+GM_API size_t gm_usable_size(const void *ptr);
+/* 1 if ptr lies in memory pygomalloc manages (any address may be asked), else 0. O(1). */
+GM_API int gm_owns(const void *ptr);
+/* Flush the calling thread's cache and return every free page to the OS.
+ * Returns the number of bytes released by this call. */
+GM_API size_t gm_release(void);
+/* Flush the calling thread's cache of free objects back to the spans. */
+GM_API void gm_thread_flush(void);
+
+struct gm_size_class_stats {
+    uint64_t size;    /* bytes per object of this class (0 for class 0) */
+    uint64_t npages;  /* pages per span of this class */
+    uint64_t mallocs; /* objects handed out */
+    uint64_t frees;   /* objects given back */
+};
+
+/*
+ * Figures in the vocabulary of Go's runtime.MemStats.  Exact when read from
+ * a quiescent process (no thread allocating or freeing at the same time);
+ * under concurrent use each figure is a recent value.
+ */
+struct gm_stats {
+    /* Memory obtained from the OS. */
+    uint64_t sys;           /* heap_sys + mspan_sys + mcache_sys + other_sys */
+    uint64_t heap_reserved; /* address space reserved (PROT_NONE or mapped) for arenas */
+    uint64_t heap_sys;      /* arena bytes mapped (Prepared or Ready): heap_idle + heap_inuse */
+    uint64_t heap_alloc;    /* bytes of live objects (rounded up to their size class) */
+    uint64_t heap_idle;     /* bytes in free page runs */
+    uint64_t heap_inuse;    /* bytes in spans holding objects */
+    uint64_t heap_released; /* part of heap_idle returned to the OS (Prepared) */
+    uint64_t heap_objects;  /* live objects: mallocs - frees */
+    uint64_t mallocs;       /* objects allocated, ever */
+    uint64_t frees;         /* objects freed, ever */
+    uint64_t total_alloc;   /* bytes allocated, ever (rounded to size class) */
+    uint64_t large_objects; /* live objects larger than GM_MAX_SMALL_SIZE */
+    uint64_t mspan_inuse;   /* bytes of span structures in use */
+    uint64_t mspan_sys;     /* bytes obtained from the OS for span structures */
+    uint64_t mcache_inuse;  /* bytes of per-thread caches in use */
+    uint64_t mcache_sys;    /* bytes obtained from the OS for per-thread caches */
+    uint64_t other_sys;     /* other metadata: arena maps, heapArena records, bitmaps */
+    uint64_t cached_bytes;  /* part of heap_inuse in per-thread free lists (free, not yet back in spans) */
+    uint64_t num_arenas;    /* 64 MiB heap arenas reserved */
+    uint64_t num_threads;   /* live per-thread caches */
+    uint64_t bad_frees;     /* invalid frees detected (and refused) */
+    /* OS state transitions (see csrc/mem.c): calls and bytes. */
+    uint64_t n_sys_reserve, n_sys_map, n_sys_used, n_sys_unused, n_sys_free, n_sys_fault;
+    uint64_t bytes_sys_reserve, bytes_sys_map, bytes_sys_used, bytes_sys_unused, bytes_sys_free,
+        bytes_sys_fault;
+    /* Scavenger. */
+    uint64_t scavenge_cycles;   /* scavenger passes that released something */
+    uint64_t scavenged_bytes;   /* bytes returned to the OS, ever */
+    uint64_t phys_page_size;    /* physical page size read at start-up */
+    uint64_t huge_page_size;    /* transparent huge page size (0 if none) */
+    struct gm_size_class_stats by_size[GM_NUM_SIZE_CLASSES];
+};
+
+/* Fill *st.  Returns 0. */
+GM_API int gm_read_stats(struct gm_stats *st);
+
+/*
+ * Options, by name.  Each can also be set with an environment variable
+ * GOMALLOC_<NAME in upper case> read at start-up.  Returns 0, or EINVAL
+ * for an unknown name or a value out of range.
+ */
+GM_API int gm_option_set(const char *name, long long value);
+GM_API int gm_option_get(const char *name, long long *value);
+/* Name of option i (0-based), or NULL past the last. */
+GM_API const char *gm_option_name(int i);
+
+/*
+ * Heap invariant checker: walks every arena, span and per-thread cache and
+ * checks the invariants written above the structures in csrc/gm_internal.h.
+ * Returns 0 when the heap is consistent; otherwise prints what is wrong to
+ * stderr and returns the number of violations.  Takes every lock: call it
+ * from a quiescent point.
+ */
+GM_API int gm_check_heap(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GOMALLOC_H */

@@ -1,0 +1,471 @@
+/*
+ * malloc.c: the public API, and the overview of the allocator.
+ *
+ * pygomalloc is the Go runtime's allocator (malloc.go, mheap.go) with an
+ * explicit free.  The structures and their Go names:
+ *
+ *   fixalloc / persistentalloc   off-heap metadata (fixalloc.c)
+ *   mheap                        the page heap: 8 KiB pages in 64 MiB arenas
+ *                                (pagealloc.c, arena.c)
+ *   mspan                        a run of pages: objects of one size class,
+ *                                one large object, or free pages (mspan.c)
+ *   mcentral                     per size class, the spans no thread owns
+ *                                (mcentral.c)
+ *   mcache                       per thread: a span and a list of freed
+ *                                objects per class, and a page cache (mcache.c)
+ *   OS layer                     sysReserve / sysMap / sysUsed / sysUnused /
+ *                                sysFree / sysFault (mem_linux.c)
+ *
+ * Allocating a small object (<= 32 KiB) climbs the hierarchy, stopping at
+ * the first step that succeeds:
+ *
+ *   1. Round the size up to one of 67 size classes (sizeclasses.h).
+ *   2. Pop the calling thread's list of freed objects of that class.  No lock.
+ *   3. nextFreeFast: take the next free slot of the thread's current span
+ *      of that class, found with one ctz on allocCache.  No lock.
+ *   4. nextFreeIndex: scan the span's allocBits further.  No lock.
+ *   5. The span is full: give it back to the mcentral and take a span with
+ *      free slots from it (cacheSpan).  Takes the class lock.
+ *   6. The mcentral has none: allocate a span from the heap, through the
+ *      thread's page cache for small spans (no lock) or the heap (heap lock).
+ *   7. The heap has no free run that fits: map another 4 MiB chunk of the
+ *      current arena, or reserve another 64 MiB arena (mmap).
+ *
+ * Large objects (> 32 KiB) get a span of their own straight from the heap.
+ *
+ * How a freed object travels back (what Go does not have; Go's sweeper
+ * finds dead objects by marking instead):
+ *
+ *   1. free(p) finds p's span in two loads (arena map, then the arena's
+ *      span map), checks that p is the start of a live object of a small
+ *      span, and pushes p on the calling thread's free list for its class.
+ *      No lock, whichever thread allocated p.
+ *   2. malloc on that thread pops it again (step 2 above): hot memory.
+ *   3. When the list exceeds its bound, its older half returns to the spans
+ *      in one batch under the class lock (mcentral.c): each object sets its
+ *      bit in the span's freeBits.
+ *   4. A span whose objects are all free, and which no thread is allocating
+ *      from, goes back to the page heap, where it merges with neighbouring
+ *      free runs (pagealloc.c).  A span with some free objects waits in the
+ *      mcentral's partial list; when a thread next takes it, freeBits are
+ *      folded into allocBits (Go's sweep) and its free slots are reused.
+ *   5. Free pages are returned to the OS by gm_release (and the scavenger):
+ *      sysUnused, Ready -> Prepared.
+ *   6. A thread that exits flushes its lists and gives back its spans and
+ *      page cache; its mcache is recycled.
+ *
+ * Bad pointers.  free() validates every pointer on the fast path: its
+ * arena and span must exist, it must be the start of an object, and the
+ * object must be live by the span's bits (not freed back, and handed out).
+ * An object freed twice before its list is flushed is caught by the tag its
+ * first free left in its first word, confirmed by walking the list; if it
+ * sits on another thread's list, the second copy is caught when the lists
+ * flush.  What is caught is reported (gm_report) and never reaches the heap.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gm_internal.h"
+
+atomic_int gm_inited;
+static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t bad_frees;
+
+/* ---- start-up (mallocinit) ------------------------------------------------- */
+
+static void fork_prepare(void) { gm_mcache_fork_prepare(); }
+static void fork_parent(void) { gm_mcache_fork_parent(); }
+static void fork_child(void) { gm_mcache_fork_child(); }
+
+static void print_stats_at_exit(void) {
+    if (gm_opt.check_heap && gm_check_heap() != 0)
+        gm_throw("heap check failed at exit");
+    if (gm_opt.print_stats) {
+        struct gm_stats st;
+        gm_read_stats(&st);
+        char buf[512];
+        int n = snprintf(buf, sizeof buf,
+                         "pygomalloc: sys=%llu heap_sys=%llu heap_inuse=%llu heap_alloc=%llu "
+                         "heap_released=%llu objects=%llu mallocs=%llu frees=%llu arenas=%llu\n",
+                         (unsigned long long)st.sys, (unsigned long long)st.heap_sys,
+                         (unsigned long long)st.heap_inuse, (unsigned long long)st.heap_alloc,
+                         (unsigned long long)st.heap_released, (unsigned long long)st.heap_objects,
+                         (unsigned long long)st.mallocs, (unsigned long long)st.frees,
+                         (unsigned long long)st.num_arenas);
+        if (n > 0)
+            (void)!write(2, buf, (size_t)n);
+    }
+}
+
+void gm_init_slow(void) {
+    pthread_mutex_lock(&init_lock);
+    if (!atomic_load_explicit(&gm_inited, memory_order_relaxed)) {
+        gm_options_init();
+        gm_sys_init();
+        gm_pages_init();
+        gm_arena_init();
+        gm_mcentral_init();
+        gm_mcache_init();
+        /* Published before pthread_atfork and atexit, which may allocate. */
+        atomic_store_explicit(&gm_inited, 1, memory_order_release);
+        pthread_atfork(fork_prepare, fork_parent, fork_child);
+        if (gm_opt.print_stats || gm_opt.check_heap)
+            atexit(print_stats_at_exit);
+    }
+    pthread_mutex_unlock(&init_lock);
+}
+
+/* ---- errors ---------------------------------------------------------------- */
+
+_Noreturn void gm_throw(const char *msg) {
+    char buf[256];
+    int n = snprintf(buf, sizeof buf, "pygomalloc: fatal error: %s\n", msg);
+    if (n > 0)
+        (void)!write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+    abort();
+}
+
+const char *gm_strerror(int code) {
+    switch (code) {
+    case GM_OK: return "no error";
+    case GM_ERR_NOT_OURS: return "pointer was not allocated by pygomalloc";
+    case GM_ERR_INTERIOR: return "pointer is not the start of an object";
+    case GM_ERR_NOT_ALLOCATED: return "object is not allocated (double free, or never handed out)";
+    default: return "unknown error";
+    }
+}
+
+int gm_report(int code, const void *p, const char *what) {
+    ATOMIC_ADD(&bad_frees, 1);
+    if (gm_opt.abort_on_error) {
+        char buf[256];
+        int n = snprintf(buf, sizeof buf, "pygomalloc: %s(%p): %s\n", what, p, gm_strerror(code));
+        if (n > 0)
+            (void)!write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+        abort();
+    }
+    errno = EINVAL;
+    return code;
+}
+
+uint64_t gm_bad_frees(void) { return LOAD_RELAXED(&bad_frees); }
+
+/* ---- size classes ------------------------------------------------------------ */
+
+GM_INLINE uint8_t size_to_class(size_t size) {
+    if (size <= GM_SC_SMALL_SIZE_MAX - 8)
+        return gm_size_to_class8[(size + GM_SC_SMALL_SIZE_DIV - 1) / GM_SC_SMALL_SIZE_DIV];
+    return gm_size_to_class128[(size - GM_SC_SMALL_SIZE_MAX + GM_SC_LARGE_SIZE_DIV - 1) / GM_SC_LARGE_SIZE_DIV];
+}
+
+uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
+
+/* ---- malloc ---------------------------------------------------------------- */
+
+static GM_NOINLINE void *malloc_slow(size_t size, bool zero);
+
+/*
+ * The fast path: steps 2 and 3 of the overview.  Measured with callgrind in
+ * bench/callgrind_fastpath.py (see README for the instruction counts).
+ * Class 0 (size 0) always falls through: its list is empty and its span is
+ * gm_emptyspan.
+ */
+GM_INLINE void *malloc_fast(size_t size) {
+    gm_mcache *c = gm_tls_mcache;
+    if (likely(size <= MAX_SMALL_SIZE && c != NULL)) {
+        gm_mclass *m = &c->cls[size_to_class(size)];
+        void *p = m->head;
+        if (likely(p != NULL)) {
+            m->head = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
+            *(uintptr_t *)p = 0;
+            m->n--;
+            m->nmalloc++;
+            return p;
+        }
+        p = gm_nextFreeFast(m->span);
+        if (likely(p != NULL)) {
+            m->nmalloc++;
+            return p;
+        }
+    }
+    return malloc_slow(size, false);
+}
+
+static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
+    if (size > ((size_t)1 << HEAP_ADDR_BITS)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    uintptr_t npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
+    gm_mspan *s = gm_heap_alloc(c, npages, 0);
+    if (s == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (zero && s->needzero)
+        memset((void *)s->startAddr, 0, size);
+    ATOMIC_ADD(&gm_heap.large_mallocs, 1);
+    ATOMIC_ADD(&gm_heap.large_bytes_alloc, npages * PAGE_SIZE);
+    return (void *)s->startAddr;
+}
+
+static GM_NOINLINE void *malloc_slow(size_t size, bool zero) {
+    gm_ensure_init();
+    gm_mcache *c = gm_tls_mcache;
+    if (c == NULL && (c = gm_mcache_create()) == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (size > MAX_SMALL_SIZE)
+        return large_alloc(c, size, zero);
+    if (size == 0)
+        size = 1; /* a distinct pointer for each malloc(0) */
+    uint8_t sc = size_to_class(size);
+    gm_mclass *m = &c->cls[sc];
+    void *p = m->head;
+    if (p != NULL) {
+        m->head = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
+        *(uintptr_t *)p = 0;
+        m->n--;
+        if (zero)
+            memset(p, 0, size);
+    } else {
+        gm_mspan *s = m->span;
+        p = gm_nextFreeFast(s);
+        if (p == NULL) {
+            p = gm_mcache_refill(c, sc);
+            if (p == NULL) {
+                errno = ENOMEM;
+                return NULL;
+            }
+            s = m->span;
+        }
+        if (zero && LOAD_RELAXED(&s->needzero))
+            memset(p, 0, size);
+    }
+    m->nmalloc++;
+    return p;
+}
+
+void *gm_malloc(size_t size) { return malloc_fast(size); }
+
+void *gm_calloc(size_t nmemb, size_t size) {
+    size_t total;
+    if (unlikely(__builtin_mul_overflow(nmemb, size, &total))) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return malloc_slow(total, true);
+}
+
+/* ---- free -------------------------------------------------------------------- */
+
+static GM_NOINLINE int free_slow(void *p, bool checked);
+
+/* Push p on c's list for class sc (step 1 of the way back). */
+GM_INLINE void free_push(gm_mcache *c, gm_mclass *m, uint8_t sc, void *p) {
+    *(uintptr_t *)p = (uintptr_t)m->head | c->tag;
+    m->head = p;
+    m->nfree++;
+    if (unlikely(++m->n > m->max))
+        gm_mcache_flushClass(c, sc, m->max / 2);
+}
+
+GM_INLINE void free_fast(void *p) {
+    uintptr_t a = (uintptr_t)p;
+    gm_mspan *s = gm_span_of(a);
+    gm_mcache *c = gm_tls_mcache;
+    if (likely(s != NULL && c != NULL)) {
+        uint8_t sc = s->sizeclass;
+        uintptr_t i = gm_span_index(s, a);
+        if (likely(sc != 0 && s->startAddr + i * s->elemsize == a && gm_span_live(s, i) &&
+                   ((*(uintptr_t *)p ^ c->tag) >> LINK_TAG_SHIFT) != 0)) {
+            free_push(c, &c->cls[sc], sc, p);
+            return;
+        }
+    }
+    free_slow(p, false);
+}
+
+/* Everything free_fast did not finish: NULL, large objects, frees on a
+ * thread without a cache, suspected double frees, and bad pointers. */
+static GM_NOINLINE int free_slow(void *p, bool checked) {
+    if (p == NULL)
+        return GM_OK;
+    int code = gm_check(p);
+    if (code != GM_OK)
+        return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
+    uintptr_t a = (uintptr_t)p;
+    gm_mspan *s = gm_span_of(a);
+    uint8_t sc = s->sizeclass;
+    if (sc == 0) {
+        /* Large: whoever moves the span out of SPAN_INUSE frees it. */
+        uint8_t expect = SPAN_INUSE;
+        if (!__atomic_compare_exchange_n(&s->state, &expect, SPAN_DEAD, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            return checked ? (ATOMIC_ADD(&bad_frees, 1), GM_ERR_NOT_ALLOCATED)
+                           : gm_report(GM_ERR_NOT_ALLOCATED, p, "free");
+        ATOMIC_ADD(&gm_heap.large_frees, 1);
+        ATOMIC_ADD(&gm_heap.large_bytes_freed, s->npages * PAGE_SIZE);
+        gm_heap_free(s);
+        return GM_OK;
+    }
+    gm_mcache *c = gm_tls_mcache;
+    if (c == NULL) {
+        /* A thread whose cache is gone (exiting): straight to the span. */
+        *(uintptr_t *)p = 0; /* a list of one */
+        ATOMIC_ADD(&gm_dead_nfree[sc], 1);
+        gm_mcentral_freeList(sc, p, 0);
+        return GM_OK;
+    }
+    if (((*(uintptr_t *)p ^ c->tag) >> LINK_TAG_SHIFT) == 0 && gm_mcache_onList(c, sc, p))
+        return checked ? (ATOMIC_ADD(&bad_frees, 1), GM_ERR_NOT_ALLOCATED)
+                       : gm_report(GM_ERR_NOT_ALLOCATED, p, "free");
+    free_push(c, &c->cls[sc], sc, p);
+    return GM_OK;
+}
+
+void gm_free(void *p) { free_fast(p); }
+
+int gm_free_checked(void *p) { return free_slow(p, true); }
+
+/* Is p the start of a live object?  (Cannot see whether it sits on another
+ * thread's free list: see the overview.) */
+int gm_check(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    if (p == NULL || !atomic_load_explicit(&gm_inited, memory_order_acquire) || gm_arena_of(a) == NULL)
+        return GM_ERR_NOT_OURS;
+    gm_mspan *s = gm_span_of(a);
+    if (s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE)
+        return GM_ERR_NOT_ALLOCATED;
+    if (s->sizeclass == 0)
+        return a == s->startAddr ? GM_OK : GM_ERR_INTERIOR;
+    uintptr_t i = gm_span_index(s, a);
+    if (i >= s->nelems || s->startAddr + i * s->elemsize != a)
+        return GM_ERR_INTERIOR;
+    if (!gm_span_live(s, i))
+        return GM_ERR_NOT_ALLOCATED;
+    gm_mcache *c = gm_tls_mcache;
+    if (c != NULL && ((*(const uintptr_t *)p ^ c->tag) >> LINK_TAG_SHIFT) == 0 &&
+        gm_mcache_onList(c, s->sizeclass, (void *)p))
+        return GM_ERR_NOT_ALLOCATED;
+    return GM_OK;
+}
+
+/* ---- the rest of the family ------------------------------------------------ */
+
+size_t gm_usable_size(const void *p) {
+    if (gm_check(p) != GM_OK)
+        return 0;
+    return gm_span_of((uintptr_t)p)->elemsize;
+}
+
+void *gm_realloc(void *p, size_t size) {
+    if (p == NULL)
+        return gm_malloc(size);
+    int code = gm_check(p);
+    if (code != GM_OK) {
+        gm_report(code, p, "realloc");
+        return NULL;
+    }
+    if (size == 0) { /* as glibc: free and return NULL */
+        gm_free(p);
+        return NULL;
+    }
+    gm_mspan *s = gm_span_of((uintptr_t)p);
+    size_t old = s->elemsize;
+    if (s->sizeclass != 0) {
+        /* In place when the new size has the same class. */
+        if (size <= MAX_SMALL_SIZE && size_to_class(size) == s->sizeclass)
+            return p;
+    } else if (size > MAX_SMALL_SIZE && (size + PAGE_SIZE - 1) >> PAGE_SHIFT == s->npages) {
+        return p;
+    }
+    void *q = gm_malloc(size);
+    if (q == NULL)
+        return NULL; /* p is untouched */
+    memcpy(q, p, old < size ? old : size);
+    gm_free(p);
+    return q;
+}
+
+void *gm_aligned_alloc(size_t alignment, size_t size) {
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (size > ((size_t)1 << HEAP_ADDR_BITS)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (alignment <= 8)
+        return gm_malloc(size);
+    if (alignment <= PAGE_SIZE) {
+        /* Objects of a class whose size is a multiple of alignment are
+         * aligned: spans start on 8 KiB boundaries. */
+        size_t n = (size + alignment - 1) & ~(alignment - 1);
+        if (n == 0)
+            n = alignment;
+        if (n <= MAX_SMALL_SIZE) {
+            for (uint8_t sc = size_to_class(n); sc < NUM_CLASSES; sc++)
+                if (gm_class_to_size[sc] % alignment == 0)
+                    return gm_malloc(gm_class_to_size[sc]);
+        }
+        if (size <= MAX_SMALL_SIZE)
+            size = MAX_SMALL_SIZE + 1; /* a large span is page aligned */
+        return gm_malloc(size);
+    }
+    gm_ensure_init();
+    gm_mspan *s = gm_heap_alloc_aligned((size + PAGE_SIZE - 1) >> PAGE_SHIFT, alignment);
+    if (s == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    ATOMIC_ADD(&gm_heap.large_mallocs, 1);
+    ATOMIC_ADD(&gm_heap.large_bytes_alloc, s->npages * PAGE_SIZE);
+    return (void *)s->startAddr;
+}
+
+int gm_posix_memalign(void **out, size_t alignment, size_t size) {
+    if (alignment < sizeof(void *) || (alignment & (alignment - 1)) != 0)
+        return EINVAL;
+    int saved = errno;
+    void *p = gm_aligned_alloc(alignment, size);
+    if (p == NULL) {
+        int e = errno;
+        errno = saved;
+        return e;
+    }
+    *out = p;
+    return 0;
+}
+
+void gm_thread_flush(void) {
+    gm_mcache *c = gm_tls_mcache;
+    if (c != NULL)
+        gm_mcache_flushAll(c);
+}
+
+size_t gm_release(void) {
+    if (!atomic_load_explicit(&gm_inited, memory_order_acquire))
+        return 0;
+    gm_thread_flush();
+    return gm_heap_scavenge(~(uintptr_t)0);
+}
+
+/* ---- the drop-in malloc family (preload library only) ---------------------- */
+
+#ifdef GM_PRELOAD
+#define GM_ALIAS(name, target) \
+    extern __typeof(target) name __attribute__((alias(#target), visibility("default")))
+GM_ALIAS(malloc, gm_malloc);
+GM_ALIAS(free, gm_free);
+GM_ALIAS(calloc, gm_calloc);
+GM_ALIAS(realloc, gm_realloc);
+GM_ALIAS(aligned_alloc, gm_aligned_alloc);
+GM_ALIAS(posix_memalign, gm_posix_memalign);
+#endif

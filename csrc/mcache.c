@@ -1,0 +1,234 @@
+/*
+ * mcache.c: per-thread caches (mcache.go), thread exit and fork.
+ *
+ * Go has one mcache per P; we have one per OS thread, created on the
+ * thread's first malloc, found through a thread-local pointer, and given
+ * back when the thread exits (a pthread key destructor flushes it and puts
+ * it on a free list for the next thread).
+ *
+ * Per size class an mcache holds the span it allocates from (refill,
+ * cacheSpan) and a LIFO list of freed objects of that class, from any span.
+ * malloc pops the list before trying the span, so a thread that frees and
+ * allocates again reuses hot memory without a lock.  When the list grows
+ * past its bound (about tcache_bytes of objects), the older half goes back
+ * to the spans in one batch (mcentral.c).
+ *
+ * Threads and frees: any thread may free any object; it lands on the
+ * freeing thread's list and is reused there, or returned to its span by the
+ * next batch.  No lock is taken on the way, and nothing is serialised behind
+ * a global lock: batches take the lock of their size class only.
+ *
+ * fork(): the atfork handlers take every lock (registry, then each
+ * mcentral, then the heap) so that the child starts with consistent
+ * structures; in the child, the caches of the threads that did not survive
+ * are flushed, so their memory is not lost.
+ */
+#define _GNU_SOURCE
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "gm_internal.h"
+
+__thread gm_mcache *gm_tls_mcache GM_TLS_MODEL;
+
+/* The span of an mcache class with nothing to give: nextFreeFast fails on
+ * it (allocCache == 0), so no NULL check is needed on the fast path. */
+gm_mspan gm_emptyspan;
+
+static pthread_key_t mcache_key;
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static gm_mcache *registry;      /* live mcaches. Under registry_lock. */
+static uintptr_t link_tag;       /* set once at init */
+uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES]; /* counters of exited threads. Under registry_lock. */
+
+static void mcache_release(gm_mcache *c);
+
+static void mcache_destructor(void *arg) {
+    gm_mcache *c = arg;
+    if (gm_tls_mcache == c)
+        gm_tls_mcache = NULL;
+    mcache_release(c);
+}
+
+void gm_mcache_init(void) {
+    if (pthread_key_create(&mcache_key, mcache_destructor) != 0)
+        gm_throw("pthread_key_create failed");
+    uint64_t r = 0;
+    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        r = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)&r;
+    }
+    /* 16 bits, neither 0x0000 nor 0xffff: the top bits of small integers. */
+    link_tag = (uintptr_t)(1 + (r >> 20) % 0xfffe) << LINK_TAG_SHIFT;
+    gm_fixalloc_init(&gm_heap.cachealloc, sizeof(gm_mcache), &gm_heap.mcache_sys);
+}
+
+static uint32_t list_bound(uint8_t sc) {
+    long long b = gm_opt.tcache_bytes / gm_class_to_size[sc];
+    if (b < 8)
+        b = 8;
+    if (b > 512)
+        b = 512;
+    return (uint32_t)b;
+}
+
+gm_mcache *gm_mcache_create(void) {
+    pthread_mutex_lock(&registry_lock);
+    gm_mcache *c = gm_fixalloc_alloc(&gm_heap.cachealloc);
+    if (c == NULL) {
+        pthread_mutex_unlock(&registry_lock);
+        return NULL;
+    }
+    for (int sc = 0; sc < NUM_CLASSES; sc++) {
+        c->cls[sc].span = &gm_emptyspan;
+        c->cls[sc].max = sc ? list_bound((uint8_t)sc) : 0;
+    }
+    c->tag = link_tag;
+    c->prev = NULL;
+    c->next = registry;
+    if (registry != NULL)
+        registry->prev = c;
+    registry = c;
+    c->linked = true;
+    pthread_mutex_unlock(&registry_lock);
+    gm_tls_mcache = c;
+    pthread_setspecific(mcache_key, c);
+    return c;
+}
+
+/* Flush everything and recycle c.  c's owner is gone (or is us, leaving). */
+static void mcache_release(gm_mcache *c) {
+    gm_mcache_flushAll(c);
+    pthread_mutex_lock(&registry_lock);
+    gm_stats_fold_mcache(c);
+    if (c->linked) {
+        if (c->prev != NULL)
+            c->prev->next = c->next;
+        else
+            registry = c->next;
+        if (c->next != NULL)
+            c->next->prev = c->prev;
+        c->linked = false;
+    }
+    gm_fixalloc_free(&gm_heap.cachealloc, c);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+/* Counters of an mcache that goes away.  Under registry_lock. */
+void gm_stats_fold_mcache(gm_mcache *c) {
+    for (int sc = 0; sc < NUM_CLASSES; sc++) {
+        ATOMIC_ADD(&gm_dead_nmalloc[sc], c->cls[sc].nmalloc);
+        ATOMIC_ADD(&gm_dead_nfree[sc], c->cls[sc].nfree);
+        c->cls[sc].nmalloc = c->cls[sc].nfree = 0;
+    }
+}
+
+/*
+ * refill (mcache.nextFree + mcache.refill): the slow path of malloc for a
+ * small class when the free list is empty and nextFreeFast failed.  Returns
+ * an object, or NULL when out of memory.
+ */
+void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
+    gm_mclass *m = &c->cls[sc];
+    gm_mspan *s = m->span;
+    if (s != &gm_emptyspan) {
+        uintptr_t i = gm_span_nextFreeIndex(s);
+        if (i < s->nelems)
+            return (void *)(s->startAddr + i * s->elemsize);
+        gm_mcentral_uncacheSpan(s);
+        m->span = &gm_emptyspan;
+    }
+    s = gm_mcentral_cacheSpan(c, sc);
+    if (s == NULL)
+        return NULL;
+    m->span = s;
+    uintptr_t i = gm_span_nextFreeIndex(s);
+    if (i >= s->nelems)
+        gm_throw("cacheSpan returned a span without free slots");
+    return (void *)(s->startAddr + i * s->elemsize);
+}
+
+/* Return all but the `keep` most recently freed objects of class sc to their
+ * spans. */
+void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
+    gm_mclass *m = &c->cls[sc];
+    if (m->n <= keep)
+        return;
+    void *rest;
+    if (keep == 0) {
+        rest = m->head;
+        m->head = NULL;
+    } else {
+        void *p = m->head;
+        for (uint32_t k = 1; k < keep; k++)
+            p = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
+        rest = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
+        *(uintptr_t *)p = c->tag; /* new end of list */
+    }
+    m->n = keep;
+    gm_mcentral_freeList(sc, rest, c->tag);
+}
+
+void gm_mcache_flushAll(gm_mcache *c) {
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        gm_mcache_flushClass(c, (uint8_t)sc, 0);
+        if (c->cls[sc].span != &gm_emptyspan) {
+            gm_mcentral_uncacheSpan(c->cls[sc].span);
+            c->cls[sc].span = &gm_emptyspan;
+        }
+    }
+    gm_pagecache_flush(c);
+}
+
+/* Is p on c's list of class sc?  Confirms a suspected double free. */
+bool gm_mcache_onList(gm_mcache *c, uint8_t sc, void *p) {
+    uint32_t k = 0;
+    for (void *q = c->cls[sc].head; q != NULL && k <= c->cls[sc].n; k++) {
+        if (q == p)
+            return true;
+        q = (void *)(*(uintptr_t *)q & LINK_ADDR_MASK);
+    }
+    return false;
+}
+
+/* ---- registry, for stats and the heap check ----------------------------- */
+
+void gm_registry_lock(void) { pthread_mutex_lock(&registry_lock); }
+void gm_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
+gm_mcache *gm_registry_first(void) { return registry; }
+
+/* ---- fork ------------------------------------------------------------------ */
+
+void gm_mcache_fork_prepare(void) {
+    pthread_mutex_lock(&registry_lock);
+    for (int sc = 0; sc < NUM_CLASSES; sc++)
+        pthread_mutex_lock(&gm_central[sc].lock);
+    pthread_mutex_lock(&gm_heap.lock);
+    gm_persistent_lock();
+}
+
+void gm_mcache_fork_parent(void) {
+    gm_persistent_unlock();
+    pthread_mutex_unlock(&gm_heap.lock);
+    for (int sc = NUM_CLASSES - 1; sc >= 0; sc--)
+        pthread_mutex_unlock(&gm_central[sc].lock);
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void gm_mcache_fork_child(void) {
+    gm_persistent_reinit();
+    pthread_mutex_init(&gm_heap.lock, NULL);
+    for (int sc = 0; sc < NUM_CLASSES; sc++)
+        pthread_mutex_init(&gm_central[sc].lock, NULL);
+    pthread_mutex_init(&registry_lock, NULL);
+    /* Only the forking thread exists now: reclaim the others' caches. */
+    gm_mcache *c = registry;
+    while (c != NULL) {
+        gm_mcache *next = c->next;
+        if (c != gm_tls_mcache)
+            mcache_release(c);
+        c = next;
+    }
+}

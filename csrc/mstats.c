@@ -1,0 +1,192 @@
+/*
+ * mstats.c: MemStats (mstats.go) and the heap invariant checker.
+ *
+ * Object counts live where they change: each mcache counts, per class, the
+ * objects it handed out and took back (plain increments by the owner, no
+ * atomics on the fast path); the counts of exited threads are folded into
+ * gm_dead_*.  Page figures live in the heap.  gm_read_stats adds them up
+ * under the registry lock; the per-thread counters are read without
+ * synchronisation with their owners, so the figures are exact when no
+ * thread is allocating, and recent otherwise.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "gm_internal.h"
+
+/* Reads counters that their owner threads write without atomics: a benign
+ * race, by design (see above), so hidden from ThreadSanitizer. */
+#define GM_RACY_READER __attribute__((no_sanitize("thread")))
+#define RACY(x) (*(volatile const __typeof__(x) *)&(x))
+
+GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
+    memset(st, 0, sizeof *st);
+    gm_ensure_init();
+    uint64_t nmalloc[NUM_CLASSES], nfree[NUM_CLASSES], cached = 0, nthreads = 0;
+    gm_registry_lock();
+    for (int sc = 0; sc < NUM_CLASSES; sc++) {
+        nmalloc[sc] = LOAD_RELAXED(&gm_dead_nmalloc[sc]);
+        nfree[sc] = LOAD_RELAXED(&gm_dead_nfree[sc]);
+    }
+    for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {
+        nthreads++;
+        for (int sc = 0; sc < NUM_CLASSES; sc++) {
+            nmalloc[sc] += RACY(c->cls[sc].nmalloc);
+            nfree[sc] += RACY(c->cls[sc].nfree);
+            cached += (uint64_t)RACY(c->cls[sc].n) * gm_class_to_size[sc];
+        }
+    }
+    st->mcache_inuse = gm_heap.cachealloc.inuse;
+    gm_registry_unlock();
+
+    uint64_t large_live_bytes = LOAD_RELAXED(&gm_heap.large_bytes_alloc) - LOAD_RELAXED(&gm_heap.large_bytes_freed);
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        struct gm_size_class_stats *b = &st->by_size[sc];
+        b->size = gm_class_to_size[sc];
+        b->npages = gm_class_to_allocnpages[sc];
+        b->mallocs = nmalloc[sc];
+        b->frees = nfree[sc];
+        st->mallocs += nmalloc[sc];
+        st->frees += nfree[sc];
+        st->total_alloc += nmalloc[sc] * b->size;
+        st->heap_alloc += (nmalloc[sc] - nfree[sc]) * b->size;
+    }
+    st->by_size[0].mallocs = LOAD_RELAXED(&gm_heap.large_mallocs);
+    st->by_size[0].frees = LOAD_RELAXED(&gm_heap.large_frees);
+    st->mallocs += st->by_size[0].mallocs;
+    st->frees += st->by_size[0].frees;
+    st->large_objects = st->by_size[0].mallocs - st->by_size[0].frees;
+    st->total_alloc += LOAD_RELAXED(&gm_heap.large_bytes_alloc);
+    st->heap_alloc += large_live_bytes;
+    st->heap_objects = st->mallocs - st->frees;
+    st->cached_bytes = cached;
+    st->num_threads = nthreads;
+
+    pthread_mutex_lock(&gm_heap.lock);
+    st->heap_reserved = gm_heap.heap_reserved;
+    st->heap_sys = gm_heap.heap_sys;
+    st->heap_inuse = LOAD_RELAXED(&gm_heap.heap_inuse);
+    st->heap_released = LOAD_RELAXED(&gm_heap.heap_released);
+    st->heap_idle = st->heap_sys - st->heap_inuse;
+    st->mspan_inuse = gm_heap.spanalloc.inuse;
+    st->num_arenas = gm_heap.num_arenas;
+    st->scavenge_cycles = gm_heap.scavenge_cycles;
+    st->scavenged_bytes = gm_heap.scavenged_bytes;
+    pthread_mutex_unlock(&gm_heap.lock);
+    st->mspan_sys = LOAD_RELAXED(&gm_heap.mspan_sys);
+    st->mcache_sys = LOAD_RELAXED(&gm_heap.mcache_sys);
+    st->other_sys = LOAD_RELAXED(&gm_heap.other_sys);
+    st->sys = st->heap_sys + st->mspan_sys + st->mcache_sys + st->other_sys;
+    st->bad_frees = gm_bad_frees();
+    for (int op = 0; op < 6; op++) {
+        (&st->n_sys_reserve)[op] = LOAD_RELAXED(&gm_sysstats.n[op]);
+        (&st->bytes_sys_reserve)[op] = LOAD_RELAXED(&gm_sysstats.bytes[op]);
+    }
+    st->phys_page_size = gm_phys_page_size;
+    st->huge_page_size = gm_huge_page_size;
+    return 0;
+}
+
+/* ---- the heap invariant checker ------------------------------------------- */
+
+void gm_warn_check(const char *what, const gm_mspan *s) {
+    if (s != NULL)
+        fprintf(stderr, "pygomalloc: heap check: %s (span %p: start %#lx npages %lu class %u state %u)\n", what,
+                (const void *)s, (unsigned long)s->startAddr, (unsigned long)s->npages, s->sizeclass, s->state);
+    else
+        fprintf(stderr, "pygomalloc: heap check: %s\n", what);
+}
+
+/* Objects live from the spans' point of view (handed out, not freed back). */
+static uint64_t span_live(const gm_mspan *s) {
+    uint64_t n = 0;
+    for (uintptr_t i = 0; i < s->nelems; i++)
+        n += gm_span_live(s, i);
+    return n;
+}
+
+int gm_check_heap(void) {
+    gm_ensure_init();
+    int bad = 0;
+    uint64_t cached_pages = 0, cached_scav = 0, listed_objects = 0, span_objects = 0;
+    uint64_t nspans[NUM_CLASSES] = {0};
+    struct gm_stats st;
+    gm_read_stats(&st);
+
+    gm_registry_lock();
+    for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {
+        cached_pages += (uint64_t)__builtin_popcountll(c->pcache.free);
+        cached_scav += (uint64_t)__builtin_popcountll(c->pcache.scav);
+        for (int sc = 1; sc < NUM_CLASSES; sc++) {
+            gm_mclass *m = &c->cls[sc];
+            uint32_t n = 0;
+            for (void *p = m->head; p != NULL; n++) {
+                gm_mspan *s = gm_span_of((uintptr_t)p);
+                if (n > m->n || s == NULL || s->state != SPAN_INUSE || s->sizeclass != sc ||
+                    !gm_span_live(s, gm_span_index(s, (uintptr_t)p)) ||
+                    (*(uintptr_t *)p & ~LINK_ADDR_MASK) != c->tag) {
+                    gm_warn_check("bad object on an mcache free list", s);
+                    bad++;
+                    break;
+                }
+                p = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
+            }
+            if (n != m->n) {
+                gm_warn_check("mcache free list length differs from its count", NULL);
+                bad++;
+            }
+            listed_objects += n;
+            if (m->span != &gm_emptyspan) {
+                gm_mcentral *mc = &gm_central[sc];
+                pthread_mutex_lock(&mc->lock);
+                if (m->span->cachedBy != c || m->span->sizeclass != sc) {
+                    gm_warn_check("cached span not owned by its mcache", m->span);
+                    bad++;
+                }
+                bad += gm_span_check(m->span, true);
+                span_objects += span_live(m->span);
+                nspans[sc]++;
+                pthread_mutex_unlock(&mc->lock);
+            }
+        }
+    }
+    gm_registry_unlock();
+
+    uint64_t nuncached = 0;
+    bad += gm_mcentral_check_lists(&nuncached);
+    uint64_t small_pages = 0;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        gm_mcentral *mc = &gm_central[sc];
+        pthread_mutex_lock(&mc->lock);
+        for (int l = 0; l < 2; l++)
+            for (gm_mspan *s = l ? mc->full : mc->partial; s != NULL; s = s->next) {
+                nspans[sc]++;
+                span_objects += span_live(s);
+            }
+        if (nspans[sc] != mc->nspans) {
+            fprintf(stderr, "pygomalloc: heap check: class %d has %llu spans, mcentral counts %llu\n", sc,
+                    (unsigned long long)nspans[sc], (unsigned long long)mc->nspans);
+            bad++;
+        }
+        small_pages += mc->nspans * gm_class_to_allocnpages[sc];
+        pthread_mutex_unlock(&mc->lock);
+    }
+    bad += gm_heap_check_pages(cached_pages, cached_scav);
+
+    /* Cross-check the figures: in-use pages, live objects. */
+    uint64_t large_bytes = LOAD_RELAXED(&gm_heap.large_bytes_alloc) - LOAD_RELAXED(&gm_heap.large_bytes_freed);
+    if (small_pages * PAGE_SIZE + large_bytes != LOAD_RELAXED(&gm_heap.heap_inuse)) {
+        fprintf(stderr, "pygomalloc: heap check: spans hold %llu bytes, heap_inuse is %llu\n",
+                (unsigned long long)(small_pages * PAGE_SIZE + large_bytes),
+                (unsigned long long)LOAD_RELAXED(&gm_heap.heap_inuse));
+        bad++;
+    }
+    if (span_objects - listed_objects != st.heap_objects - st.large_objects) {
+        fprintf(stderr, "pygomalloc: heap check: spans hold %llu live objects, %llu on free lists; "
+                        "counters say %llu small objects\n",
+                (unsigned long long)span_objects, (unsigned long long)listed_objects,
+                (unsigned long long)(st.heap_objects - st.large_objects));
+        bad++;
+    }
+    return bad;
+}

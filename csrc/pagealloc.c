@@ -1,0 +1,570 @@
+/*
+ * pagealloc.c: the page heap (mheap.go allocSpan/freeSpan, mpagecache.go).
+ *
+ * The heap hands out runs of 8 KiB pages.  Free pages form maximal runs,
+ * each described by a span struct in state SPAN_FREE whose first and last
+ * pages point to it in heapArena.spans (boundary tags).  Freeing a run looks
+ * at the page just before it and the page just after it: if either belongs
+ * to a free run, the runs merge.  So free runs are always maximal, and
+ * allocation and free cost O(1) list operations plus the per-page work of
+ * setting the span map, whatever the size of the heap:
+ *
+ *   free[n]   runs of exactly n pages, n < 128, with a bitmap of non-empty
+ *             lists: the smallest run that fits is found with one ctz.
+ *   large[k]  runs of 2^(k+7) .. 2^(k+8)-1 pages: any run in a higher
+ *             bucket fits; within the bucket of the request we take the
+ *             best fit (the only scan, over runs of similar size).
+ *
+ * Allocation takes the low end of the run and leaves the rest free.  When
+ * nothing fits, the heap grows by whole 4 MiB chunks (arena.c); new pages
+ * arrive released (Prepared), and merge with the free run below them.
+ *
+ * Released pages.  Each arena keeps a bit per page: set iff the page is free
+ * and has been returned to the OS (sysUnused: Ready -> Prepared).  Allocating
+ * such a page calls sysUsed (Prepared -> Ready) and takes it out of
+ * heap_released.  Pages at or above an arena's zeroedBase have never been
+ * handed out and are zero; released pages are zero too when released with
+ * MADV_DONTNEED.  A span made only of such pages has needzero == 0, so
+ * calloc skips the memset.
+ *
+ * The page cache.  Each mcache keeps up to 64 pages, taken from the heap in
+ * one run, and carves small spans (< 16 pages) from them with a bitmap and
+ * no lock, as Go's per-P pageCache does.  The pages in a cache belong to no
+ * free run (their span map entries are NULL), so they never merge; a cache
+ * gives its free pages back when its thread exits or on gm_release.
+ */
+#include <string.h>
+#include <time.h>
+
+#include "gm_internal.h"
+
+gm_mheap gm_heap = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* Set once MADV_FREE has been used: released pages may then keep old bytes. */
+static bool madv_free_used;
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+void gm_pages_init(void) {
+    gm_fixalloc_init(&gm_heap.spanalloc, sizeof(gm_mspan), &gm_heap.mspan_sys);
+}
+
+/* ---- free run lists ---------------------------------------------------- */
+
+static unsigned large_bucket(uintptr_t npages) {
+    unsigned k = (unsigned)(63 - __builtin_clzll(npages)) - 7;
+    return k < FREE_LARGE_LISTS ? k : FREE_LARGE_LISTS - 1;
+}
+
+static void free_insert(gm_mspan *s) {
+    uintptr_t n = s->npages;
+    s->state = SPAN_FREE;
+    s->sizeclass = 0;
+    s->list = LIST_FREE;
+    if (n < FREE_EXACT_LISTS) {
+        gm_list_push(&gm_heap.free[n], s);
+        gm_heap.freemask[n / 64] |= (uint64_t)1 << (n % 64);
+    } else {
+        unsigned k = large_bucket(n);
+        gm_list_push(&gm_heap.large[k], s);
+        gm_heap.largemask |= (uint64_t)1 << k;
+    }
+}
+
+static void free_remove(gm_mspan *s) {
+    uintptr_t n = s->npages;
+    if (n < FREE_EXACT_LISTS) {
+        gm_list_unlink(&gm_heap.free[n], s);
+        if (gm_heap.free[n] == NULL)
+            gm_heap.freemask[n / 64] &= ~((uint64_t)1 << (n % 64));
+    } else {
+        unsigned k = large_bucket(n);
+        gm_list_unlink(&gm_heap.large[k], s);
+        if (gm_heap.large[k] == NULL)
+            gm_heap.largemask &= ~((uint64_t)1 << k);
+    }
+    s->list = LIST_NONE;
+}
+
+/* The free run to allocate npages from, or NULL. */
+static gm_mspan *free_find(uintptr_t npages) {
+    if (npages < FREE_EXACT_LISTS) {
+        for (uintptr_t w = npages / 64; w < 2; w++) {
+            uint64_t m = gm_heap.freemask[w];
+            if (w == npages / 64)
+                m &= ~(uint64_t)0 << (npages % 64);
+            if (m != 0)
+                return gm_heap.free[w * 64 + (uintptr_t)__builtin_ctzll(m)];
+        }
+        if (gm_heap.largemask != 0)
+            return gm_heap.large[__builtin_ctzll(gm_heap.largemask)];
+        return NULL;
+    }
+    unsigned k = large_bucket(npages);
+    gm_mspan *best = NULL;
+    for (gm_mspan *s = gm_heap.large[k]; s != NULL; s = s->next)
+        if (s->npages >= npages && (best == NULL || s->npages < best->npages ||
+                                    (s->npages == best->npages && s->startAddr < best->startAddr)))
+            best = s;
+    if (best != NULL)
+        return best;
+    uint64_t m = k + 1 < 64 ? gm_heap.largemask & (~(uint64_t)0 << (k + 1)) : 0;
+    return m != 0 ? gm_heap.large[__builtin_ctzll(m)] : NULL;
+}
+
+static void set_tag(uintptr_t page, gm_mspan *v) {
+    gm_heap_arena *ha = gm_arena_of(page);
+    STORE_RELAXED(&ha->spans[(page >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)], v);
+}
+
+/* A free run adjacent to address a, i.e. containing page a, if it is on a
+ * free list and is the run that ends (or starts) there. */
+static gm_mspan *free_run_at(uintptr_t a) {
+    gm_mspan *t = gm_span_of(a);
+    if (t == NULL || t->state != SPAN_FREE || t->list != LIST_FREE)
+        return NULL;
+    return t;
+}
+
+/*
+ * Give [base, base+npages) to the free lists, merging with neighbours.  s is
+ * a span struct to describe the run (NULL: take one).  Pages' scavenged bits
+ * must already be right.  Under lock.
+ */
+static void free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t since) {
+    if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL)
+        gm_throw("out of memory for span structures");
+    gm_mspan *t = free_run_at(base - PAGE_SIZE);
+    if (t != NULL && t->startAddr + t->npages * PAGE_SIZE == base) {
+        free_remove(t);
+        set_tag(base - PAGE_SIZE, NULL);
+        base = t->startAddr;
+        npages += t->npages;
+        if (t->unusedsince > since)
+            since = t->unusedsince;
+        gm_fixalloc_free(&gm_heap.spanalloc, t);
+    }
+    uintptr_t end = base + npages * PAGE_SIZE;
+    t = free_run_at(end);
+    if (t != NULL && t->startAddr == end) {
+        free_remove(t);
+        set_tag(end, NULL);
+        npages += t->npages;
+        if (t->unusedsince > since)
+            since = t->unusedsince;
+        gm_fixalloc_free(&gm_heap.spanalloc, t);
+    }
+    s->startAddr = base;
+    s->npages = npages;
+    s->unusedsince = since;
+    set_tag(base, s);
+    set_tag(base + (npages - 1) * PAGE_SIZE, s);
+    free_insert(s);
+}
+
+/* Map more memory: it arrives Prepared, i.e. released. Under lock. */
+static bool grow(uintptr_t npages) {
+    uintptr_t got = 0;
+    uintptr_t v = gm_arena_grow(npages * PAGE_SIZE, &got);
+    if (v == 0)
+        return false;
+    for (uintptr_t a = v; a < v + got; a += PAGE_SIZE) {
+        gm_heap_arena *ha = gm_arena_of(a);
+        uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+        ha->scavenged[i / 64] |= (uint64_t)1 << (i % 64);
+    }
+    ATOMIC_ADD(&gm_heap.heap_released, got);
+    free_range(NULL, v, got / PAGE_SIZE, 0);
+    return true;
+}
+
+/*
+ * Take npages from the free lists (growing if needed).  Returns the base, or
+ * 0.  If the run taken was exactly npages, its struct is returned in *reuse.
+ * The span map entries of the taken pages are stale: the caller sets them.
+ */
+static uintptr_t take_pages(uintptr_t npages, gm_mspan **reuse) {
+    gm_mspan *s = free_find(npages);
+    if (s == NULL) {
+        if (!grow(npages))
+            return 0;
+        s = free_find(npages);
+        if (s == NULL)
+            return 0;
+    }
+    free_remove(s);
+    uintptr_t base = s->startAddr;
+    if (s->npages == npages) {
+        *reuse = s;
+    } else {
+        s->startAddr += npages * PAGE_SIZE;
+        s->npages -= npages;
+        set_tag(s->startAddr, s);
+        free_insert(s);
+        *reuse = NULL;
+    }
+    return base;
+}
+
+/*
+ * Pages [base, base+npages) leave the heap: clear their scavenged bits and
+ * raise zeroedBase past them.  Returns bitmaps (bit i for page i, npages <=
+ * 64 only) or, for larger runs, whether any page was released and whether
+ * all are zero.  Under lock.
+ */
+struct page_state {
+    uint64_t scav, zero;   /* per page, for runs of <= 64 pages */
+    uintptr_t nscav;       /* released pages */
+    bool allzero;
+};
+
+static struct page_state claim_pages(uintptr_t base, uintptr_t npages) {
+    struct page_state ps = {0, 0, 0, true};
+    for (uintptr_t j = 0; j < npages; j++) {
+        uintptr_t a = base + j * PAGE_SIZE;
+        gm_heap_arena *ha = gm_arena_of(a);
+        uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+        uint64_t bit = (uint64_t)1 << (i % 64);
+        bool scav = (ha->scavenged[i / 64] & bit) != 0;
+        bool zero = (a - ha->base) >= ha->zeroedBase || (scav && !madv_free_used);
+        if (scav) {
+            ha->scavenged[i / 64] &= ~bit;
+            ps.nscav++;
+        }
+        if (!zero)
+            ps.allzero = false;
+        if (j < 64) {
+            ps.scav |= (uint64_t)scav << j;
+            ps.zero |= (uint64_t)zero << j;
+        }
+        if (a + PAGE_SIZE - ha->base > ha->zeroedBase)
+            ha->zeroedBase = a + PAGE_SIZE - ha->base;
+    }
+    return ps;
+}
+
+static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t sizeclass, bool zero) {
+    s->startAddr = base;
+    s->npages = npages;
+    s->state = SPAN_INUSE;
+    s->list = LIST_NONE;
+    s->needzero = zero ? 0 : 1;
+    s->next = s->prev = NULL;
+    s->cachedBy = NULL;
+    if (sizeclass != 0) {
+        gm_span_init_small(s, sizeclass);
+    } else {
+        s->sizeclass = 0;
+        s->elemsize = npages * PAGE_SIZE;
+        s->divMul = 0;
+        s->nelems = 1;
+        s->allocCount = 1;
+        s->freeindex = 1;
+        s->allocCache = 0;
+    }
+    gm_set_spans(s, base, npages, s);
+    gm_heap_arena *ha = gm_arena_of(base);
+    uintptr_t i = (base >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+    __atomic_fetch_or(&ha->pageInUse[i / 64], (uint64_t)1 << (i % 64), __ATOMIC_RELAXED);
+    ATOMIC_ADD(&gm_heap.heap_inuse, npages * PAGE_SIZE);
+}
+
+/* ---- the page cache ---------------------------------------------------- */
+
+static bool pagecache_refill(gm_mcache *c) {
+    gm_pagecache *pc = &c->pcache;
+    gm_mspan *s = NULL;
+    pthread_mutex_lock(&gm_heap.lock);
+    uintptr_t base = take_pages(PAGE_CACHE_PAGES, &s);
+    if (base == 0) {
+        pthread_mutex_unlock(&gm_heap.lock);
+        return false;
+    }
+    if (s != NULL)
+        gm_fixalloc_free(&gm_heap.spanalloc, s);
+    gm_set_spans(NULL, base, PAGE_CACHE_PAGES, NULL);
+    struct page_state ps = claim_pages(base, PAGE_CACHE_PAGES);
+    /* Span structs for what the cache will carve, while we hold the lock. */
+    while (c->nspancache < SPAN_CACHE_MAX) {
+        gm_mspan *t = gm_fixalloc_alloc(&gm_heap.spanalloc);
+        if (t == NULL)
+            break;
+        c->spancache[c->nspancache++] = t;
+    }
+    pthread_mutex_unlock(&gm_heap.lock);
+    pc->base = base;
+    pc->free = ~(uint64_t)0;
+    pc->scav = ps.scav;
+    pc->zero = ps.zero;
+    return true;
+}
+
+static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
+    gm_pagecache *pc = &c->pcache;
+    if (pc->free == 0 || c->nspancache == 0) {
+        if (pc->free != 0)
+            return NULL; /* no span structs: take the locked path, which refills them */
+        if (!pagecache_refill(c) || c->nspancache == 0)
+            return NULL;
+    }
+    /* Find npages consecutive free pages: m has bit i set iff pages
+     * i..i+npages-1 are all free. */
+    uint64_t m = pc->free;
+    for (uintptr_t k = 1; k < npages && m != 0; k++)
+        m &= pc->free >> k;
+    if (m == 0)
+        return NULL;
+    unsigned i = (unsigned)__builtin_ctzll(m);
+    uint64_t bits = (npages == 64 ? ~(uint64_t)0 : (((uint64_t)1 << npages) - 1)) << i;
+    uint64_t scav = pc->scav & bits;
+    bool zero = (pc->zero & bits) == bits;
+    pc->free &= ~bits;
+    pc->scav &= ~bits;
+    pc->zero &= ~bits;
+    gm_mspan *s = c->spancache[--c->nspancache];
+    uintptr_t base = pc->base + (uintptr_t)i * PAGE_SIZE;
+    init_span(s, base, npages, sizeclass, zero);
+    if (scav != 0) {
+        ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)__builtin_popcountll(scav) * PAGE_SIZE);
+        gm_sysUsed((void *)base, npages * PAGE_SIZE);
+    }
+    return s;
+}
+
+/* Give the cache's free pages and span structs back to the heap. */
+void gm_pagecache_flush(gm_mcache *c) {
+    gm_pagecache *pc = &c->pcache;
+    pthread_mutex_lock(&gm_heap.lock);
+    uint64_t now = now_ms();
+    while (pc->free != 0) {
+        unsigned i = (unsigned)__builtin_ctzll(pc->free);
+        unsigned n = (unsigned)__builtin_ctzll(~(pc->free >> i)); /* run length */
+        if (i + n > 64)
+            n = 64 - i;
+        for (unsigned j = i; j < i + n; j++) {
+            if (pc->scav & ((uint64_t)1 << j)) {
+                uintptr_t a = pc->base + (uintptr_t)j * PAGE_SIZE;
+                gm_heap_arena *ha = gm_arena_of(a);
+                uintptr_t k = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+                ha->scavenged[k / 64] |= (uint64_t)1 << (k % 64);
+            }
+        }
+        free_range(NULL, pc->base + (uintptr_t)i * PAGE_SIZE, n, now);
+        uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << i;
+        pc->free &= ~bits;
+    }
+    pc->base = 0;
+    pc->scav = pc->zero = 0;
+    while (c->nspancache > 0)
+        gm_fixalloc_free(&gm_heap.spanalloc, c->spancache[--c->nspancache]);
+    pthread_mutex_unlock(&gm_heap.lock);
+}
+
+/* ---- allocSpan / freeSpan ----------------------------------------------- */
+
+gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
+    if (c != NULL && npages < PAGE_CACHE_MAX_SPAN) {
+        gm_mspan *s = pagecache_alloc(c, npages, sizeclass);
+        if (s != NULL)
+            return s;
+    }
+    pthread_mutex_lock(&gm_heap.lock);
+    gm_mspan *s = NULL;
+    uintptr_t base = take_pages(npages, &s);
+    if (base == 0) {
+        pthread_mutex_unlock(&gm_heap.lock);
+        return NULL;
+    }
+    if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
+        free_range(NULL, base, npages, now_ms()); /* cannot happen without a span struct... */
+        pthread_mutex_unlock(&gm_heap.lock);
+        return NULL;
+    }
+    struct page_state ps = claim_pages(base, npages);
+    init_span(s, base, npages, sizeclass, ps.allzero);
+    if (ps.nscav != 0)
+        ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
+    if (c != NULL && c->nspancache < SPAN_CACHE_MAX / 2) {
+        gm_mspan *t;
+        while (c->nspancache < SPAN_CACHE_MAX && (t = gm_fixalloc_alloc(&gm_heap.spanalloc)) != NULL)
+            c->spancache[c->nspancache++] = t;
+    }
+    pthread_mutex_unlock(&gm_heap.lock);
+    if (ps.nscav != 0)
+        gm_sysUsed((void *)base, npages * PAGE_SIZE);
+    return s;
+}
+
+gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
+    uintptr_t extra = align / PAGE_SIZE - 1;
+    pthread_mutex_lock(&gm_heap.lock);
+    gm_mspan *s = NULL;
+    uintptr_t base = take_pages(npages + extra, &s);
+    if (base == 0) {
+        pthread_mutex_unlock(&gm_heap.lock);
+        return NULL;
+    }
+    uintptr_t aligned = (base + align - 1) & ~(align - 1);
+    uintptr_t head = (aligned - base) / PAGE_SIZE, tail = extra - head;
+    if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
+        free_range(NULL, base, npages + extra, now_ms());
+        pthread_mutex_unlock(&gm_heap.lock);
+        return NULL;
+    }
+    struct page_state ps = claim_pages(aligned, npages);
+    init_span(s, aligned, npages, 0, ps.allzero);
+    if (ps.nscav != 0)
+        ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
+    /* The unaligned head and the tail go back, their released bits intact. */
+    uint64_t now = now_ms();
+    if (head != 0)
+        free_range(NULL, base, head, now);
+    if (tail != 0)
+        free_range(NULL, aligned + npages * PAGE_SIZE, tail, now);
+    pthread_mutex_unlock(&gm_heap.lock);
+    if (ps.nscav != 0)
+        gm_sysUsed((void *)aligned, npages * PAGE_SIZE);
+    return s;
+}
+
+void gm_heap_free(gm_mspan *s) {
+    pthread_mutex_lock(&gm_heap.lock);
+    gm_heap_arena *ha = gm_arena_of(s->startAddr);
+    uintptr_t i = (s->startAddr >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+    __atomic_fetch_and(&ha->pageInUse[i / 64], ~((uint64_t)1 << (i % 64)), __ATOMIC_RELAXED);
+    ATOMIC_ADD(&gm_heap.heap_inuse, -(uint64_t)(s->npages * PAGE_SIZE));
+    gm_set_spans(s, s->startAddr, s->npages, NULL);
+    s->sizeclass = 0;
+    s->divMul = 0;
+    s->cachedBy = NULL;
+    free_range(s, s->startAddr, s->npages, now_ms());
+    pthread_mutex_unlock(&gm_heap.lock);
+}
+
+/* ---- scavenging ---------------------------------------------------------- */
+
+/* Does run s have pages not yet released? */
+static bool run_has_unreleased(const gm_mspan *s) {
+    for (uintptr_t a = s->startAddr; a < s->startAddr + s->npages * PAGE_SIZE; a += PAGE_SIZE) {
+        gm_heap_arena *ha = gm_arena_of(a);
+        uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+        if (!((ha->scavenged[i / 64] >> (i % 64)) & 1))
+            return true;
+    }
+    return false;
+}
+
+/* Release the unreleased pages of free run s in physical-page-aligned
+ * pieces.  Returns bytes released.  Under lock. */
+static uintptr_t release_run(const gm_mspan *s) {
+    uintptr_t released = 0, phys = gm_phys_page_size > PAGE_SIZE ? gm_phys_page_size : PAGE_SIZE;
+    uintptr_t a = s->startAddr, end = s->startAddr + s->npages * PAGE_SIZE;
+    while (a < end) {
+        /* Skip released pages, then find the end of the unreleased stretch. */
+        uintptr_t b = a;
+        while (b < end) {
+            gm_heap_arena *hb = gm_arena_of(b);
+            uintptr_t j = (b >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+            if ((hb->scavenged[j / 64] >> (j % 64)) & 1)
+                break;
+            b += PAGE_SIZE;
+        }
+        uintptr_t lo = (a + phys - 1) & ~(phys - 1), hi = b & ~(phys - 1);
+        if (hi > lo) {
+            gm_sysUnused((void *)lo, hi - lo);
+            for (uintptr_t p = lo; p < hi; p += PAGE_SIZE) {
+                gm_heap_arena *hp = gm_arena_of(p);
+                uintptr_t j = (p >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+                hp->scavenged[j / 64] |= (uint64_t)1 << (j % 64);
+            }
+            released += hi - lo;
+        }
+        a = b + PAGE_SIZE; /* b is released (or the end) */
+    }
+    return released;
+}
+
+/*
+ * Return free pages to the OS (sysUnused: Ready -> Prepared): runs that have
+ * been free for at least min_age_ms, largest first, until at least `want`
+ * bytes have been released.  Returns the bytes released.  Holds the heap
+ * lock throughout: callers bound `want` to bound the pause.
+ */
+uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
+    uintptr_t total = 0;
+    if (gm_opt.madv_free)
+        madv_free_used = true;
+    pthread_mutex_lock(&gm_heap.lock);
+    uint64_t now = now_ms();
+    for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS && total < want; pass++) {
+        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[FREE_LARGE_LISTS - 1 - pass]
+                                              : gm_heap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
+        for (; s != NULL && total < want; s = s->next)
+            if (now - s->unusedsince >= min_age_ms && run_has_unreleased(s))
+                total += release_run(s);
+    }
+    if (total != 0) {
+        ATOMIC_ADD(&gm_heap.heap_released, total);
+        gm_heap.scavenge_cycles++;
+        gm_heap.scavenged_bytes += total;
+    }
+    pthread_mutex_unlock(&gm_heap.lock);
+    return total;
+}
+
+uintptr_t gm_heap_scavenge(uintptr_t want) { return gm_heap_scavenge_aged(want, 0); }
+
+/* ---- checking ------------------------------------------------------------- */
+
+/* Check the free lists; returns violations.  cached_pages: free pages held in
+ * page caches; cached_scav: released ones among them.  Under no lock. */
+int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
+    int bad = 0;
+    uint64_t free_pages = 0, scav_pages = 0;
+    pthread_mutex_lock(&gm_heap.lock);
+    for (int pass = 0; pass < FREE_EXACT_LISTS + FREE_LARGE_LISTS; pass++) {
+        gm_mspan *s = pass < FREE_EXACT_LISTS ? gm_heap.free[pass] : gm_heap.large[pass - FREE_EXACT_LISTS];
+        for (; s != NULL; s = s->next) {
+            uintptr_t last = s->startAddr + (s->npages - 1) * PAGE_SIZE;
+            if (s->state != SPAN_FREE || s->list != LIST_FREE) {
+                gm_warn_check("free run with wrong state", s);
+                bad++;
+            }
+            if (pass < FREE_EXACT_LISTS ? s->npages != (uintptr_t)pass
+                                        : (s->npages < FREE_EXACT_LISTS ||
+                                           large_bucket(s->npages) != (unsigned)(pass - FREE_EXACT_LISTS))) {
+                gm_warn_check("free run on the wrong list", s);
+                bad++;
+            }
+            if (gm_span_of(s->startAddr) != s || gm_span_of(last) != s) {
+                gm_warn_check("free run boundary tags wrong", s);
+                bad++;
+            }
+            if (free_run_at(s->startAddr - PAGE_SIZE) != NULL || free_run_at(last + PAGE_SIZE) != NULL) {
+                gm_warn_check("adjacent free runs not merged", s);
+                bad++;
+            }
+            free_pages += s->npages;
+            for (uintptr_t a = s->startAddr; a <= last; a += PAGE_SIZE) {
+                gm_heap_arena *ha = gm_arena_of(a);
+                uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
+                scav_pages += (ha->scavenged[i / 64] >> (i % 64)) & 1;
+            }
+        }
+    }
+    uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse), released = LOAD_RELAXED(&gm_heap.heap_released);
+    if ((free_pages + cached_pages) * PAGE_SIZE + inuse != gm_heap.heap_sys) {
+        gm_warn_check("free + cached + in-use pages != heap_sys", NULL);
+        bad++;
+    }
+    if ((scav_pages + cached_scav) * PAGE_SIZE != released) {
+        gm_warn_check("released pages != heap_released", NULL);
+        bad++;
+    }
+    pthread_mutex_unlock(&gm_heap.lock);
+    return bad;
+}
