@@ -64,6 +64,8 @@ static bool register_arenas(uintptr_t base, uintptr_t n) {
             return false;
         ha->base = a;
         ha->zeroedBase = 0;
+        for (uintptr_t i = 0; i < PAGES_PER_ARENA; i++)
+            ha->spans[i] = &gm_nospan;
         /* Publish after the record is complete: free() on another thread
          * may look the arena up without a lock. */
         __atomic_store_n(&gm_heap.arenas[a >> ARENA_SHIFT], ha, __ATOMIC_RELEASE);
@@ -111,9 +113,16 @@ uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
     return v;
 }
 
-/* Point spans[] of every page in [base, base+npages*PAGE_SIZE) at v. */
+/* A span that covers nothing: what the span map holds for pages no span
+ * covers.  divMul 0 makes free()'s slot test fail. */
+gm_mspan gm_nospan = {.state = SPAN_DEAD};
+
+/* Point spans[] of every page in [base, base+npages*PAGE_SIZE) at v (NULL:
+ * no span). */
 void gm_set_spans(gm_mspan *s, uintptr_t base, uintptr_t npages, gm_mspan *v) {
     (void)s;
+    if (v == NULL)
+        v = &gm_nospan;
     uintptr_t a = base, end = base + npages * PAGE_SIZE;
     while (a < end) {
         gm_heap_arena *ha = gm_arena_of(a);

@@ -71,18 +71,32 @@
 #define MAX_NELEMS GM_SC_MAX_OBJECTS
 #define BITMAP_WORDS ((MAX_NELEMS + 63) / 64)
 
-/* ---- Freed-object links ------------------------------------------------- */
+/* ---- Object states ------------------------------------------------------ */
 /*
- * A freed object waiting in an mcache list holds, in its first word, the
- * address of the next object in the list with a 16-bit tag in the top bits
- * (addresses are below 2^48).  The tag lets free() notice that an object is
- * probably on a list already (a double free); free() then confirms by
- * walking the list, so a live object that happens to hold the tag bits costs
- * time, never a false report.  An object leaves a list with its first word
- * zeroed, so a stale link never outlives the list.
+ * Every object of a small span has a state byte (mspan.objstate), the truth
+ * about the object that free() checks:
+ *
+ *   OBJ_FREE     free in its span: never handed out, or returned by a flush.
+ *   OBJ_LIVE     handed out to the program.
+ *   OBJ_CACHED   freed by the program, waiting on some thread's free list.
+ *
+ * A state byte is written only by the thread that owns the object at that
+ * moment (the thread handing it out, the program thread freeing it, the
+ * list owner popping it, or a flush under the mcentral lock), so plain byte
+ * stores suffice: no atomic read-modify-write on any path.  Bytes, not bits,
+ * because neighbouring objects change state on different threads.
+ *
+ * While on a free list an object holds two words: the next object on the
+ * list, and the address of its own state byte, so that malloc can mark it
+ * live without looking its span up.  Hence no object is smaller than 16
+ * bytes (GM_SC_MIN_ALLOC_SIZE).
  */
-#define LINK_ADDR_MASK (((uintptr_t)1 << HEAP_ADDR_BITS) - 1)
-#define LINK_TAG_SHIFT HEAP_ADDR_BITS
+enum obj_state { OBJ_FREE = 0, OBJ_LIVE = 1, OBJ_CACHED = 2 };
+
+typedef struct gm_freeobj {
+    struct gm_freeobj *next;
+    uint8_t *state;
+} gm_freeobj;
 
 /* ---- Spans (mheap.go: mspan) ------------------------------------------------ */
 
@@ -103,21 +117,21 @@ enum span_list {
  * A span.  For a small-object span of class c, object i lives at
  * startAddr + i*elemsize, for i < nelems.
  *
- * Object states, and the bits that encode them (see mcentral.c):
- *   free in span:   (allocBits[i] == 0 && i >= freeindex) || freeBits[i] == 1
- *   live or cached: (allocBits[i] == 1 || i < freeindex) && freeBits[i] == 0
- * "cached" means on some mcache's free list: to the span the object is
- * allocated until the list is flushed back.
+ * objstate[i] is the state of object i (see "Object states" above).
+ * allocBits is Go's allocation bitmap, read by nextFreeIndex: a snapshot,
+ * taken when the span was last handed to an mcache (the sweep sets bit i iff
+ * objstate[i] != OBJ_FREE), of the slots that were not free then.  Objects
+ * freed back while the span is cached wait for the next sweep.
  *
  * Invariants (checked by gm_check_heap):
- *   allocBits bits at and beyond nelems are 0; freeBits & ~allocBits is zero
- *     for bits >= freeindex (only handed-out objects are freed);
- *   uncached: every slot < freeindex has allocBits set (uncacheSpan sets them),
- *     allocCount == popcount(allocBits & ~freeBits);
- *   cached by mcache m: m->cls[spanclass].span == this span, allocCount counts
- *     every slot not freed back, including slots the owner has not yet
- *     handed out (they are reserved for it), so allocCount == nelems -
- *     popcount(freeBits);
+ *   allocBits bits at and beyond nelems are 0; objstate[nelems] == OBJ_FREE
+ *     (the byte free() may read for a pointer at the end of the span);
+ *   cached: every slot below freeindex, and every slot with its allocBits
+ *     bit set, was taken by the owner: allocCount counts every such slot not
+ *     flushed back since, plus the slots it has not yet handed out (they are
+ *     reserved for it): allocCount == nelems - (taken slots now OBJ_FREE);
+ *     slots not taken are OBJ_FREE;
+ *   uncached: allocCount == the number of objects not OBJ_FREE;
  *   list == LIST_FULL iff uncached and allocCount == nelems;
  *     list == LIST_PARTIAL iff uncached and 0 < allocCount < nelems.
  *   An uncached span with allocCount == 0 does not exist: it goes back to the heap.
@@ -130,11 +144,11 @@ typedef struct gm_mspan {
     uint8_t state;            /* enum span_state. Written under mheap.lock; read racily only to report bad frees. */
     uint8_t needzero;         /* 1 if any object or page may hold non-zero bytes. Under mcentral lock (small) or owner. */
     uint8_t list;             /* enum span_list: which list the span is on. Under its owner lock. */
+    uint32_t clsOffset;       /* small spans: offset of the gm_mclass of sizeclass in an mcache. Immutable. */
     uintptr_t elemsize;       /* object size; npages*PAGE_SIZE for large. Immutable while in use. */
     uintptr_t npages;         /* pages in the span. Under mheap.lock. */
     /* Allocation state (mheap.go: freeindex, allocCache).  Written only by the
-     * owning mcache while cached, and under mcentral.lock otherwise.
-     * freeindex is read by other threads (relaxed) to validate frees. */
+     * owning mcache while cached, and under mcentral.lock otherwise. */
     uintptr_t freeindex;      /* slot at which nextFreeIndex resumes scanning, 0..nelems */
     uint64_t allocCache;      /* ~allocBits shifted so bit 0 is slot freeindex. Owner only. */
     uint32_t nelems;          /* objects in the span. Immutable while in use. */
@@ -143,14 +157,12 @@ typedef struct gm_mspan {
     uint64_t unusedsince;     /* free runs: ms timestamp when the newest page became free. Under mheap.lock. */
     struct gm_mspan *next;    /* list links: mcentral partial/full, heap free lists, span caches */
     struct gm_mspan *prev;
-    /* allocBits: 1 = slot was allocated when the span was last handed to an
-     * mcache, or (once uncached) was handed out since.  Written under
-     * mcentral.lock; read racily by free() (relaxed). */
+    /* objstate: nelems+1 state bytes (enum obj_state), from the class's
+     * fixalloc; NULL for large and free spans.  Immutable while in use. */
+    uint8_t *objstate;
+    /* allocBits: see above.  Written by the sweep under mcentral.lock while
+     * no mcache owns the span; read by the owner. */
     uint64_t allocBits[BITMAP_WORDS];
-    /* freeBits: 1 = object freed back to the span since it was last cached
-     * (Go's sweeper sets allocBits from gcmarkBits; here the frees are
-     * explicit).  Set under mcentral.lock (relaxed stores), read by free(). */
-    uint64_t freeBits[BITMAP_WORDS];
 } gm_mspan;
 
 /* Doubly linked span lists (mcentral partial/full, heap free lists). */
@@ -176,7 +188,8 @@ static inline void gm_list_unlink(gm_mspan **head, gm_mspan *s) {
 typedef struct gm_heap_arena {
     /* spans[i] is the span holding page i of this arena: the in-use span
      * for every page of an in-use span; for a free run only its first and
-     * last page (boundary tags for coalescing); NULL elsewhere.  Written
+     * last page (boundary tags for coalescing); &gm_nospan elsewhere (so
+     * that free() needs no NULL test: gm_nospan fails its slot test).  Written
      * under mheap.lock (or by the owner of the page cache holding the
      * pages); read without a lock by free() (relaxed). */
     gm_mspan *spans[PAGES_PER_ARENA];
@@ -195,15 +208,17 @@ typedef struct gm_heap_arena {
 
 /* ---- mcache (mcache.go) ---------------------------------------------------- */
 
-/* One size class in an mcache: the hot fields of malloc and free together. */
+/* One size class in an mcache: the fields malloc and free touch, in 32
+ * bytes.  Object counts: mallocs = npop + nspan; frees = (objects on the
+ * list) + npop + nflush, so the free fast path counts nothing. */
 typedef struct gm_mclass {
-    void *head;          /* freed objects, LIFO, linked through their first word. Owner only. */
+    gm_freeobj *head;    /* objects freed on this thread, LIFO, all OBJ_CACHED. Owner only. */
     gm_mspan *span;      /* span being allocated from; &gm_emptyspan when none. Owner only. */
-    uint32_t n;          /* objects on the list. Owner only. */
-    uint32_t max;        /* flush when n exceeds it. Owner only. */
-    uint64_t nmalloc;    /* objects handed out by this mcache, ever. Owner writes, others read (relaxed). */
-    uint64_t nfree;      /* objects freed through this mcache, ever. Owner writes, others read (relaxed). */
+    int32_t avail;       /* room on the list: max - (objects on it); < 0 means flush. Owner only. */
+    uint32_t max;        /* bound on the list length. Owner only. */
+    uint64_t npop;       /* objects malloc took from the list, ever. Owner writes, others read racily. */
 } gm_mclass;
+#define MCLASS_LEN(m) ((uint32_t)((int64_t)(m)->max - (m)->avail))
 
 /* Per-thread page cache (mpagecache.go): 64 pages taken from the heap in one
  * run, handed out to small spans without the heap lock.  Owner only. */
@@ -220,23 +235,14 @@ typedef struct gm_pagecache {
 
 typedef struct gm_mcache {
     gm_mclass cls[NUM_CLASSES];
-    uintptr_t tag;                  /* link tag of this process, << LINK_TAG_SHIFT. Immutable. */
+    uint64_t nspan[NUM_CLASSES];    /* objects malloc took from spans, ever. Owner writes, others read racily. */
+    uint64_t nflush[NUM_CLASSES];   /* objects flushed from the list to spans, ever. Same. */
     gm_pagecache pcache;
     gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
     int nspancache;
     bool linked;                    /* on the registry list. Under registry lock. */
     struct gm_mcache *next, *prev;  /* registry list. Under registry lock. */
 } gm_mcache;
-
-/* ---- mcentral (mcentral.go) ------------------------------------------------ */
-
-typedef struct gm_mcentral {
-    pthread_mutex_t lock;
-    gm_mspan *partial; /* uncached spans with free slots (list == LIST_PARTIAL). */
-    gm_mspan *full;    /* uncached spans without free slots (list == LIST_FULL). */
-    uint64_t nspans;   /* in-use spans of this class, cached or not. Under lock. */
-    char pad[64];
-} gm_mcentral;
 
 /* ---- Off-heap metadata (fixalloc.c) ---------------------------------------- */
 
@@ -248,6 +254,17 @@ typedef struct gm_fixalloc {
     uint64_t inuse;     /* bytes handed out and not freed */
     uint64_t *sys;      /* stat credited with chunk memory */
 } gm_fixalloc;
+
+/* ---- mcentral (mcentral.go) ------------------------------------------------ */
+
+typedef struct gm_mcentral {
+    pthread_mutex_t lock;
+    gm_mspan *partial; /* uncached spans with free slots (list == LIST_PARTIAL). */
+    gm_mspan *full;    /* uncached spans without free slots (list == LIST_FULL). */
+    uint64_t nspans;   /* in-use spans of this class, cached or not. Under lock. */
+    gm_fixalloc statealloc; /* objstate arrays of this class's spans. Under lock. */
+    char pad[64];
+} gm_mcentral;
 
 /* ---- The heap (mheap.go) --------------------------------------------------- */
 
@@ -277,7 +294,8 @@ typedef struct gm_mheap {
 
 extern GM_HIDDEN gm_mheap gm_heap;
 extern GM_HIDDEN gm_mcentral gm_central[NUM_CLASSES];
-extern GM_HIDDEN gm_mspan gm_emptyspan;
+extern GM_HIDDEN gm_mspan gm_emptyspan, gm_nospan;
+extern GM_HIDDEN struct gm_mcache gm_nocache;
 extern GM_HIDDEN uintptr_t gm_phys_page_size, gm_huge_page_size;
 
 /* ---- mem_linux.c: the OS layer (None, Reserved, Prepared, Ready) ----------- */
@@ -316,12 +334,18 @@ GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
         return NULL;
     return LOAD_RELAXED(&gm_heap.arenas[i]);
 }
-/* spanOf: the span holding address a, or NULL.  Any address may be asked. */
-GM_INLINE gm_mspan *gm_span_of(uintptr_t a) {
+/* The span map entry for address a: NULL outside the arenas, &gm_nospan
+ * for pages of an arena that no span covers. */
+GM_INLINE gm_mspan *gm_span_of_raw(uintptr_t a) {
     gm_heap_arena *ha = gm_arena_of(a);
     if (unlikely(ha == NULL))
         return NULL;
     return LOAD_RELAXED(&ha->spans[(a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)]);
+}
+/* spanOf: the span holding address a, or NULL.  Any address may be asked. */
+GM_INLINE gm_mspan *gm_span_of(uintptr_t a) {
+    gm_mspan *s = gm_span_of_raw(a);
+    return s == &gm_nospan ? NULL : s;
 }
 GM_HIDDEN void gm_arena_init(void);
 /* Reserve and map address space for at least n bytes; returns the base of a
@@ -334,7 +358,7 @@ GM_HIDDEN void gm_set_spans(gm_mspan *s, uintptr_t base, uintptr_t npages, gm_ms
 GM_HIDDEN void gm_pages_init(void);
 /* Allocate a span of npages; sizeclass 0 for a large object.  Returns the
  * span in state SPAN_INUSE with needzero set, or NULL when out of memory. */
-GM_HIDDEN gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass);
+GM_HIDDEN gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate);
 /* A large span whose start is aligned to align (a power of two > PAGE_SIZE). */
 GM_HIDDEN gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align);
 GM_HIDDEN void gm_heap_free(gm_mspan *s);
@@ -346,7 +370,7 @@ GM_HIDDEN int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav);
 
 /* ---- mspan.c: span bitmaps --------------------------------------------------- */
 
-GM_HIDDEN void gm_span_init_small(gm_mspan *s, uint8_t sizeclass);
+GM_HIDDEN void gm_span_init_small(gm_mspan *s, uint8_t sizeclass, uint8_t *objstate);
 GM_HIDDEN uintptr_t gm_span_nextFreeIndex(gm_mspan *s);
 GM_HIDDEN void gm_span_refillAllocCache(gm_mspan *s, uintptr_t whichByte);
 GM_INLINE bool gm_bit(const uint64_t *bits, uintptr_t i) {
@@ -355,13 +379,19 @@ GM_INLINE bool gm_bit(const uint64_t *bits, uintptr_t i) {
 GM_INLINE uintptr_t gm_span_index(const gm_mspan *s, uintptr_t a) {
     return (uintptr_t)(((uint64_t)(a - s->startAddr) * s->divMul) >> 32);
 }
-/* Is object i of small span s live (or waiting in a cache)? */
-GM_INLINE bool gm_span_live(const gm_mspan *s, uintptr_t i) {
-    return (gm_bit(s->allocBits, i) || i < LOAD_RELAXED(&s->freeindex)) && !gm_bit(s->freeBits, i);
+/* Is a the start of a slot of small span s?  With divMul = ceil(2^32/size),
+ * offset*divMul has its low 32 bits below divMul exactly when size divides
+ * offset (for offsets below 2^32/size; tests/test_sizeclass.c checks every
+ * offset of every class).  False for large and free spans (divMul 0). */
+GM_INLINE bool gm_span_is_slot(const gm_mspan *s, uintptr_t a) {
+    return (uint32_t)((uint64_t)(a - s->startAddr) * s->divMul) < s->divMul;
 }
+GM_INLINE uint8_t gm_objstate(const gm_mspan *s, uintptr_t i) { return LOAD_RELAXED(&s->objstate[i]); }
+GM_INLINE void gm_set_objstate(uint8_t *st, uint8_t v) { STORE_RELAXED(st, v); }
 
 /* nextFreeFast (malloc.go): the next free object of the cached span if the
- * allocCache has one, else 0.  Go's code, nearly word for word. */
+ * allocCache has one, else 0.  Go's code, nearly word for word, plus the
+ * state byte. */
 GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
     uint64_t cache = s->allocCache;
     if (likely(cache != 0)) {
@@ -372,7 +402,8 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
             if (unlikely(freeidx % 64 == 0 && freeidx != s->nelems))
                 return NULL;
             s->allocCache = (cache >> theBit) >> 1;
-            STORE_RELAXED(&s->freeindex, freeidx);
+            s->freeindex = freeidx;
+            gm_set_objstate(&s->objstate[result], OBJ_LIVE);
             return (void *)(s->startAddr + result * s->elemsize);
         }
     }
@@ -386,9 +417,9 @@ GM_HIDDEN void gm_mcentral_init(void);
 GM_HIDDEN gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc);
 /* Give a cached span back (uncacheSpan). */
 GM_HIDDEN void gm_mcentral_uncacheSpan(gm_mspan *s);
-/* Return a list of n freed objects of class sc to their spans. Objects that
- * fail validation are reported and dropped. */
-GM_HIDDEN void gm_mcentral_freeList(uint8_t sc, void *head, uintptr_t tag);
+/* Return a list of freed objects of class sc to their spans; returns how
+ * many.  Objects that fail validation are reported and dropped. */
+GM_HIDDEN uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head);
 /* Check span s of class sc against the invariants; cached says whether an
  * mcache owns it.  Returns violations. */
 GM_HIDDEN int gm_span_check(const gm_mspan *s, bool cached);
@@ -401,7 +432,6 @@ GM_HIDDEN gm_mcache *gm_mcache_create(void);
 GM_HIDDEN void *gm_mcache_refill(gm_mcache *c, uint8_t sc);
 GM_HIDDEN void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep);
 GM_HIDDEN void gm_mcache_flushAll(gm_mcache *c);
-GM_HIDDEN bool gm_mcache_onList(gm_mcache *c, uint8_t sc, void *p);
 GM_HIDDEN void gm_mcache_fork_prepare(void);
 GM_HIDDEN void gm_mcache_fork_parent(void);
 GM_HIDDEN void gm_mcache_fork_child(void);

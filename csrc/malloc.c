@@ -42,25 +42,24 @@
  *      No lock, whichever thread allocated p.
  *   2. malloc on that thread pops it again (step 2 above): hot memory.
  *   3. When the list exceeds its bound, its older half returns to the spans
- *      in one batch under the class lock (mcentral.c): each object sets its
- *      bit in the span's freeBits.
+ *      in one batch under the class lock (mcentral.c): each object's state
+ *      byte becomes OBJ_FREE and its span's allocCount drops.
  *   4. A span whose objects are all free, and which no thread is allocating
  *      from, goes back to the page heap, where it merges with neighbouring
  *      free runs (pagealloc.c).  A span with some free objects waits in the
- *      mcentral's partial list; when a thread next takes it, freeBits are
- *      folded into allocBits (Go's sweep) and its free slots are reused.
+ *      mcentral's partial list; when a thread next takes it, allocBits is
+ *      rebuilt from the state bytes (Go's sweep) and its free slots reused.
  *   5. Free pages are returned to the OS by gm_release (and the scavenger):
  *      sysUnused, Ready -> Prepared.
  *   6. A thread that exits flushes its lists and gives back its spans and
  *      page cache; its mcache is recycled.
  *
- * Bad pointers.  free() validates every pointer on the fast path: its
- * arena and span must exist, it must be the start of an object, and the
- * object must be live by the span's bits (not freed back, and handed out).
- * An object freed twice before its list is flushed is caught by the tag its
- * first free left in its first word, confirmed by walking the list; if it
- * sits on another thread's list, the second copy is caught when the lists
- * flush.  What is caught is reported (gm_report) and never reaches the heap.
+ * Bad pointers.  free() validates every pointer on the fast path, exactly:
+ * its arena and span must exist, it must be the start of an object of a
+ * small span (else the slow path deals with large objects and errors), and
+ * the object's state byte must say OBJ_LIVE; a double free finds
+ * OBJ_CACHED or OBJ_FREE there, whichever thread's list the first free put
+ * it on.  What is caught is reported (gm_report) and never reaches the heap.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -76,6 +75,8 @@ static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t bad_frees;
 
 /* ---- start-up (mallocinit) ------------------------------------------------- */
+
+static void init_class_offsets(void);
 
 static void fork_prepare(void) { gm_mcache_fork_prepare(); }
 static void fork_parent(void) { gm_mcache_fork_parent(); }
@@ -110,6 +111,7 @@ void gm_init_slow(void) {
         gm_arena_init();
         gm_mcentral_init();
         gm_mcache_init();
+        init_class_offsets();
         /* Published before pthread_atfork and atexit, which may allocate. */
         atomic_store_explicit(&gm_inited, 1, memory_order_release);
         pthread_atfork(fork_prepare, fork_parent, fork_child);
@@ -156,10 +158,25 @@ uint64_t gm_bad_frees(void) { return LOAD_RELAXED(&bad_frees); }
 
 /* ---- size classes ------------------------------------------------------------ */
 
+/* Go's two-table lookup, for size <= MAX_SMALL_SIZE. */
+#define CLASS8_OF(size) gm_size_to_class8[((size) + GM_SC_SMALL_SIZE_DIV - 1) / GM_SC_SMALL_SIZE_DIV]
+#define CLASS128_OF(size) \
+    gm_size_to_class128[((size) - GM_SC_SMALL_SIZE_MAX + GM_SC_LARGE_SIZE_DIV - 1) / GM_SC_LARGE_SIZE_DIV]
+
 GM_INLINE uint8_t size_to_class(size_t size) {
-    if (size <= GM_SC_SMALL_SIZE_MAX - 8)
-        return gm_size_to_class8[(size + GM_SC_SMALL_SIZE_DIV - 1) / GM_SC_SMALL_SIZE_DIV];
-    return gm_size_to_class128[(size - GM_SC_SMALL_SIZE_MAX + GM_SC_LARGE_SIZE_DIV - 1) / GM_SC_LARGE_SIZE_DIV];
+    return size <= GM_SC_SMALL_SIZE_MAX - 8 ? CLASS8_OF(size) : CLASS128_OF(size);
+}
+
+/* For the fast path: gm_size_to_class8 as byte offsets of the gm_mclass in
+ * an mcache, filled at start-up.  Until then every entry is 0: class 0,
+ * whose list is always empty, so malloc takes the slow path, which starts
+ * the allocator. */
+_Static_assert(sizeof(gm_mclass) == 32, "gm_mclass is indexed by shifting");
+static uint16_t class8_offset[GM_SC_SMALL_SIZE_MAX / GM_SC_SMALL_SIZE_DIV + 1];
+
+static void init_class_offsets(void) {
+    for (size_t i = 0; i < sizeof class8_offset / sizeof class8_offset[0]; i++)
+        class8_offset[i] = (uint16_t)(offsetof(gm_mcache, cls) + gm_size_to_class8[i] * sizeof(gm_mclass));
 }
 
 uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
@@ -171,26 +188,30 @@ static GM_NOINLINE void *malloc_slow(size_t size, bool zero);
 /*
  * The fast path: steps 2 and 3 of the overview.  Measured with callgrind in
  * bench/callgrind_fastpath.py (see README for the instruction counts).
- * Class 0 (size 0) always falls through: its list is empty and its span is
- * gm_emptyspan.
  */
 GM_INLINE void *malloc_fast(size_t size) {
     gm_mcache *c = gm_tls_mcache;
-    if (likely(size <= MAX_SMALL_SIZE && c != NULL)) {
-        gm_mclass *m = &c->cls[size_to_class(size)];
-        void *p = m->head;
-        if (likely(p != NULL)) {
-            m->head = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
-            *(uintptr_t *)p = 0;
-            m->n--;
-            m->nmalloc++;
-            return p;
-        }
-        p = gm_nextFreeFast(m->span);
-        if (likely(p != NULL)) {
-            m->nmalloc++;
-            return p;
-        }
+    gm_mclass *m;
+    if (likely(size <= GM_SC_SMALL_SIZE_MAX - 8))
+        m = (gm_mclass *)((char *)c + class8_offset[(size + GM_SC_SMALL_SIZE_DIV - 1) / GM_SC_SMALL_SIZE_DIV]);
+    else if (size <= MAX_SMALL_SIZE)
+        m = &c->cls[CLASS128_OF(size)];
+    else
+        return malloc_slow(size, false);
+    gm_freeobj *p = m->head;
+    if (likely(p != NULL)) {
+        gm_freeobj *next = p->next;
+        uint8_t *st = p->state;
+        m->head = next;
+        m->avail++;
+        m->npop++;
+        gm_set_objstate(st, OBJ_LIVE);
+        return p;
+    }
+    void *q = gm_nextFreeFast(m->span);
+    if (likely(q != NULL)) {
+        c->nspan[m - c->cls]++;
+        return q;
     }
     return malloc_slow(size, false);
 }
@@ -201,7 +222,7 @@ static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
         return NULL;
     }
     uintptr_t npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
-    gm_mspan *s = gm_heap_alloc(c, npages, 0);
+    gm_mspan *s = gm_heap_alloc(c, npages, 0, NULL);
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -216,38 +237,38 @@ static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
 static GM_NOINLINE void *malloc_slow(size_t size, bool zero) {
     gm_ensure_init();
     gm_mcache *c = gm_tls_mcache;
-    if (c == NULL && (c = gm_mcache_create()) == NULL) {
+    if (c == &gm_nocache && (c = gm_mcache_create()) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
     if (size > MAX_SMALL_SIZE)
         return large_alloc(c, size, zero);
-    if (size == 0)
-        size = 1; /* a distinct pointer for each malloc(0) */
+    /* size 0 gets the 16-byte class: a distinct pointer per malloc(0). */
     uint8_t sc = size_to_class(size);
     gm_mclass *m = &c->cls[sc];
-    void *p = m->head;
-    if (p != NULL) {
-        m->head = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
-        *(uintptr_t *)p = 0;
-        m->n--;
+    gm_freeobj *f = m->head;
+    if (f != NULL) {
+        m->head = f->next;
+        gm_set_objstate(f->state, OBJ_LIVE);
+        m->avail++;
+        m->npop++;
         if (zero)
-            memset(p, 0, size);
-    } else {
-        gm_mspan *s = m->span;
-        p = gm_nextFreeFast(s);
-        if (p == NULL) {
-            p = gm_mcache_refill(c, sc);
-            if (p == NULL) {
-                errno = ENOMEM;
-                return NULL;
-            }
-            s = m->span;
-        }
-        if (zero && LOAD_RELAXED(&s->needzero))
-            memset(p, 0, size);
+            memset(f, 0, size);
+        return f;
     }
-    m->nmalloc++;
+    gm_mspan *s = m->span;
+    void *p = gm_nextFreeFast(s);
+    if (p == NULL) {
+        p = gm_mcache_refill(c, sc);
+        if (p == NULL) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        s = m->span;
+    }
+    c->nspan[sc]++;
+    if (zero && LOAD_RELAXED(&s->needzero))
+        memset(p, 0, size);
     return p;
 }
 
@@ -266,26 +287,37 @@ void *gm_calloc(size_t nmemb, size_t size) {
 
 static GM_NOINLINE int free_slow(void *p, bool checked);
 
-/* Push p on c's list for class sc (step 1 of the way back). */
-GM_INLINE void free_push(gm_mcache *c, gm_mclass *m, uint8_t sc, void *p) {
-    *(uintptr_t *)p = (uintptr_t)m->head | c->tag;
-    m->head = p;
-    m->nfree++;
-    if (unlikely(++m->n > m->max))
-        gm_mcache_flushClass(c, sc, m->max / 2);
+/* Push live object p, whose state byte is st, on list m, which has room
+ * (step 1 of the way back). */
+GM_INLINE void free_push(gm_mclass *m, void *p, uint8_t *st) {
+    gm_freeobj *f = p;
+    f->next = m->head;
+    f->state = st;
+    m->head = f;
+    m->avail--;
+    gm_set_objstate(st, OBJ_CACHED);
 }
 
+/*
+ * The free fast path: p lies in a span (two loads; pages without a span
+ * map to gm_nospan), p is the start of a slot of a small span (one
+ * multiply, whose high half is the object's index; the test fails for
+ * large spans and gm_nospan), the object is live (one byte), and the list
+ * has room (gm_nocache's lists never have).
+ */
 GM_INLINE void free_fast(void *p) {
     uintptr_t a = (uintptr_t)p;
-    gm_mspan *s = gm_span_of(a);
-    gm_mcache *c = gm_tls_mcache;
-    if (likely(s != NULL && c != NULL)) {
-        uint8_t sc = s->sizeclass;
-        uintptr_t i = gm_span_index(s, a);
-        if (likely(sc != 0 && s->startAddr + i * s->elemsize == a && gm_span_live(s, i) &&
-                   ((*(uintptr_t *)p ^ c->tag) >> LINK_TAG_SHIFT) != 0)) {
-            free_push(c, &c->cls[sc], sc, p);
-            return;
+    gm_heap_arena *ha = gm_arena_of(a);
+    if (likely(ha != NULL)) {
+        gm_mspan *s = LOAD_RELAXED(&ha->spans[(a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)]);
+        uint64_t prod = (uint64_t)(a - s->startAddr) * s->divMul;
+        if (likely((uint32_t)prod < s->divMul)) { /* gm_span_is_slot */
+            uint8_t *st = &s->objstate[prod >> 32];
+            gm_mclass *m = (gm_mclass *)((char *)gm_tls_mcache + s->clsOffset);
+            if (likely(LOAD_RELAXED(st) == OBJ_LIVE && m->avail > 0)) {
+                free_push(m, p, st);
+                return;
+            }
         }
     }
     free_slow(p, false);
@@ -314,18 +346,22 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
         gm_heap_free(s);
         return GM_OK;
     }
+    uint8_t *st = &s->objstate[gm_span_index(s, a)];
     gm_mcache *c = gm_tls_mcache;
-    if (c == NULL) {
+    if (c == &gm_nocache) {
         /* A thread whose cache is gone (exiting): straight to the span. */
-        *(uintptr_t *)p = 0; /* a list of one */
+        gm_freeobj *f = p;
+        gm_set_objstate(st, OBJ_CACHED);
+        f->next = NULL;
+        f->state = st;
         ATOMIC_ADD(&gm_dead_nfree[sc], 1);
-        gm_mcentral_freeList(sc, p, 0);
+        gm_mcentral_freeList(sc, f);
         return GM_OK;
     }
-    if (((*(uintptr_t *)p ^ c->tag) >> LINK_TAG_SHIFT) == 0 && gm_mcache_onList(c, sc, p))
-        return checked ? (ATOMIC_ADD(&bad_frees, 1), GM_ERR_NOT_ALLOCATED)
-                       : gm_report(GM_ERR_NOT_ALLOCATED, p, "free");
-    free_push(c, &c->cls[sc], sc, p);
+    gm_mclass *m = &c->cls[sc];
+    if (m->avail <= 0)
+        gm_mcache_flushClass(c, sc, m->max / 2);
+    free_push(m, p, st);
     return GM_OK;
 }
 
@@ -333,8 +369,7 @@ void gm_free(void *p) { free_fast(p); }
 
 int gm_free_checked(void *p) { return free_slow(p, true); }
 
-/* Is p the start of a live object?  (Cannot see whether it sits on another
- * thread's free list: see the overview.) */
+/* Is p the start of a live object? */
 int gm_check(const void *p) {
     uintptr_t a = (uintptr_t)p;
     if (p == NULL || !atomic_load_explicit(&gm_inited, memory_order_acquire) || gm_arena_of(a) == NULL)
@@ -345,15 +380,9 @@ int gm_check(const void *p) {
     if (s->sizeclass == 0)
         return a == s->startAddr ? GM_OK : GM_ERR_INTERIOR;
     uintptr_t i = gm_span_index(s, a);
-    if (i >= s->nelems || s->startAddr + i * s->elemsize != a)
+    if (i >= s->nelems || !gm_span_is_slot(s, a))
         return GM_ERR_INTERIOR;
-    if (!gm_span_live(s, i))
-        return GM_ERR_NOT_ALLOCATED;
-    gm_mcache *c = gm_tls_mcache;
-    if (c != NULL && ((*(const uintptr_t *)p ^ c->tag) >> LINK_TAG_SHIFT) == 0 &&
-        gm_mcache_onList(c, s->sizeclass, (void *)p))
-        return GM_ERR_NOT_ALLOCATED;
-    return GM_OK;
+    return gm_objstate(s, i) == OBJ_LIVE ? GM_OK : GM_ERR_NOT_ALLOCATED;
 }
 
 /* ---- the rest of the family ------------------------------------------------ */
@@ -446,7 +475,7 @@ int gm_posix_memalign(void **out, size_t alignment, size_t size) {
 
 void gm_thread_flush(void) {
     gm_mcache *c = gm_tls_mcache;
-    if (c != NULL)
+    if (c != &gm_nocache)
         gm_mcache_flushAll(c);
 }
 

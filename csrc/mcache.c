@@ -25,21 +25,23 @@
  */
 #define _GNU_SOURCE
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 
 #include "gm_internal.h"
-
-__thread gm_mcache *gm_tls_mcache GM_TLS_MODEL;
 
 /* The span of an mcache class with nothing to give: nextFreeFast fails on
  * it (allocCache == 0), so no NULL check is needed on the fast path. */
 gm_mspan gm_emptyspan;
 
+/* The mcache of a thread that has none (yet, or any more): every list is
+ * empty and has no room (avail 0), every span is gm_emptyspan, so both fast
+ * paths fall through to the slow paths, which know it.  Never written. */
+gm_mcache gm_nocache = {.cls = {[0 ... NUM_CLASSES - 1] = {.span = &gm_emptyspan}}};
+
+__thread gm_mcache *gm_tls_mcache GM_TLS_MODEL = &gm_nocache;
+
 static pthread_key_t mcache_key;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static gm_mcache *registry;      /* live mcaches. Under registry_lock. */
-static uintptr_t link_tag;       /* set once at init */
 uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES]; /* counters of exited threads. Under registry_lock. */
 
 static void mcache_release(gm_mcache *c);
@@ -47,21 +49,13 @@ static void mcache_release(gm_mcache *c);
 static void mcache_destructor(void *arg) {
     gm_mcache *c = arg;
     if (gm_tls_mcache == c)
-        gm_tls_mcache = NULL;
+        gm_tls_mcache = &gm_nocache;
     mcache_release(c);
 }
 
 void gm_mcache_init(void) {
     if (pthread_key_create(&mcache_key, mcache_destructor) != 0)
         gm_throw("pthread_key_create failed");
-    uint64_t r = 0;
-    if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        r = (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^ (uint64_t)(uintptr_t)&r;
-    }
-    /* 16 bits, neither 0x0000 nor 0xffff: the top bits of small integers. */
-    link_tag = (uintptr_t)(1 + (r >> 20) % 0xfffe) << LINK_TAG_SHIFT;
     gm_fixalloc_init(&gm_heap.cachealloc, sizeof(gm_mcache), &gm_heap.mcache_sys);
 }
 
@@ -84,8 +78,8 @@ gm_mcache *gm_mcache_create(void) {
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
         c->cls[sc].span = &gm_emptyspan;
         c->cls[sc].max = sc ? list_bound((uint8_t)sc) : 0;
+        c->cls[sc].avail = (int32_t)c->cls[sc].max;
     }
-    c->tag = link_tag;
     c->prev = NULL;
     c->next = registry;
     if (registry != NULL)
@@ -119,9 +113,10 @@ static void mcache_release(gm_mcache *c) {
 /* Counters of an mcache that goes away.  Under registry_lock. */
 void gm_stats_fold_mcache(gm_mcache *c) {
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
-        ATOMIC_ADD(&gm_dead_nmalloc[sc], c->cls[sc].nmalloc);
-        ATOMIC_ADD(&gm_dead_nfree[sc], c->cls[sc].nfree);
-        c->cls[sc].nmalloc = c->cls[sc].nfree = 0;
+        gm_mclass *m = &c->cls[sc];
+        ATOMIC_ADD(&gm_dead_nmalloc[sc], m->npop + c->nspan[sc]);
+        ATOMIC_ADD(&gm_dead_nfree[sc], MCLASS_LEN(m) + m->npop + c->nflush[sc]);
+        m->npop = c->nspan[sc] = c->nflush[sc] = 0;
     }
 }
 
@@ -154,21 +149,21 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
  * spans. */
 void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
     gm_mclass *m = &c->cls[sc];
-    if (m->n <= keep)
+    if (MCLASS_LEN(m) <= keep)
         return;
-    void *rest;
+    gm_freeobj *rest;
     if (keep == 0) {
         rest = m->head;
         m->head = NULL;
     } else {
-        void *p = m->head;
+        gm_freeobj *p = m->head;
         for (uint32_t k = 1; k < keep; k++)
-            p = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
-        rest = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
-        *(uintptr_t *)p = c->tag; /* new end of list */
+            p = p->next;
+        rest = p->next;
+        p->next = NULL;
     }
-    m->n = keep;
-    gm_mcentral_freeList(sc, rest, c->tag);
+    m->avail = (int32_t)(m->max - keep);
+    c->nflush[sc] += gm_mcentral_freeList(sc, rest);
 }
 
 void gm_mcache_flushAll(gm_mcache *c) {
@@ -180,17 +175,6 @@ void gm_mcache_flushAll(gm_mcache *c) {
         }
     }
     gm_pagecache_flush(c);
-}
-
-/* Is p on c's list of class sc?  Confirms a suspected double free. */
-bool gm_mcache_onList(gm_mcache *c, uint8_t sc, void *p) {
-    uint32_t k = 0;
-    for (void *q = c->cls[sc].head; q != NULL && k <= c->cls[sc].n; k++) {
-        if (q == p)
-            return true;
-        q = (void *)(*(uintptr_t *)q & LINK_ADDR_MASK);
-    }
-    return false;
 }
 
 /* ---- registry, for stats and the heap check ----------------------------- */

@@ -8,11 +8,11 @@
  * span whose objects are all free goes back to the page heap at once.
  *
  * Frees arrive here in batches from mcache free lists (mcache.c), one lock
- * acquisition per batch: each object sets its bit in the span's freeBits and
- * lowers allocCount.  The bits are folded into allocBits when the span is
- * next handed to an mcache (cacheSpan), as Go's sweeper folds gcmarkBits
- * into allocBits; until then the owner of a cached span keeps allocating
- * from the slots it reserved, and the freed slots wait.
+ * acquisition per batch: each object's state byte goes from OBJ_CACHED to
+ * OBJ_FREE and its span's allocCount drops.  allocBits is rebuilt from the
+ * state bytes when the span is next handed to an mcache (cacheSpan), as
+ * Go's sweeper rebuilds it from gcmarkBits; until then the owner of a cached
+ * span keeps allocating from the slots it reserved, and the freed slots wait.
  */
 #include <string.h>
 
@@ -24,6 +24,9 @@ void gm_mcentral_init(void) {
     for (int i = 0; i < NUM_CLASSES; i++) {
         pthread_mutex_init(&gm_central[i].lock, NULL);
         gm_central[i].partial = gm_central[i].full = NULL;
+        /* nelems + 1 bytes: free() may read the byte of the slot just past
+         * the last object (a pointer to the span's tail). */
+        gm_fixalloc_init(&gm_central[i].statealloc, (size_t)gm_class_to_nelems[i] + 1u, &gm_heap.other_sys);
     }
 }
 
@@ -42,17 +45,31 @@ static void list_remove(gm_mcentral *mc, gm_mspan *s) {
     s->list = LIST_NONE;
 }
 
-/* Fold freeBits into allocBits: the sweep.  Under lock, span uncached.
- * Live objects keep allocBits 1 and freeBits 0 throughout, so a concurrent
- * free() of a live object sees it live at every step. */
-static void sweep(gm_mspan *s) {
+/* Rebuild allocBits from the state bytes: the sweep.  Under lock, span
+ * uncached.  Counts the objects not free. */
+static uint32_t sweep(gm_mspan *s) {
+    uint32_t n = 0;
     for (uintptr_t w = 0; w < (s->nelems + 63) / 64; w++) {
-        uint64_t f = s->freeBits[w];
-        if (f != 0) {
-            STORE_RELAXED(&s->allocBits[w], s->allocBits[w] & ~f);
-            STORE_RELAXED(&s->freeBits[w], 0);
-        }
+        uint64_t bits = 0;
+        uintptr_t lim = s->nelems - w * 64 < 64 ? s->nelems - w * 64 : 64;
+        for (uintptr_t j = 0; j < lim; j++)
+            bits |= (uint64_t)(gm_objstate(s, w * 64 + j) != OBJ_FREE) << j;
+        s->allocBits[w] = bits;
+        n += (uint32_t)__builtin_popcountll(bits);
     }
+    return n;
+}
+
+/* Give an empty, uncached span back to the heap.  Called with mc->lock
+ * held; returns with it released. */
+static void release_span(gm_mcentral *mc, gm_mspan *s) {
+    mc->nspans--;
+    uint8_t *objstate = s->objstate;
+    pthread_mutex_unlock(&mc->lock);
+    gm_heap_free(s);
+    pthread_mutex_lock(&mc->lock);
+    gm_fixalloc_free(&mc->statealloc, objstate);
+    pthread_mutex_unlock(&mc->lock);
 }
 
 /*
@@ -66,13 +83,21 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
     gm_mspan *s = mc->partial;
     if (s != NULL) {
         list_remove(mc, s);
-        sweep(s);
+        if (sweep(s) != s->allocCount)
+            gm_throw("cacheSpan: allocCount disagrees with the state bytes");
     } else {
+        /* mcentral.grow */
+        uint8_t *objstate = gm_fixalloc_alloc(&mc->statealloc);
         pthread_mutex_unlock(&mc->lock);
-        s = gm_heap_alloc(c, gm_class_to_allocnpages[sc], sc); /* mcentral.grow */
-        if (s == NULL)
+        if (objstate == NULL)
             return NULL;
+        s = gm_heap_alloc(c, gm_class_to_allocnpages[sc], sc, objstate);
         pthread_mutex_lock(&mc->lock);
+        if (s == NULL) {
+            gm_fixalloc_free(&mc->statealloc, objstate);
+            pthread_mutex_unlock(&mc->lock);
+            return NULL;
+        }
         mc->nspans++;
     }
     s->cachedBy = c;
@@ -84,18 +109,13 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
 }
 
 /*
- * uncacheSpan: the owner is done with s.  Slots it handed out (all below
- * freeindex) become allocated in allocBits; slots it reserved but did not
- * hand out go back.
+ * uncacheSpan: the owner is done with s.  The slots it reserved but did not
+ * hand out (0 bits at and above freeindex) go back.
  */
 void gm_mcentral_uncacheSpan(gm_mspan *s) {
     gm_mcentral *mc = &gm_central[s->sizeclass];
     pthread_mutex_lock(&mc->lock);
     uintptr_t fi = s->freeindex, nwords = (s->nelems + 63) / 64;
-    for (uintptr_t w = 0; w < fi / 64; w++)
-        STORE_RELAXED(&s->allocBits[w], ~(uint64_t)0);
-    if (fi % 64 != 0)
-        STORE_RELAXED(&s->allocBits[fi / 64], s->allocBits[fi / 64] | (((uint64_t)1 << (fi % 64)) - 1));
     uint32_t unused = 0;
     for (uintptr_t w = fi / 64; w < nwords; w++) {
         uint64_t valid = ~(uint64_t)0;
@@ -111,9 +131,7 @@ void gm_mcentral_uncacheSpan(gm_mspan *s) {
     s->cachedBy = NULL;
     s->allocCache = 0;
     if (s->allocCount == 0) {
-        mc->nspans--;
-        pthread_mutex_unlock(&mc->lock);
-        gm_heap_free(s);
+        release_span(mc, s);
         return;
     }
     list_add(mc, s);
@@ -121,30 +139,32 @@ void gm_mcentral_uncacheSpan(gm_mspan *s) {
 }
 
 /*
- * Where a freed object goes: a list of objects of class sc (linked through
- * their first word, tagged) returns to the spans.  Spans that become empty
- * go back to the heap after the lock is dropped.  Objects that are not live
- * here (a double free that reached two caches) are reported and dropped.
+ * Where a freed object goes: a list of objects of class sc returns to the
+ * spans.  Spans that become empty go back to the heap after the lock is
+ * dropped.  Every object must be OBJ_CACHED with its state-byte word
+ * intact; one that is not was overwritten while free (a use after free) and
+ * is reported and dropped.
  */
-void gm_mcentral_freeList(uint8_t sc, void *head, uintptr_t tag) {
-    (void)tag;
+uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
     gm_mcentral *mc = &gm_central[sc];
     gm_mspan *empty = NULL;
+    uint64_t n = 0;
     pthread_mutex_lock(&mc->lock);
-    for (void *p = head; p != NULL;) {
+    for (gm_freeobj *p = head; p != NULL;) {
         uintptr_t a = (uintptr_t)p;
-        void *next = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
-        *(uintptr_t *)p = 0; /* no stale link outlives the list */
+        gm_freeobj *next = p->next;
         gm_mspan *s = gm_span_of(a);
-        uintptr_t i = gm_span_index(s, a);
-        if (unlikely(!gm_span_live(s, i))) {
+        uintptr_t i = s != NULL && s->sizeclass == sc ? gm_span_index(s, a) : 0;
+        if (unlikely(s == NULL || s->sizeclass != sc || p->state != &s->objstate[i] ||
+                     gm_objstate(s, i) != OBJ_CACHED)) {
             pthread_mutex_unlock(&mc->lock);
-            gm_report(GM_ERR_NOT_ALLOCATED, p, "free (found when returning it to its span)");
+            gm_report(GM_ERR_NOT_ALLOCATED, p, "free list (object overwritten after free?)");
             pthread_mutex_lock(&mc->lock);
             p = next;
             continue;
         }
-        STORE_RELAXED(&s->freeBits[i / 64], s->freeBits[i / 64] | ((uint64_t)1 << (i % 64)));
+        gm_set_objstate(&s->objstate[i], OBJ_FREE);
+        n++;
         s->allocCount--;
         s->needzero = 1;
         if (s->cachedBy == NULL) {
@@ -154,20 +174,21 @@ void gm_mcentral_freeList(uint8_t sc, void *head, uintptr_t tag) {
             }
             if (s->allocCount == 0) {
                 list_remove(mc, s);
-                mc->nspans--;
                 s->next = empty;
                 empty = s;
             }
         }
         p = next;
     }
-    pthread_mutex_unlock(&mc->lock);
     while (empty != NULL) {
         gm_mspan *s = empty;
         empty = s->next;
         s->next = NULL;
-        gm_heap_free(s);
+        release_span(mc, s); /* drops the lock */
+        pthread_mutex_lock(&mc->lock);
     }
+    pthread_mutex_unlock(&mc->lock);
+    return n;
 }
 
 /* ---- checking ---------------------------------------------------------------- */
@@ -175,7 +196,8 @@ void gm_mcentral_freeList(uint8_t sc, void *head, uintptr_t tag) {
 int gm_span_check(const gm_mspan *s, bool cached) {
     int bad = 0;
     uintptr_t nwords = (s->nelems + 63) / 64;
-    if (s->state != SPAN_INUSE || s->sizeclass == 0 || s->nelems != gm_class_to_nelems[s->sizeclass]) {
+    if (s->state != SPAN_INUSE || s->sizeclass == 0 || s->nelems != gm_class_to_nelems[s->sizeclass] ||
+        s->objstate == NULL) {
         gm_warn_check("span has a bad state or class", s);
         return 1;
     }
@@ -183,38 +205,42 @@ int gm_span_check(const gm_mspan *s, bool cached) {
         gm_warn_check("span map does not point at the span", s);
         bad++;
     }
-    uint32_t live = 0, freed = 0;
     for (uintptr_t w = 0; w < BITMAP_WORDS; w++) {
         uint64_t valid = w < nwords ? ~(uint64_t)0 : 0;
         if (w == nwords - 1 && s->nelems % 64 != 0)
             valid = ((uint64_t)1 << (s->nelems % 64)) - 1;
-        if ((s->allocBits[w] | s->freeBits[w]) & ~valid) {
-            gm_warn_check("bitmap bits set beyond nelems", s);
+        if (s->allocBits[w] & ~valid) {
+            gm_warn_check("allocBits set beyond nelems", s);
             bad++;
         }
-        freed += (uint32_t)__builtin_popcountll(s->freeBits[w]);
-        live += (uint32_t)__builtin_popcountll(s->allocBits[w] & ~s->freeBits[w]);
     }
-    for (uintptr_t i = s->freeindex; i < s->nelems; i++)
-        if (gm_bit(s->freeBits, i) && !gm_bit(s->allocBits, i)) {
-            gm_warn_check("slot freed but never handed out", s);
+    uint32_t notfree = 0, taken_free = 0;
+    for (uintptr_t i = 0; i <= s->nelems; i++) {
+        uint8_t st = gm_objstate(s, i);
+        bool taken = i < s->freeindex || gm_bit(s->allocBits, i);
+        if (st > OBJ_CACHED || (i == s->nelems && st != OBJ_FREE)) {
+            gm_warn_check("bad object state byte", s);
             bad++;
             break;
         }
+        if (i == s->nelems)
+            break;
+        notfree += st != OBJ_FREE;
+        taken_free += taken && st == OBJ_FREE;
+        if (cached && !taken && st != OBJ_FREE) {
+            gm_warn_check("cached span: object not taken by the owner is not free", s);
+            bad++;
+            break;
+        }
+    }
     if (cached) {
-        if (s->allocCount != s->nelems - freed) {
-            gm_warn_check("cached span: allocCount != nelems - freed", s);
+        if (s->allocCount != s->nelems - taken_free) {
+            gm_warn_check("cached span: allocCount != nelems - (taken objects now free)", s);
             bad++;
         }
     } else {
-        for (uintptr_t i = 0; i < s->freeindex; i++)
-            if (!gm_bit(s->allocBits, i)) {
-                gm_warn_check("uncached span: slot below freeindex not in allocBits", s);
-                bad++;
-                break;
-            }
-        if (s->allocCount != live) {
-            gm_warn_check("uncached span: allocCount != popcount(allocBits &^ freeBits)", s);
+        if (s->allocCount != notfree) {
+            gm_warn_check("uncached span: allocCount != objects not free", s);
             bad++;
         }
         if (s->allocCount == 0) {

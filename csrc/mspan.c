@@ -3,24 +3,28 @@
  *
  * The allocation state of a small span is allocBits plus freeindex: slots
  * below freeindex have been handed out (or were allocated when the span was
- * last cached); at or above it, a 0 bit is a free slot.  allocCache holds the
+ * last cached) and have their bit set; at or above it, a 0 bit is a free
+ * slot.  allocCache holds the
  * complement of the 64 bits at freeindex, shifted so that ctz finds the next
- * free slot in one instruction (gm_nextFreeFast in gm_internal.h).  The
- * frees that Go's sweeper would discover come back as freeBits (mcentral.c).
+ * free slot in one instruction (gm_nextFreeFast in gm_internal.h).  Handing
+ * a slot out marks its state byte OBJ_LIVE; the frees that Go's sweeper
+ * would discover come back as OBJ_FREE state bytes (mcentral.c).
  */
 #include <string.h>
 
 #include "gm_internal.h"
 
-void gm_span_init_small(gm_mspan *s, uint8_t sizeclass) {
+/* objstate: nelems+1 zero bytes (all OBJ_FREE). */
+void gm_span_init_small(gm_mspan *s, uint8_t sizeclass, uint8_t *objstate) {
     s->sizeclass = sizeclass;
     s->elemsize = gm_class_to_size[sizeclass];
     s->nelems = gm_class_to_nelems[sizeclass];
     s->divMul = gm_class_to_divmagic[sizeclass];
+    s->clsOffset = (uint32_t)(offsetof(gm_mcache, cls) + sizeclass * sizeof(gm_mclass));
+    s->objstate = objstate;
     s->allocCount = 0;
     s->freeindex = 0;
     memset(s->allocBits, 0, sizeof s->allocBits);
-    memset(s->freeBits, 0, sizeof s->freeBits);
     s->allocCache = ~(uint64_t)0;
 }
 
@@ -44,7 +48,7 @@ uintptr_t gm_span_nextFreeIndex(gm_mspan *s) {
         /* Move to the start of the next 64 bits. */
         sfreeindex = (sfreeindex + 64) & ~(uintptr_t)63;
         if (sfreeindex >= snelems) {
-            STORE_RELAXED(&s->freeindex, snelems);
+            s->freeindex = snelems;
             return snelems;
         }
         gm_span_refillAllocCache(s, sfreeindex / 8);
@@ -53,13 +57,14 @@ uintptr_t gm_span_nextFreeIndex(gm_mspan *s) {
     }
     uintptr_t result = sfreeindex + bitIndex;
     if (result >= snelems) {
-        STORE_RELAXED(&s->freeindex, snelems);
+        s->freeindex = snelems;
         return snelems;
     }
     s->allocCache = (aCache >> bitIndex) >> 1;
     sfreeindex = result + 1;
     if (sfreeindex % 64 == 0 && sfreeindex != snelems)
         gm_span_refillAllocCache(s, sfreeindex / 8);
-    STORE_RELAXED(&s->freeindex, sfreeindex);
+    s->freeindex = sfreeindex;
+    gm_set_objstate(&s->objstate[result], OBJ_LIVE);
     return result;
 }

@@ -31,9 +31,11 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
     for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {
         nthreads++;
         for (int sc = 0; sc < NUM_CLASSES; sc++) {
-            nmalloc[sc] += RACY(c->cls[sc].nmalloc);
-            nfree[sc] += RACY(c->cls[sc].nfree);
-            cached += (uint64_t)RACY(c->cls[sc].n) * gm_class_to_size[sc];
+            gm_mclass *m = &c->cls[sc];
+            uint64_t len = (uint64_t)((int64_t)m->max - RACY(m->avail)), npop = RACY(m->npop);
+            nmalloc[sc] += npop + RACY(c->nspan[sc]);
+            nfree[sc] += len + npop + RACY(c->nflush[sc]);
+            cached += len * gm_class_to_size[sc];
         }
     }
     st->mcache_inuse = gm_heap.cachealloc.inuse;
@@ -97,11 +99,11 @@ void gm_warn_check(const char *what, const gm_mspan *s) {
         fprintf(stderr, "pygomalloc: heap check: %s\n", what);
 }
 
-/* Objects live from the spans' point of view (handed out, not freed back). */
+/* Objects not free from the spans' point of view (live or on a list). */
 static uint64_t span_live(const gm_mspan *s) {
     uint64_t n = 0;
     for (uintptr_t i = 0; i < s->nelems; i++)
-        n += gm_span_live(s, i);
+        n += gm_objstate(s, i) != OBJ_FREE;
     return n;
 }
 
@@ -119,19 +121,18 @@ int gm_check_heap(void) {
         cached_scav += (uint64_t)__builtin_popcountll(c->pcache.scav);
         for (int sc = 1; sc < NUM_CLASSES; sc++) {
             gm_mclass *m = &c->cls[sc];
-            uint32_t n = 0;
-            for (void *p = m->head; p != NULL; n++) {
+            uint32_t n = 0, len = MCLASS_LEN(m);
+            for (gm_freeobj *p = m->head; p != NULL; n++, p = p->next) {
                 gm_mspan *s = gm_span_of((uintptr_t)p);
-                if (n > m->n || s == NULL || s->state != SPAN_INUSE || s->sizeclass != sc ||
-                    !gm_span_live(s, gm_span_index(s, (uintptr_t)p)) ||
-                    (*(uintptr_t *)p & ~LINK_ADDR_MASK) != c->tag) {
+                if (n > len || s == NULL || s->state != SPAN_INUSE || s->sizeclass != sc ||
+                    !gm_span_is_slot(s, (uintptr_t)p) || p->state != &s->objstate[gm_span_index(s, (uintptr_t)p)] ||
+                    *p->state != OBJ_CACHED) {
                     gm_warn_check("bad object on an mcache free list", s);
                     bad++;
                     break;
                 }
-                p = (void *)(*(uintptr_t *)p & LINK_ADDR_MASK);
             }
-            if (n != m->n) {
+            if (n != len) {
                 gm_warn_check("mcache free list length differs from its count", NULL);
                 bad++;
             }

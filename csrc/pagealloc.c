@@ -118,6 +118,8 @@ static gm_mspan *free_find(uintptr_t npages) {
 
 static void set_tag(uintptr_t page, gm_mspan *v) {
     gm_heap_arena *ha = gm_arena_of(page);
+    if (v == NULL)
+        v = &gm_nospan;
     STORE_RELAXED(&ha->spans[(page >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)], v);
 }
 
@@ -247,7 +249,8 @@ static struct page_state claim_pages(uintptr_t base, uintptr_t npages) {
     return ps;
 }
 
-static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t sizeclass, bool zero) {
+static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate,
+                      bool zero) {
     s->startAddr = base;
     s->npages = npages;
     s->state = SPAN_INUSE;
@@ -256,8 +259,9 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
     s->next = s->prev = NULL;
     s->cachedBy = NULL;
     if (sizeclass != 0) {
-        gm_span_init_small(s, sizeclass);
+        gm_span_init_small(s, sizeclass, objstate);
     } else {
+        s->objstate = NULL;
         s->sizeclass = 0;
         s->elemsize = npages * PAGE_SIZE;
         s->divMul = 0;
@@ -303,7 +307,7 @@ static bool pagecache_refill(gm_mcache *c) {
     return true;
 }
 
-static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
+static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate) {
     gm_pagecache *pc = &c->pcache;
     if (pc->free == 0 || c->nspancache == 0) {
         if (pc->free != 0)
@@ -327,7 +331,7 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
     pc->zero &= ~bits;
     gm_mspan *s = c->spancache[--c->nspancache];
     uintptr_t base = pc->base + (uintptr_t)i * PAGE_SIZE;
-    init_span(s, base, npages, sizeclass, zero);
+    init_span(s, base, npages, sizeclass, objstate, zero);
     if (scav != 0) {
         ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)__builtin_popcountll(scav) * PAGE_SIZE);
         gm_sysUsed((void *)base, npages * PAGE_SIZE);
@@ -366,9 +370,9 @@ void gm_pagecache_flush(gm_mcache *c) {
 
 /* ---- allocSpan / freeSpan ----------------------------------------------- */
 
-gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
+gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate) {
     if (c != NULL && npages < PAGE_CACHE_MAX_SPAN) {
-        gm_mspan *s = pagecache_alloc(c, npages, sizeclass);
+        gm_mspan *s = pagecache_alloc(c, npages, sizeclass, objstate);
         if (s != NULL)
             return s;
     }
@@ -385,7 +389,7 @@ gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
         return NULL;
     }
     struct page_state ps = claim_pages(base, npages);
-    init_span(s, base, npages, sizeclass, ps.allzero);
+    init_span(s, base, npages, sizeclass, objstate, ps.allzero);
     if (ps.nscav != 0)
         ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     if (c != NULL && c->nspancache < SPAN_CACHE_MAX / 2) {
@@ -416,7 +420,7 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
         return NULL;
     }
     struct page_state ps = claim_pages(aligned, npages);
-    init_span(s, aligned, npages, 0, ps.allzero);
+    init_span(s, aligned, npages, 0, NULL, ps.allzero);
     if (ps.nscav != 0)
         ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     /* The unaligned head and the tail go back, their released bits intact. */
@@ -440,6 +444,7 @@ void gm_heap_free(gm_mspan *s) {
     gm_set_spans(s, s->startAddr, s->npages, NULL);
     s->sizeclass = 0;
     s->divMul = 0;
+    s->objstate = NULL;
     s->cachedBy = NULL;
     free_range(s, s->startAddr, s->npages, now_ms());
     pthread_mutex_unlock(&gm_heap.lock);

@@ -78,6 +78,7 @@
 #define GM_SC_SMALL_SIZE_DIV 8
 #define GM_SC_SMALL_SIZE_MAX 1024
 #define GM_SC_LARGE_SIZE_DIV 128
+#define GM_SC_MIN_ALLOC_SIZE 16
 #define GM_SC_MAX_NPAGES 10
 #define GM_SC_MAX_OBJECTS 1024
 static const uint16_t gm_class_to_size[GM_SC_NUM_CLASSES] = {
@@ -110,7 +111,8 @@ static const uint16_t gm_class_to_nelems[GM_SC_NUM_CLASSES] = {
        3,    4,    1,    4,    3,    2,    3,    1,
        3,    2,    1,
 };
-/* n / gm_class_to_size[c] == (uint32_t)(((uint64_t)n * gm_class_to_divmagic[c]) >> 32)
+/* n / gm_class_to_size[c] == (uint32_t)(((uint64_t)n * gm_class_to_divmagic[c]) >> 32),
+   and n % gm_class_to_size[c] == 0 iff (uint32_t)(n * gm_class_to_divmagic[c]) < gm_class_to_divmagic[c],
    for every offset n in a span of class c, 0 <= n <= span bytes */
 static const uint32_t gm_class_to_divmagic[GM_SC_NUM_CLASSES] = {
             0, 536870912, 268435456, 134217728,  89478486,  67108864,  53687092,  44739243,
@@ -125,7 +127,7 @@ static const uint32_t gm_class_to_divmagic[GM_SC_NUM_CLASSES] = {
 };
 /* class of size s <= GM_SC_SMALL_SIZE_MAX - 8: gm_size_to_class8[(s + 7) >> 3] */
 static const uint8_t gm_size_to_class8[GM_SC_SMALL_SIZE_MAX / GM_SC_SMALL_SIZE_DIV + 1] = {
-     0,  1,  2,  3,  3,  4,  4,  5,  5,  6,  6,  7,  7,  8,  8,  9,
+     2,  2,  2,  3,  3,  4,  4,  5,  5,  6,  6,  7,  7,  8,  8,  9,
      9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15, 16, 16, 17,
     17, 18, 18, 18, 18, 19, 19, 19, 19, 20, 20, 20, 20, 21, 21, 21,
     21, 22, 22, 22, 22, 23, 23, 23, 23, 24, 24, 24, 24, 25, 25, 25,

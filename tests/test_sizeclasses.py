@@ -116,7 +116,7 @@ def test_nelems_and_tail_waste():
 def test_lookup_returns_smallest_fitting_class():
     c = 1
     for size in range(1, MAX_SMALL_SIZE + 1):
-        while SIZES[c] < size:
+        while SIZES[c] < max(size, 16):
             c += 1
         assert lookup(size) == c, f"size {size}: got class {lookup(size)}, want {c}"
 
@@ -125,7 +125,7 @@ def test_lookup_tables_exactly():
     # Every entry, including index 0 and the ones the lookup above never
     # reaches, is the smallest class holding its size.
     def smallest(n):
-        return next(c for c in range(NCLASSES) if SIZES[c] >= n)
+        return next(c for c in range(NCLASSES) if SIZES[c] >= max(n, 16))
 
     assert CLASS8 == [smallest(i * SMALL_SIZE_DIV) for i in range(len(CLASS8))]
     assert CLASS128 == [
@@ -141,6 +141,8 @@ def test_divmagic_exact_for_every_offset():
         for n in range(NPAGES[c] * PAGE_SIZE + 1):
             if (n * m) >> 32 != n // size:
                 pytest.fail(f"class {c} (size {size}): divmagic wrong at offset {n}")
+            if (((n * m) & 0xFFFFFFFF) < m) != (n % size == 0):
+                pytest.fail(f"class {c} (size {size}): multiple-of-size test wrong at offset {n}")
 
 
 C_PROGRAM = r"""
@@ -156,7 +158,7 @@ static unsigned class_of(unsigned size) {
 
 int main(void) {
     static const unsigned cases[][2] = {
-        {1, 8}, {8, 8}, {9, 16}, {16, 16}, {17, 32}, {24, 32}, {33, 48},
+        {0, 16}, {1, 16}, {8, 16}, {9, 16}, {16, 16}, {17, 32}, {24, 32}, {33, 48},
         {1000, 1024}, {1016, 1024}, {1017, 1024}, {1024, 1024}, {1025, 1152},
         {5000, 5376}, {32767, 32768}, {32768, 32768},
     };
@@ -168,7 +170,7 @@ int main(void) {
             bad = 1;
         }
     }
-    if (gm_class_to_size[gm_size_to_class8[1]] != 8) bad = 1;
+    if (gm_class_to_size[gm_size_to_class8[1]] != 16) bad = 1;
     for (unsigned c = 1; c < GM_SC_NUM_CLASSES; c++) {
         uint32_t span = (uint32_t)gm_class_to_allocnpages[c] << GM_SC_PAGE_SHIFT;
         if (gm_class_to_allocnpages[c] > GM_SC_MAX_NPAGES) bad = 1;

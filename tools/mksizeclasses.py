@@ -18,6 +18,12 @@ they would only be 8-byte aligned.  We therefore bump the alignment to 16 at
 size 16 (as Go did up to 1.15), which gives no 24-byte class and a table of
 67 classes, class 0 included.
 
+Smallest allocation.  A freed object holds two words while it waits on a
+per-thread free list (the link and the address of its state byte; see
+csrc/malloc.c), so malloc never uses the 8-byte class: the lookup table
+sends sizes 0..16 to the 16-byte class.  The 8-byte class stays in the table
+so that the table remains Go's.
+
 Usage:
     python tools/mksizeclasses.py              # write the header to stdout
     python tools/mksizeclasses.py -o csrc/sizeclasses.h
@@ -36,6 +42,7 @@ MAX_SMALL_SIZE = 32768
 SMALL_SIZE_DIV = 8
 SMALL_SIZE_MAX = 1024
 LARGE_SIZE_DIV = 128
+MIN_ALLOC_SIZE = 16  # see "Smallest allocation" above
 
 # The table the algorithm must produce (class 0 is the dummy class used for
 # large objects).  Checked below so that a change to the algorithm cannot
@@ -154,14 +161,19 @@ def compute_div_magic(classes: list[SizeClass]) -> None:
                 raise GenerationError(
                     f"bad divMul for class {i} (size {size}): "
                     f"({n} * {m}) >> 32 = {(n * m) >> 32}, want {n // size}")
+            # free() tests "n is a multiple of size" as (n*m mod 2**32) < m.
+            if (((n * m) & 0xFFFFFFFF) < m) != (n % size == 0):
+                raise GenerationError(
+                    f"class {i} (size {size}): the multiple-of-size test is wrong at offset {n}")
 
 
 def make_lookup(classes: list[SizeClass], base: int, step: int, count: int) -> list[int]:
-    """For i in range(count), the smallest class whose size >= base + i*step."""
+    """For i in range(count), the smallest class whose size >= base + i*step
+    and >= MIN_ALLOC_SIZE."""
     table = []
     ci = 0
     for i in range(count):
-        want = base + i * step
+        want = max(base + i * step, MIN_ALLOC_SIZE)
         while classes[ci].size < want:
             ci += 1
         table.append(ci)
@@ -231,6 +243,7 @@ def generate() -> str:
     w.write(f"#define GM_SC_SMALL_SIZE_DIV {SMALL_SIZE_DIV}\n")
     w.write(f"#define GM_SC_SMALL_SIZE_MAX {SMALL_SIZE_MAX}\n")
     w.write(f"#define GM_SC_LARGE_SIZE_DIV {LARGE_SIZE_DIV}\n")
+    w.write(f"#define GM_SC_MIN_ALLOC_SIZE {MIN_ALLOC_SIZE}\n")
     w.write(f"#define GM_SC_MAX_NPAGES {max_npages}\n")
     w.write(f"#define GM_SC_MAX_OBJECTS {max_objects}\n")
     format_array(w, "uint16_t", "gm_class_to_size", "GM_SC_NUM_CLASSES",
@@ -240,7 +253,8 @@ def generate() -> str:
     w.write("/* objects per span, 0 for class 0 */\n")
     format_array(w, "uint16_t", "gm_class_to_nelems", "GM_SC_NUM_CLASSES",
                  [c.objects for c in classes], 8)
-    w.write("/* n / gm_class_to_size[c] == (uint32_t)(((uint64_t)n * gm_class_to_divmagic[c]) >> 32)\n"
+    w.write("/* n / gm_class_to_size[c] == (uint32_t)(((uint64_t)n * gm_class_to_divmagic[c]) >> 32),\n"
+            "   and n % gm_class_to_size[c] == 0 iff (uint32_t)(n * gm_class_to_divmagic[c]) < gm_class_to_divmagic[c],\n"
             "   for every offset n in a span of class c, 0 <= n <= span bytes */\n")
     format_array(w, "uint32_t", "gm_class_to_divmagic", "GM_SC_NUM_CLASSES",
                  [c.div_mul for c in classes], 8)
