@@ -166,7 +166,7 @@ uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
         gm_set_objstate(&s->objstate[i], OBJ_FREE);
         n++;
         s->allocCount--;
-        s->needzero = 1;
+        STORE_RELAXED(&s->needzero, 1);
         if (s->cachedBy == NULL) {
             if (s->list == LIST_FULL) {
                 list_remove(mc, s);
@@ -196,7 +196,7 @@ uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
 int gm_span_check(const gm_mspan *s, bool cached) {
     int bad = 0;
     uintptr_t nwords = (s->nelems + 63) / 64;
-    if (s->state != SPAN_INUSE || s->sizeclass == 0 || s->nelems != gm_class_to_nelems[s->sizeclass] ||
+    if (LOAD_RELAXED(&s->state) != SPAN_INUSE || s->sizeclass == 0 || s->nelems != gm_class_to_nelems[s->sizeclass] ||
         s->objstate == NULL) {
         gm_warn_check("span has a bad state or class", s);
         return 1;

@@ -94,7 +94,7 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
 void gm_warn_check(const char *what, const gm_mspan *s) {
     if (s != NULL)
         fprintf(stderr, "pygomalloc: heap check: %s (span %p: start %#lx npages %lu class %u state %u)\n", what,
-                (const void *)s, (unsigned long)s->startAddr, (unsigned long)s->npages, s->sizeclass, s->state);
+                (const void *)s, (unsigned long)s->startAddr, (unsigned long)s->npages, s->sizeclass, LOAD_RELAXED(&s->state));
     else
         fprintf(stderr, "pygomalloc: heap check: %s\n", what);
 }
@@ -124,7 +124,7 @@ int gm_check_heap(void) {
             uint32_t n = 0, len = MCLASS_LEN(m);
             for (gm_freeobj *p = m->head; p != NULL; n++, p = p->next) {
                 gm_mspan *s = gm_span_of((uintptr_t)p);
-                if (n > len || s == NULL || s->state != SPAN_INUSE || s->sizeclass != sc ||
+                if (n > len || s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE || s->sizeclass != sc ||
                     !gm_span_is_slot(s, (uintptr_t)p) || p->state != &s->objstate[gm_span_index(s, (uintptr_t)p)] ||
                     *p->state != OBJ_CACHED) {
                     gm_warn_check("bad object on an mcache free list", s);

@@ -62,7 +62,7 @@ static unsigned large_bucket(uintptr_t npages) {
 
 static void free_insert(gm_mspan *s) {
     uintptr_t n = s->npages;
-    s->state = SPAN_FREE;
+    STORE_RELAXED(&s->state, SPAN_FREE);
     s->sizeclass = 0;
     s->list = LIST_FREE;
     if (n < FREE_EXACT_LISTS) {
@@ -127,7 +127,8 @@ static void set_tag(uintptr_t page, gm_mspan *v) {
  * free list and is the run that ends (or starts) there. */
 static gm_mspan *free_run_at(uintptr_t a) {
     gm_mspan *t = gm_span_of(a);
-    if (t == NULL || t->state != SPAN_FREE || t->list != LIST_FREE)
+    /* state first: only a free run's other fields belong to the heap lock. */
+    if (t == NULL || LOAD_RELAXED(&t->state) != SPAN_FREE || t->list != LIST_FREE)
         return NULL;
     return t;
 }
@@ -253,7 +254,7 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
                       bool zero) {
     s->startAddr = base;
     s->npages = npages;
-    s->state = SPAN_INUSE;
+    STORE_RELAXED(&s->state, SPAN_INUSE);
     s->list = LIST_NONE;
     s->needzero = zero ? 0 : 1;
     s->next = s->prev = NULL;
@@ -535,7 +536,7 @@ int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
         gm_mspan *s = pass < FREE_EXACT_LISTS ? gm_heap.free[pass] : gm_heap.large[pass - FREE_EXACT_LISTS];
         for (; s != NULL; s = s->next) {
             uintptr_t last = s->startAddr + (s->npages - 1) * PAGE_SIZE;
-            if (s->state != SPAN_FREE || s->list != LIST_FREE) {
+            if (LOAD_RELAXED(&s->state) != SPAN_FREE || s->list != LIST_FREE) {
                 gm_warn_check("free run with wrong state", s);
                 bad++;
             }

@@ -1,0 +1,63 @@
+/*
+ * gmtest.h: a minimal test harness for the C tests.
+ *
+ *   TEST(name) { CHECK(cond); CHECK_EQ(a, b); }
+ *   int main(void) { RUN(name); ...; return gmtest_summary(); }
+ *
+ * Each test runs in order in one process; a failed CHECK prints the file,
+ * line and expression and marks the test failed (the test goes on).  The
+ * summary prints "N passed, N failed" and returns the exit status.
+ */
+#ifndef GMTEST_H
+#define GMTEST_H
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int gmtest_failed_checks, gmtest_passed, gmtest_failed;
+static const char *gmtest_current;
+
+#define TEST(name) static void test_##name(void)
+
+#define CHECK(cond)                                                                          \
+    do {                                                                                     \
+        if (!(cond)) {                                                                       \
+            fprintf(stderr, "%s:%d: %s: CHECK(%s) failed\n", __FILE__, __LINE__, gmtest_current, \
+                    #cond);                                                                  \
+            gmtest_failed_checks++;                                                          \
+        }                                                                                    \
+    } while (0)
+
+#define CHECK_EQ(a, b)                                                                          \
+    do {                                                                                        \
+        uint64_t gmt_a_ = (uint64_t)(a), gmt_b_ = (uint64_t)(b);                                \
+        if (gmt_a_ != gmt_b_) {                                                                 \
+            fprintf(stderr, "%s:%d: %s: CHECK_EQ(%s, %s) failed: %" PRIu64 " != %" PRIu64 "\n", \
+                    __FILE__, __LINE__, gmtest_current, #a, #b, gmt_a_, gmt_b_);                \
+            gmtest_failed_checks++;                                                             \
+        }                                                                                       \
+    } while (0)
+
+#define RUN(name)                                                      \
+    do {                                                               \
+        int before_ = gmtest_failed_checks;                            \
+        gmtest_current = #name;                                        \
+        test_##name();                                                 \
+        if (gmtest_failed_checks == before_) {                         \
+            gmtest_passed++;                                           \
+            printf("ok   %s\n", #name);                                \
+        } else {                                                       \
+            gmtest_failed++;                                           \
+            printf("FAIL %s\n", #name);                                \
+        }                                                              \
+        fflush(stdout);                                                \
+    } while (0)
+
+static inline int gmtest_summary(void) {
+    printf("%d passed, %d failed\n", gmtest_passed, gmtest_failed);
+    return gmtest_failed == 0 ? 0 : 1;
+}
+
+#endif
