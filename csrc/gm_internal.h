@@ -155,6 +155,7 @@ typedef struct gm_mspan {
     uint32_t allocCount;      /* see invariants above. Under mcentral.lock. */
     struct gm_mcache *cachedBy; /* owning mcache, or NULL. Under mcentral.lock. */
     uint64_t unusedsince;     /* free runs: ms timestamp when the newest page became free. Under mheap.lock. */
+    uintptr_t nreleased;      /* free runs: pages released to the OS (scavenged bits set). Under mheap.lock. */
     struct gm_mspan *next;    /* list links: mcentral partial/full, heap free lists, span caches */
     struct gm_mspan *prev;
     /* objstate: nelems+1 state bytes (enum obj_state), from the class's
@@ -199,6 +200,9 @@ typedef struct gm_heap_arena {
     /* scavenged: bit i set iff page i is free and released to the OS
      * (Prepared).  Under mheap.lock, or the page cache owner. */
     uint64_t scavenged[PAGES_PER_ARENA / 64];
+    /* faulted: bit i set iff page i is free and PROT_NONE (sysFault, the
+     * fault_on_free debug option); implies scavenged.  Under mheap.lock. */
+    uint64_t faulted[PAGES_PER_ARENA / 64];
     /* zeroedBase: offset in bytes below which pages may have been used;
      * memory at and above it has never been handed out, so it is zero.
      * Only grows.  Under mheap.lock. */
@@ -367,6 +371,9 @@ GM_HIDDEN void gm_pagecache_flush(gm_mcache *c);
 GM_HIDDEN uintptr_t gm_heap_scavenge(uintptr_t want);
 GM_HIDDEN uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms);
 GM_HIDDEN int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav);
+/* Is there a free run with unreleased pages?  *oldest: the earliest
+ * unusedsince among them. */
+GM_HIDDEN bool gm_heap_unreleased_free(uint64_t *oldest);
 
 /* ---- mspan.c: span bitmaps --------------------------------------------------- */
 
@@ -474,7 +481,9 @@ struct gm_options {
     long long scavenger;       /* 1: background scavenger thread */
     long long decay_ms;        /* free pages older than this are returned to the OS */
     long long retain_percent;  /* keep at most this % of the live heap as free Ready pages */
-    long long fault_on_free;   /* 1: large spans freed become PROT_NONE until reused (debug) */
+    long long fault_on_free;   /* 1: large spans freed become PROT_NONE until reused, 2: all spans (debug) */
+    long long memory_limit;    /* soft limit on retained heap bytes: release all free pages above it (0: none) */
+    long long hard_limit;      /* allocations fail rather than push heap_inuse above it (0: none) */
 };
 extern GM_HIDDEN struct gm_options gm_opt;
 GM_HIDDEN void gm_options_init(void);
@@ -482,6 +491,14 @@ GM_HIDDEN void gm_options_init(void);
 /* ---- mstats.c --------------------------------------------------------------- */
 
 GM_HIDDEN void gm_stats_fold_mcache(gm_mcache *c);
+
+/* ---- scavenger.c -------------------------------------------------------- */
+
+GM_HIDDEN void gm_scavenger_notify(void);
+GM_HIDDEN uintptr_t gm_scavenge_excess(void);
+GM_HIDDEN void gm_scavenger_fork_prepare(void);
+GM_HIDDEN void gm_scavenger_fork_parent(void);
+GM_HIDDEN void gm_scavenger_fork_child(void);
 GM_HIDDEN void gm_warn_check(const char *what, const gm_mspan *s);
 
 /* Debug builds: assertions and heap checks (mimalloc-style levels). */

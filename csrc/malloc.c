@@ -78,9 +78,20 @@ static uint64_t bad_frees;
 
 static void init_class_offsets(void);
 
-static void fork_prepare(void) { gm_mcache_fork_prepare(); }
-static void fork_parent(void) { gm_mcache_fork_parent(); }
-static void fork_child(void) { gm_mcache_fork_child(); }
+/* The scavenger's lock is taken first: the scavenger takes the heap lock
+ * without holding it, but never the other way round. */
+static void fork_prepare(void) {
+    gm_scavenger_fork_prepare();
+    gm_mcache_fork_prepare();
+}
+static void fork_parent(void) {
+    gm_mcache_fork_parent();
+    gm_scavenger_fork_parent();
+}
+static void fork_child(void) {
+    gm_mcache_fork_child();
+    gm_scavenger_fork_child();
+}
 
 static void print_stats_at_exit(void) {
     if (gm_opt.check_heap && gm_check_heap() != 0)

@@ -121,7 +121,7 @@ int gm_sysMap(void *v, size_t n) {
 
 void gm_sysUsed(void *v, size_t n) {
     count(SYS_USED, n);
-    if (gm_opt.thp && gm_huge_page_size != 0) {
+    if (LOAD_RELAXED(&gm_opt.thp) && gm_huge_page_size != 0) {
         /* Advise only the whole huge pages inside the range, so that a
          * partly used region is not inflated (tcmalloc#85). */
         uintptr_t h = gm_huge_page_size;
@@ -132,7 +132,7 @@ void gm_sysUsed(void *v, size_t n) {
 }
 
 void gm_sysUnused(void *v, size_t n) {
-    int advice = gm_opt.madv_free ? MADV_FREE : MADV_DONTNEED;
+    int advice = LOAD_RELAXED(&gm_opt.madv_free) ? MADV_FREE : MADV_DONTNEED;
     if (madvise(v, n, advice) != 0 && advice == MADV_FREE)
         madvise(v, n, MADV_DONTNEED); /* kernels before 4.5 */
     count(SYS_UNUSED, n);

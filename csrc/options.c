@@ -28,6 +28,12 @@ static const struct option_def table[] = {
     {"check_heap", &gm_opt.check_heap, 0, 0, 1},
     {"print_stats", &gm_opt.print_stats, 0, 0, 1},
     {"tcache_bytes", &gm_opt.tcache_bytes, 32 << 10, 0, 1 << 24},
+    {"scavenger", &gm_opt.scavenger, 1, 0, 1},
+    {"decay_ms", &gm_opt.decay_ms, 1000, 0, 3600 * 1000},
+    {"retain_percent", &gm_opt.retain_percent, 10, 0, 10000},
+    {"memory_limit", &gm_opt.memory_limit, 0, 0, (long long)1 << 48},
+    {"hard_limit", &gm_opt.hard_limit, 0, 0, (long long)1 << 48},
+    {"fault_on_free", &gm_opt.fault_on_free, 0, 0, 2},
 };
 #define NOPTIONS ((int)(sizeof table / sizeof table[0]))
 
@@ -85,7 +91,7 @@ int gm_option_set(const char *name, long long value) {
     const struct option_def *o = name ? find(name) : NULL;
     if (o == NULL || value < o->min || value > o->max)
         return EINVAL;
-    *o->value = value;
+    STORE_RELAXED(o->value, value); /* read by the scavenger thread */
     return 0;
 }
 
@@ -94,7 +100,7 @@ int gm_option_get(const char *name, long long *value) {
     const struct option_def *o = name ? find(name) : NULL;
     if (o == NULL)
         return EINVAL;
-    *value = *o->value;
+    *value = LOAD_RELAXED(o->value);
     return 0;
 }
 

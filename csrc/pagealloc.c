@@ -49,6 +49,30 @@ static uint64_t now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Page bitmaps of the arenas (scavenged, faulted): page a's bit. */
+static inline uint64_t *page_word(uint64_t *bits, uintptr_t a) {
+    return &bits[((a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)) / 64];
+}
+static inline uint64_t page_mask(uintptr_t a) { return (uint64_t)1 << (((a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)) % 64); }
+static inline bool page_released(uintptr_t a) {
+    return (*page_word(gm_arena_of(a)->scavenged, a) & page_mask(a)) != 0;
+}
+
+/* Released pages in [base, base+npages). */
+static uintptr_t count_released(uintptr_t base, uintptr_t npages) {
+    uintptr_t n = 0;
+    for (uintptr_t a = base; a < base + npages * PAGE_SIZE; a += PAGE_SIZE)
+        n += page_released(a);
+    return n;
+}
+
+static bool over_hard_limit(uintptr_t bytes) {
+    long long limit = LOAD_RELAXED(&gm_opt.hard_limit);
+    return limit > 0 && LOAD_RELAXED(&gm_heap.heap_inuse) + bytes > (uint64_t)limit;
+}
+
+static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms);
+
 void gm_pages_init(void) {
     gm_fixalloc_init(&gm_heap.spanalloc, sizeof(gm_mspan), &gm_heap.mspan_sys);
 }
@@ -141,9 +165,11 @@ static gm_mspan *free_run_at(uintptr_t a) {
 static void free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t since) {
     if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL)
         gm_throw("out of memory for span structures");
+    uintptr_t nreleased = count_released(base, npages);
     gm_mspan *t = free_run_at(base - PAGE_SIZE);
     if (t != NULL && t->startAddr + t->npages * PAGE_SIZE == base) {
         free_remove(t);
+        nreleased += t->nreleased;
         set_tag(base - PAGE_SIZE, NULL);
         base = t->startAddr;
         npages += t->npages;
@@ -155,6 +181,7 @@ static void free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t s
     t = free_run_at(end);
     if (t != NULL && t->startAddr == end) {
         free_remove(t);
+        nreleased += t->nreleased;
         set_tag(end, NULL);
         npages += t->npages;
         if (t->unusedsince > since)
@@ -163,6 +190,7 @@ static void free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t s
     }
     s->startAddr = base;
     s->npages = npages;
+    s->nreleased = nreleased;
     s->unusedsince = since;
     set_tag(base, s);
     set_tag(base + (npages - 1) * PAGE_SIZE, s);
@@ -182,6 +210,11 @@ static bool grow(uintptr_t npages) {
     }
     ATOMIC_ADD(&gm_heap.heap_released, got);
     free_range(NULL, v, got / PAGE_SIZE, 0);
+    /* As mheap.grow: growing should not leave more retained than the goal
+     * (or the soft limit) allows; release the excess from other free runs. */
+    uintptr_t excess = gm_scavenge_excess();
+    if (excess != 0)
+        scavenge_locked(excess, 0);
     return true;
 }
 
@@ -204,6 +237,7 @@ static uintptr_t take_pages(uintptr_t npages, gm_mspan **reuse) {
     if (s->npages == npages) {
         *reuse = s;
     } else {
+        s->nreleased -= count_released(base, npages);
         s->startAddr += npages * PAGE_SIZE;
         s->npages -= npages;
         set_tag(s->startAddr, s);
@@ -237,6 +271,13 @@ static struct page_state claim_pages(uintptr_t base, uintptr_t npages) {
         if (scav) {
             ha->scavenged[i / 64] &= ~bit;
             ps.nscav++;
+        }
+        if (unlikely(ha->faulted[i / 64] & bit)) {
+            /* fault_on_free: back to read/write (fresh zero pages). */
+            ha->faulted[i / 64] &= ~bit;
+            if (gm_sysMap((void *)a, PAGE_SIZE) != 0)
+                gm_throw("sysMap failed re-mapping a faulted page");
+            zero = true;
         }
         if (!zero)
             ps.allzero = false;
@@ -367,11 +408,14 @@ void gm_pagecache_flush(gm_mcache *c) {
     while (c->nspancache > 0)
         gm_fixalloc_free(&gm_heap.spanalloc, c->spancache[--c->nspancache]);
     pthread_mutex_unlock(&gm_heap.lock);
+    gm_scavenger_notify();
 }
 
 /* ---- allocSpan / freeSpan ----------------------------------------------- */
 
 gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate) {
+    if (over_hard_limit(npages * PAGE_SIZE))
+        return NULL;
     if (c != NULL && npages < PAGE_CACHE_MAX_SPAN) {
         gm_mspan *s = pagecache_alloc(c, npages, sizeclass, objstate);
         if (s != NULL)
@@ -406,6 +450,8 @@ gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8
 
 gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     uintptr_t extra = align / PAGE_SIZE - 1;
+    if (over_hard_limit(npages * PAGE_SIZE))
+        return NULL;
     pthread_mutex_lock(&gm_heap.lock);
     gm_mspan *s = NULL;
     uintptr_t base = take_pages(npages + extra, &s);
@@ -442,56 +488,77 @@ void gm_heap_free(gm_mspan *s) {
     uintptr_t i = (s->startAddr >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
     __atomic_fetch_and(&ha->pageInUse[i / 64], ~((uint64_t)1 << (i % 64)), __ATOMIC_RELAXED);
     ATOMIC_ADD(&gm_heap.heap_inuse, -(uint64_t)(s->npages * PAGE_SIZE));
+    bool large = s->sizeclass == 0;
     gm_set_spans(s, s->startAddr, s->npages, NULL);
     s->sizeclass = 0;
     s->divMul = 0;
     s->objstate = NULL;
     s->cachedBy = NULL;
+    if (unlikely(gm_opt.fault_on_free >= (large ? 1 : 2))) {
+        /* Debug: make the pages PROT_NONE (Reserved) until reused, so that
+         * a use after free faults at once.  Under the lock: the pages must
+         * not be handed out before they are faulted. */
+        gm_sysFault((void *)s->startAddr, s->npages * PAGE_SIZE);
+        for (uintptr_t a = s->startAddr; a < s->startAddr + s->npages * PAGE_SIZE; a += PAGE_SIZE) {
+            gm_heap_arena *hp = gm_arena_of(a);
+            *page_word(hp->scavenged, a) |= page_mask(a);
+            *page_word(hp->faulted, a) |= page_mask(a);
+        }
+        ATOMIC_ADD(&gm_heap.heap_released, s->npages * PAGE_SIZE);
+    }
     free_range(s, s->startAddr, s->npages, now_ms());
     pthread_mutex_unlock(&gm_heap.lock);
+    gm_scavenger_notify();
 }
 
 /* ---- scavenging ---------------------------------------------------------- */
 
-/* Does run s have pages not yet released? */
-static bool run_has_unreleased(const gm_mspan *s) {
-    for (uintptr_t a = s->startAddr; a < s->startAddr + s->npages * PAGE_SIZE; a += PAGE_SIZE) {
-        gm_heap_arena *ha = gm_arena_of(a);
-        uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
-        if (!((ha->scavenged[i / 64] >> (i % 64)) & 1))
-            return true;
-    }
-    return false;
-}
-
-/* Release the unreleased pages of free run s in physical-page-aligned
- * pieces.  Returns bytes released.  Under lock. */
-static uintptr_t release_run(const gm_mspan *s) {
+/* Release up to about `budget` bytes of the unreleased pages of free run s,
+ * from its end backwards (its start is what allocation takes next), in
+ * physical-page-aligned pieces.  Returns bytes released.  Under lock. */
+static uintptr_t release_run(gm_mspan *s, uintptr_t budget) {
     uintptr_t released = 0, phys = gm_phys_page_size > PAGE_SIZE ? gm_phys_page_size : PAGE_SIZE;
-    uintptr_t a = s->startAddr, end = s->startAddr + s->npages * PAGE_SIZE;
-    while (a < end) {
-        /* Skip released pages, then find the end of the unreleased stretch. */
-        uintptr_t b = a;
-        while (b < end) {
-            gm_heap_arena *hb = gm_arena_of(b);
-            uintptr_t j = (b >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
-            if ((hb->scavenged[j / 64] >> (j % 64)) & 1)
-                break;
-            b += PAGE_SIZE;
-        }
+    uintptr_t start = s->startAddr, b = s->startAddr + s->npages * PAGE_SIZE;
+    while (b > start && released < budget) {
+        while (b > start && page_released(b - PAGE_SIZE))
+            b -= PAGE_SIZE;
+        /* [a, b): an unreleased stretch, no longer than the budget needs. */
+        uintptr_t a = b;
+        while (a > start && !page_released(a - PAGE_SIZE) && b - a < budget - released)
+            a -= PAGE_SIZE;
         uintptr_t lo = (a + phys - 1) & ~(phys - 1), hi = b & ~(phys - 1);
         if (hi > lo) {
             gm_sysUnused((void *)lo, hi - lo);
-            for (uintptr_t p = lo; p < hi; p += PAGE_SIZE) {
-                gm_heap_arena *hp = gm_arena_of(p);
-                uintptr_t j = (p >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
-                hp->scavenged[j / 64] |= (uint64_t)1 << (j % 64);
-            }
+            for (uintptr_t p = lo; p < hi; p += PAGE_SIZE)
+                *page_word(gm_arena_of(p)->scavenged, p) |= page_mask(p);
             released += hi - lo;
         }
-        a = b + PAGE_SIZE; /* b is released (or the end) */
+        b = a;
     }
+    s->nreleased += released / PAGE_SIZE;
     return released;
+}
+
+/* Release free runs that have been free for at least min_age_ms, largest
+ * first, until at least `want` bytes have been released.  Under lock. */
+static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms) {
+    uintptr_t total = 0;
+    if (LOAD_RELAXED(&gm_opt.madv_free))
+        madv_free_used = true;
+    uint64_t now = now_ms();
+    for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS && total < want; pass++) {
+        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[FREE_LARGE_LISTS - 1 - pass]
+                                              : gm_heap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
+        for (; s != NULL && total < want; s = s->next)
+            if (s->nreleased < s->npages && now - s->unusedsince >= min_age_ms)
+                total += release_run(s, want - total);
+    }
+    if (total != 0) {
+        ATOMIC_ADD(&gm_heap.heap_released, total);
+        gm_heap.scavenge_cycles++;
+        gm_heap.scavenged_bytes += total;
+    }
+    return total;
 }
 
 /*
@@ -501,28 +568,28 @@ static uintptr_t release_run(const gm_mspan *s) {
  * lock throughout: callers bound `want` to bound the pause.
  */
 uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
-    uintptr_t total = 0;
-    if (gm_opt.madv_free)
-        madv_free_used = true;
     pthread_mutex_lock(&gm_heap.lock);
-    uint64_t now = now_ms();
-    for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS && total < want; pass++) {
-        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[FREE_LARGE_LISTS - 1 - pass]
-                                              : gm_heap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
-        for (; s != NULL && total < want; s = s->next)
-            if (now - s->unusedsince >= min_age_ms && run_has_unreleased(s))
-                total += release_run(s);
-    }
-    if (total != 0) {
-        ATOMIC_ADD(&gm_heap.heap_released, total);
-        gm_heap.scavenge_cycles++;
-        gm_heap.scavenged_bytes += total;
-    }
+    uintptr_t total = scavenge_locked(want, min_age_ms);
     pthread_mutex_unlock(&gm_heap.lock);
     return total;
 }
 
 uintptr_t gm_heap_scavenge(uintptr_t want) { return gm_heap_scavenge_aged(want, 0); }
+
+bool gm_heap_unreleased_free(uint64_t *oldest) {
+    bool any = false;
+    pthread_mutex_lock(&gm_heap.lock);
+    for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS; pass++) {
+        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[pass] : gm_heap.free[pass - FREE_LARGE_LISTS];
+        for (; s != NULL; s = s->next)
+            if (s->nreleased < s->npages && (!any || s->unusedsince < *oldest)) {
+                *oldest = s->unusedsince;
+                any = true;
+            }
+    }
+    pthread_mutex_unlock(&gm_heap.lock);
+    return any;
+}
 
 /* ---- checking ------------------------------------------------------------- */
 
@@ -555,11 +622,12 @@ int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
                 bad++;
             }
             free_pages += s->npages;
-            for (uintptr_t a = s->startAddr; a <= last; a += PAGE_SIZE) {
-                gm_heap_arena *ha = gm_arena_of(a);
-                uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
-                scav_pages += (ha->scavenged[i / 64] >> (i % 64)) & 1;
+            uintptr_t nrel = count_released(s->startAddr, s->npages);
+            if (nrel != s->nreleased) {
+                gm_warn_check("free run's released page count is wrong", s);
+                bad++;
             }
+            scav_pages += nrel;
         }
     }
     uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse), released = LOAD_RELAXED(&gm_heap.heap_released);

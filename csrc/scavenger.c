@@ -1,0 +1,176 @@
+/*
+ * scavenger.c: returning free memory to the OS (mgcscavenge.go).
+ *
+ * Free pages in the heap are Ready (resident once touched) until the
+ * scavenger releases them with sysUnused (Ready -> Prepared).  Reusing a
+ * released page costs a page fault and a zeroed page, so the scavenger keeps
+ * some free memory Ready and releases the rest.  What it keeps is bounded
+ * two ways:
+ *
+ *   goal    retained = heap_sys - heap_released (mapped, not released) may
+ *           exceed the live heap (heap_inuse) by retain_percent percent; the
+ *           excess is released at once, largest free runs first.
+ *   decay   a free run that has stayed free for decay_ms is released even
+ *           under the goal, so an idle program gives its memory back.
+ *   limits  above memory_limit (soft), every free page is released before
+ *           the heap grows or as soon as the scavenger runs; hard_limit
+ *           makes allocations fail (NULL/ENOMEM) rather than push heap_inuse
+ *           past it.
+ *
+ * The background thread starts lazily, the first time pages return to the
+ * heap, and only if the option "scavenger" is on.  It sleeps on a condition
+ * variable: with free memory left unreleased, until the oldest such run
+ * reaches the decay age (or a second, whichever is sooner); with nothing to
+ * release, until the heap frees pages again.  It never polls.  It paces
+ * itself: after each pass it sleeps three times as long as the pass took,
+ * so it uses at most a quarter of one CPU even when there is a lot to
+ * release (the kernel's work of freeing pages, mostly), and each pass
+ * releases at most 64 MiB under the heap lock.
+ * After fork() the child has no scavenger thread; the next free that
+ * returns pages starts one.
+ *
+ * gm_release() (scavengeAll, debug.FreeOSMemory) releases everything at
+ * once on the calling thread.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <time.h>
+
+#include "gm_internal.h"
+
+#define PASS_BYTES ((uintptr_t)64 << 20)
+#define PACE 3 /* sleep PACE times as long as a pass took: at most 25% of a CPU */
+
+static pthread_mutex_t scav_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t scav_cond;     /* CLOCK_MONOTONIC; initialised with the thread */
+static atomic_bool scav_started;     /* a start was attempted; set under scav_lock */
+static atomic_bool scav_sleeping;    /* the thread waits for frees; set under scav_lock */
+
+static uint64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Bytes retained above what the goal and the limits allow. */
+uintptr_t gm_scavenge_excess(void) {
+    uint64_t sys = LOAD_RELAXED(&gm_heap.heap_sys), rel = LOAD_RELAXED(&gm_heap.heap_released);
+    uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse);
+    uint64_t retained = sys - rel;
+    uint64_t goal = inuse + inuse / 100 * (uint64_t)LOAD_RELAXED(&gm_opt.retain_percent);
+    if (LOAD_RELAXED(&gm_opt.memory_limit) > 0 && retained > (uint64_t)LOAD_RELAXED(&gm_opt.memory_limit))
+        goal = inuse; /* over the soft limit: release every free page */
+    return retained > goal ? (uintptr_t)(retained - goal) : 0;
+}
+
+/* One pass: the excess over the goal, then runs older than the decay time.
+ * Returns bytes released. */
+static uintptr_t scavenge_pass(void) {
+    uintptr_t released = 0, excess = gm_scavenge_excess();
+    if (excess != 0)
+        released += gm_heap_scavenge_aged(excess < PASS_BYTES ? excess : PASS_BYTES, 0);
+    if (released < PASS_BYTES)
+        released += gm_heap_scavenge_aged(PASS_BYTES - released, (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms));
+    return released;
+}
+
+static void *scavenger_main(void *arg) {
+    (void)arg;
+    for (;;) {
+        uint64_t t0 = mono_ms();
+        uintptr_t released = scavenge_pass();
+        uint64_t spent = mono_ms() - t0;
+        uint64_t oldest = 0;
+        bool pending = gm_heap_unreleased_free(&oldest);
+        uint64_t wait_ms;
+        if (released >= PASS_BYTES || (released != 0 && gm_scavenge_excess() != 0)) {
+            wait_ms = PACE * spent + 1; /* more to do: pace */
+        } else if (pending) {
+            /* Wake when the oldest unreleased run reaches the decay age; at
+             * least once a second, so option changes take effect.  A pass
+             * that could release nothing (pages smaller than the physical
+             * page, say) waits the full second. */
+            uint64_t age = mono_ms() - oldest, decay = (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms);
+            wait_ms = released == 0 && age >= decay ? 1000 : age >= decay ? PACE * spent + 1 : decay - age;
+            if (wait_ms > 1000)
+                wait_ms = 1000;
+        } else {
+            wait_ms = 0; /* nothing to release: sleep until the heap frees pages */
+        }
+        pthread_mutex_lock(&scav_lock);
+        if (wait_ms == 0) {
+            atomic_store(&scav_sleeping, true);
+            while (atomic_load(&scav_sleeping))
+                pthread_cond_wait(&scav_cond, &scav_lock);
+        } else {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += (time_t)(wait_ms / 1000);
+            ts.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&scav_cond, &scav_lock, &ts);
+        }
+        pthread_mutex_unlock(&scav_lock);
+    }
+    return NULL;
+}
+
+static void start_thread(void) {
+    pthread_mutex_lock(&scav_lock);
+    if (!atomic_load(&scav_started)) {
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&scav_cond, &ca);
+        pthread_condattr_destroy(&ca);
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&attr, 64 << 10);
+        /* Signals belong to the program's threads, not ours. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_t t;
+        /* Attempted once (per process): if the system refuses a thread,
+         * gm_release() still works. */
+        atomic_store(&scav_started, true);
+        (void)pthread_create(&t, &attr, scavenger_main, NULL);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&attr);
+    }
+    pthread_mutex_unlock(&scav_lock);
+}
+
+/*
+ * Called, without any allocator lock held, after pages went back to the heap.
+ * Starts the scavenger on first use, or wakes it if it sleeps for want of
+ * work.  Cheap when it is awake or disabled: two relaxed loads.
+ */
+void gm_scavenger_notify(void) {
+    if (!LOAD_RELAXED(&gm_opt.scavenger))
+        return;
+    if (unlikely(!atomic_load_explicit(&scav_started, memory_order_relaxed))) {
+        start_thread();
+        return;
+    }
+    if (atomic_load_explicit(&scav_sleeping, memory_order_relaxed)) {
+        pthread_mutex_lock(&scav_lock);
+        atomic_store(&scav_sleeping, false);
+        pthread_cond_signal(&scav_cond);
+        pthread_mutex_unlock(&scav_lock);
+    }
+}
+
+/* fork(): the child has no scavenger thread; start one on demand. */
+void gm_scavenger_fork_prepare(void) { pthread_mutex_lock(&scav_lock); }
+void gm_scavenger_fork_parent(void) { pthread_mutex_unlock(&scav_lock); }
+void gm_scavenger_fork_child(void) {
+    pthread_mutex_init(&scav_lock, NULL);
+    atomic_store(&scav_started, false);
+    atomic_store(&scav_sleeping, false);
+}
