@@ -108,7 +108,7 @@ uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
     if (gm_sysMap((void *)v, ask) != 0)
         return 0;
     gm_heap.curArenaBase += ask;
-    gm_heap.heap_sys += ask;
+    ATOMIC_ADD(&gm_heap.heap_sys, ask); /* read by the scavenger without the lock */
     *got = ask;
     return v;
 }

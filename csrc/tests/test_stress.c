@@ -165,10 +165,10 @@ TEST(cross_thread_stress) {
     gm_thread_flush();
     gm_read_stats(&before);
     pthread_t t[THREADS];
-    for (int i = 0; i < THREADS; i++) {
+    for (int i = 0; i < THREADS; i++)
         pthread_mutex_init(&inboxes[i].lock, NULL);
+    for (int i = 0; i < THREADS; i++)
         CHECK(pthread_create(&t[i], NULL, worker, (void *)(intptr_t)i) == 0);
-    }
     for (int i = 0; i < THREADS; i++)
         pthread_join(t[i], NULL);
     for (int i = 0; i < THREADS; i++)
