@@ -56,9 +56,12 @@ static uintptr_t reserve(uintptr_t n) {
     return (uintptr_t)p;
 }
 
-/* Create the heapArena records for [base, base+n). */
+/* Create the heapArena records missing for the arenas that [base, base+n)
+ * touches: only arenas with mapped memory get one (66 KiB each). */
 static bool register_arenas(uintptr_t base, uintptr_t n) {
-    for (uintptr_t a = base; a < base + n; a += ARENA_SIZE) {
+    for (uintptr_t a = base & ~(ARENA_SIZE - 1); a < base + n; a += ARENA_SIZE) {
+        if (gm_heap.arenas[a >> ARENA_SHIFT] != NULL)
+            continue;
         gm_heap_arena *ha = gm_persistentalloc(sizeof(gm_heap_arena), 64, &gm_heap.other_sys);
         if (ha == NULL)
             return false;
@@ -78,35 +81,46 @@ static bool register_arenas(uintptr_t base, uintptr_t n) {
  * Grow the mapped heap by at least n bytes (page multiple), in whole chunks
  * where the reservation allows.  Returns the base of the newly mapped range
  * (Prepared: the caller treats it as free, released pages) and its length in
- * *got, or 0 when out of memory.  Called with mheap.lock held.
+ * *got, or 0 when out of memory, in which case nothing is left behind: a
+ * reservation made for this call is given back.  Called with mheap.lock held.
  */
 uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
     uintptr_t ask = (n + CHUNK_SIZE - 1) & ~(CHUNK_SIZE - 1);
-    if (gm_heap.curArenaEnd - gm_heap.curArenaBase < n) {
-        uintptr_t rn = (n + ARENA_SIZE - 1) & ~(ARENA_SIZE - 1);
-        uintptr_t base = reserve(rn);
-        if (base == 0)
+    uintptr_t oldBase = gm_heap.curArenaBase, oldEnd = gm_heap.curArenaEnd;
+    uintptr_t fresh = 0, rn = 0;
+    if (oldEnd - oldBase < n) {
+        rn = (n + ARENA_SIZE - 1) & ~(ARENA_SIZE - 1);
+        fresh = reserve(rn);
+        if (fresh == 0)
             return 0;
-        if (!register_arenas(base, rn)) {
-            gm_sysFree((void *)base, rn);
-            return 0;
-        }
-        gm_heap.heap_reserved += rn;
-        if (base == gm_heap.curArenaEnd) {
+        if (fresh == oldEnd) {
             gm_heap.curArenaEnd += rn; /* contiguous: extend */
         } else {
             /* The rest of the old reservation stays Reserved and unused:
              * address space, not memory. */
-            gm_heap.curArenaBase = base;
-            gm_heap.curArenaEnd = base + rn;
+            gm_heap.curArenaBase = fresh;
+            gm_heap.curArenaEnd = fresh + rn;
         }
     }
     uintptr_t left = gm_heap.curArenaEnd - gm_heap.curArenaBase;
     if (ask > left)
         ask = left;
     uintptr_t v = gm_heap.curArenaBase;
-    if (gm_sysMap((void *)v, ask) != 0)
+    if (gm_sysMap((void *)v, ask) != 0 || !register_arenas(v, ask)) {
+        /* A failed MAP_FIXED may leave a hole: re-reserve what we keep. */
+        if (fresh != 0) {
+            if (v < fresh)
+                gm_sysFault((void *)v, fresh - v);
+            gm_sysFree((void *)fresh, rn);
+            gm_heap.curArenaBase = oldBase;
+            gm_heap.curArenaEnd = oldEnd;
+        } else {
+            gm_sysFault((void *)v, ask);
+        }
         return 0;
+    }
+    if (fresh != 0)
+        gm_heap.heap_reserved += rn;
     gm_heap.curArenaBase += ask;
     ATOMIC_ADD(&gm_heap.heap_sys, ask); /* read by the scavenger without the lock */
     *got = ask;

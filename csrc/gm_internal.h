@@ -366,6 +366,7 @@ GM_HIDDEN gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecl
 /* A large span whose start is aligned to align (a power of two > PAGE_SIZE). */
 GM_HIDDEN gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align);
 GM_HIDDEN void gm_heap_free(gm_mspan *s);
+GM_HIDDEN int gm_heap_free_large(gm_mspan *s, uintptr_t p);
 GM_HIDDEN void gm_pagecache_flush(gm_mcache *c);
 /* Scavenge free pages until `want` bytes were released (all if want == ~0). */
 GM_HIDDEN uintptr_t gm_heap_scavenge(uintptr_t want);
@@ -447,6 +448,8 @@ GM_HIDDEN void gm_registry_lock(void);
 GM_HIDDEN void gm_registry_unlock(void);
 GM_HIDDEN gm_mcache *gm_registry_first(void);
 extern GM_HIDDEN uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES];
+/* Set in a child of fork() when other threads' caches were orphaned. */
+extern GM_HIDDEN bool gm_fork_orphans;
 
 #if defined(GM_PRELOAD)
 #define GM_TLS_MODEL __attribute__((tls_model("initial-exec")))

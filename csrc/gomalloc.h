@@ -100,7 +100,7 @@ struct gm_stats {
     uint64_t mcache_sys;    /* bytes obtained from the OS for per-thread caches */
     uint64_t other_sys;     /* other metadata: arena maps, heapArena records, bitmaps */
     uint64_t cached_bytes;  /* part of heap_inuse in per-thread free lists (free, not yet back in spans) */
-    uint64_t num_arenas;    /* 64 MiB heap arenas reserved */
+    uint64_t num_arenas;    /* 64 MiB heap arenas holding mapped memory (each has a heapArena record) */
     uint64_t num_threads;   /* live per-thread caches */
     uint64_t bad_frees;     /* invalid frees detected (and refused) */
     /* OS state transitions (see csrc/mem.c): calls and bytes. */

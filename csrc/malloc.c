@@ -240,8 +240,6 @@ static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
     }
     if (zero && s->needzero)
         memset((void *)s->startAddr, 0, size);
-    ATOMIC_ADD(&gm_heap.large_mallocs, 1);
-    ATOMIC_ADD(&gm_heap.large_bytes_alloc, npages * PAGE_SIZE);
     return (void *)s->startAddr;
 }
 
@@ -346,15 +344,9 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
     gm_mspan *s = gm_span_of(a);
     uint8_t sc = s->sizeclass;
     if (sc == 0) {
-        /* Large: whoever moves the span out of SPAN_INUSE frees it. */
-        uint8_t expect = SPAN_INUSE;
-        if (!__atomic_compare_exchange_n(&s->state, &expect, SPAN_DEAD, false, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_RELAXED))
-            return checked ? (ATOMIC_ADD(&bad_frees, 1), GM_ERR_NOT_ALLOCATED)
-                           : gm_report(GM_ERR_NOT_ALLOCATED, p, "free");
-        ATOMIC_ADD(&gm_heap.large_frees, 1);
-        ATOMIC_ADD(&gm_heap.large_bytes_freed, s->npages * PAGE_SIZE);
-        gm_heap_free(s);
+        code = gm_heap_free_large(s, a);
+        if (code != GM_OK)
+            return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
         return GM_OK;
     }
     uint8_t *st = &s->objstate[gm_span_index(s, a)];
@@ -442,6 +434,8 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
         errno = ENOMEM;
         return NULL;
     }
+    if (size == 0)
+        size = 1; /* a distinct object, as malloc(0) */
     if (alignment <= 8)
         return gm_malloc(size);
     if (alignment <= PAGE_SIZE) {
@@ -465,8 +459,6 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
         errno = ENOMEM;
         return NULL;
     }
-    ATOMIC_ADD(&gm_heap.large_mallocs, 1);
-    ATOMIC_ADD(&gm_heap.large_bytes_alloc, s->npages * PAGE_SIZE);
     return (void *)s->startAddr;
 }
 

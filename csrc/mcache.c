@@ -201,18 +201,39 @@ void gm_mcache_fork_parent(void) {
     pthread_mutex_unlock(&registry_lock);
 }
 
+/*
+ * In the child only the forking thread exists.  The other threads' caches
+ * may have been in the middle of a lock-free fast path when the memory was
+ * copied, so they cannot be trusted to flush: they become orphans, frozen
+ * and never reused (their objects, spans and pages are lost to the child,
+ * as glibc and jemalloc lose them).  Their counters are folded into the
+ * totals; gm_check_heap skips the cross-checks that would count them.
+ */
+bool gm_fork_orphans;
+static gm_mcache *orphans;
+
 void gm_mcache_fork_child(void) {
     gm_persistent_reinit();
     pthread_mutex_init(&gm_heap.lock, NULL);
     for (int sc = 0; sc < NUM_CLASSES; sc++)
         pthread_mutex_init(&gm_central[sc].lock, NULL);
     pthread_mutex_init(&registry_lock, NULL);
-    /* Only the forking thread exists now: reclaim the others' caches. */
     gm_mcache *c = registry;
     while (c != NULL) {
         gm_mcache *next = c->next;
-        if (c != gm_tls_mcache)
-            mcache_release(c);
+        if (c != gm_tls_mcache) {
+            gm_stats_fold_mcache(c);
+            if (c->prev != NULL)
+                c->prev->next = c->next;
+            else
+                registry = c->next;
+            if (c->next != NULL)
+                c->next->prev = c->prev;
+            c->linked = false;
+            c->next = orphans;
+            orphans = c;
+            gm_fork_orphans = true;
+        }
         c = next;
     }
 }

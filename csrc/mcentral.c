@@ -61,15 +61,13 @@ static uint32_t sweep(gm_mspan *s) {
 }
 
 /* Give an empty, uncached span back to the heap.  Called with mc->lock
- * held; returns with it released. */
+ * held, which stays held: a fork() must see the span either here or in the
+ * heap, never in neither. */
 static void release_span(gm_mcentral *mc, gm_mspan *s) {
     mc->nspans--;
     uint8_t *objstate = s->objstate;
-    pthread_mutex_unlock(&mc->lock);
     gm_heap_free(s);
-    pthread_mutex_lock(&mc->lock);
     gm_fixalloc_free(&mc->statealloc, objstate);
-    pthread_mutex_unlock(&mc->lock);
 }
 
 /*
@@ -86,15 +84,13 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
         if (sweep(s) != s->allocCount)
             gm_throw("cacheSpan: allocCount disagrees with the state bytes");
     } else {
-        /* mcentral.grow */
+        /* mcentral.grow, under the class lock: a fork() must see the new
+         * span counted here as soon as it is in use in the heap. */
         uint8_t *objstate = gm_fixalloc_alloc(&mc->statealloc);
-        pthread_mutex_unlock(&mc->lock);
-        if (objstate == NULL)
-            return NULL;
-        s = gm_heap_alloc(c, gm_class_to_allocnpages[sc], sc, objstate);
-        pthread_mutex_lock(&mc->lock);
+        s = objstate != NULL ? gm_heap_alloc(c, gm_class_to_allocnpages[sc], sc, objstate) : NULL;
         if (s == NULL) {
-            gm_fixalloc_free(&mc->statealloc, objstate);
+            if (objstate != NULL)
+                gm_fixalloc_free(&mc->statealloc, objstate);
             pthread_mutex_unlock(&mc->lock);
             return NULL;
         }
@@ -132,6 +128,8 @@ void gm_mcentral_uncacheSpan(gm_mspan *s) {
     s->allocCache = 0;
     if (s->allocCount == 0) {
         release_span(mc, s);
+        pthread_mutex_unlock(&mc->lock);
+        gm_scavenger_notify();
         return;
     }
     list_add(mc, s);
@@ -180,14 +178,16 @@ uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
         }
         p = next;
     }
+    bool released = empty != NULL;
     while (empty != NULL) {
         gm_mspan *s = empty;
         empty = s->next;
         s->next = NULL;
-        release_span(mc, s); /* drops the lock */
-        pthread_mutex_lock(&mc->lock);
+        release_span(mc, s);
     }
     pthread_mutex_unlock(&mc->lock);
+    if (released)
+        gm_scavenger_notify();
     return n;
 }
 

@@ -312,6 +312,10 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
         s->freeindex = 1;
         s->allocCache = 0;
     }
+    if (sizeclass == 0) {
+        ATOMIC_ADD(&gm_heap.large_mallocs, 1);
+        ATOMIC_ADD(&gm_heap.large_bytes_alloc, npages * PAGE_SIZE);
+    }
     gm_set_spans(s, base, npages, s);
     gm_heap_arena *ha = gm_arena_of(base);
     uintptr_t i = (base >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
@@ -450,6 +454,8 @@ gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8
 
 gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     uintptr_t extra = align / PAGE_SIZE - 1;
+    if (npages == 0)
+        npages = 1;
     if (over_hard_limit(npages * PAGE_SIZE))
         return NULL;
     pthread_mutex_lock(&gm_heap.lock);
@@ -482,13 +488,17 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     return s;
 }
 
-void gm_heap_free(gm_mspan *s) {
-    pthread_mutex_lock(&gm_heap.lock);
+/* freeSpan, with the heap lock held. */
+static void heap_free_locked(gm_mspan *s) {
     gm_heap_arena *ha = gm_arena_of(s->startAddr);
     uintptr_t i = (s->startAddr >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
     __atomic_fetch_and(&ha->pageInUse[i / 64], ~((uint64_t)1 << (i % 64)), __ATOMIC_RELAXED);
     ATOMIC_ADD(&gm_heap.heap_inuse, -(uint64_t)(s->npages * PAGE_SIZE));
     bool large = s->sizeclass == 0;
+    if (large) {
+        ATOMIC_ADD(&gm_heap.large_frees, 1);
+        ATOMIC_ADD(&gm_heap.large_bytes_freed, s->npages * PAGE_SIZE);
+    }
     gm_set_spans(s, s->startAddr, s->npages, NULL);
     s->sizeclass = 0;
     s->divMul = 0;
@@ -507,8 +517,30 @@ void gm_heap_free(gm_mspan *s) {
         ATOMIC_ADD(&gm_heap.heap_released, s->npages * PAGE_SIZE);
     }
     free_range(s, s->startAddr, s->npages, now_ms());
+}
+
+/* Give span s back.  For a small span (empty, off every list) the caller
+ * holds its class lock, so that no fork() sees the span in neither place,
+ * and calls gm_scavenger_notify() once it holds no lock. */
+void gm_heap_free(gm_mspan *s) {
+    pthread_mutex_lock(&gm_heap.lock);
+    heap_free_locked(s);
+    pthread_mutex_unlock(&gm_heap.lock);
+}
+
+/* Free large object p, whose span is s.  Checked under the heap lock, so
+ * that of two racing frees of the same object exactly one succeeds.
+ * Returns GM_OK or GM_ERR_NOT_ALLOCATED. */
+int gm_heap_free_large(gm_mspan *s, uintptr_t p) {
+    pthread_mutex_lock(&gm_heap.lock);
+    if (gm_span_of(p) != s || LOAD_RELAXED(&s->state) != SPAN_INUSE || s->sizeclass != 0 || s->startAddr != p) {
+        pthread_mutex_unlock(&gm_heap.lock);
+        return GM_ERR_NOT_ALLOCATED;
+    }
+    heap_free_locked(s);
     pthread_mutex_unlock(&gm_heap.lock);
     gm_scavenger_notify();
+    return GM_OK;
 }
 
 /* ---- scavenging ---------------------------------------------------------- */
@@ -631,11 +663,12 @@ int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
         }
     }
     uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse), released = LOAD_RELAXED(&gm_heap.heap_released);
-    if ((free_pages + cached_pages) * PAGE_SIZE + inuse != gm_heap.heap_sys) {
+    /* Not in a child of fork() with orphaned page caches (see mcache.c). */
+    if (!gm_fork_orphans && (free_pages + cached_pages) * PAGE_SIZE + inuse != gm_heap.heap_sys) {
         gm_warn_check("free + cached + in-use pages != heap_sys", NULL);
         bad++;
     }
-    if ((scav_pages + cached_scav) * PAGE_SIZE != released) {
+    if (!gm_fork_orphans && (scav_pages + cached_scav) * PAGE_SIZE != released) {
         gm_warn_check("released pages != heap_released", NULL);
         bad++;
     }

@@ -190,6 +190,40 @@ TEST(malloc_huge) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/*
+ * A size below the 2^48 address-space bound that still cannot be had
+ * (256 GiB: more than this machine can commit, unless the kernel
+ * overcommits without limit, in which case the allocation is legitimate and
+ * there is nothing to check).  A failed allocation must leave no lasting
+ * cost in memory: no arena metadata for it.  (Keeping the address space
+ * reserved, PROT_NONE, costs no memory and is allowed.)
+ */
+TEST(malloc_unmappable_leaves_no_trace) {
+    size_t size = (size_t)1 << 38;
+    struct gm_stats s0 = stats();
+    errno = 0;
+    void *p = gm_malloc(size);
+    if (p != NULL) {
+        fprintf(stderr, "(malloc(256 GiB) succeeded: the kernel overcommits; nothing to check)\n");
+        gm_free(p);
+        gm_release();
+        return;
+    }
+    CHECK_EQ(errno, ENOMEM);
+    struct gm_stats s1 = stats();
+    if (s1.other_sys - s0.other_sys > MIB)
+        fprintf(stderr, "failed malloc(256 GiB) kept %llu GiB reserved, %llu arenas and %llu MiB of metadata\n",
+                (unsigned long long)((s1.heap_reserved - s0.heap_reserved) >> 30),
+                (unsigned long long)(s1.num_arenas - s0.num_arenas),
+                (unsigned long long)((s1.other_sys - s0.other_sys) >> 20));
+    CHECK(s1.other_sys - s0.other_sys <= MIB);
+    CHECK_EQ(s1.heap_sys, s0.heap_sys);
+    void *q = gm_malloc(1000);
+    CHECK(q != NULL);
+    gm_free(q);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 /* ---- realloc ------------------------------------------------------------------ */
 
 TEST(realloc_null) {
@@ -861,6 +895,7 @@ int main(void) {
     RUN(calloc_overflow);
     RUN(calloc_zeroes);
     RUN(malloc_huge);
+    RUN(malloc_unmappable_leaves_no_trace);
     RUN(realloc_null);
     RUN(realloc_zero_frees);
     RUN(realloc_grow_shrink_preserves);
