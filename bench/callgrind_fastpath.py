@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Instructions per malloc+free pair, counted with callgrind, per allocator.
+
+For each allocator (glibc without preload; pygomalloc, jemalloc, tcmalloc,
+mimalloc through LD_PRELOAD), each size and each order (lifo/fifo, see
+bench/drivers/fastpath.c), the fastpath driver runs under
+``valgrind --tool=callgrind`` at two iteration counts N1 < N2, and the table
+shows
+
+    (Ir(N2) - Ir(N1)) / (N2 - N1)
+
+so that everything that does not depend on the iteration count (process
+start-up, the dynamic loader, allocator initialisation, the first refills)
+cancels out.  What remains is the steady-state cost of one loop iteration:
+one malloc, one free, and the driver's loop around them.  The profile also
+gives the instructions spent in the driver's own ``main`` (the loop, the call
+sites, the byte written and read back), so a second table shows the
+allocator's share alone: the iteration minus main (malloc, free, the PLT
+stubs and whatever they call).  Instruction counts are repeatable where times
+on a shared machine are not.
+
+Allocator discovery (including pygomalloc's preload library: --pygomalloc-lib,
+$GOMALLOC_PRELOAD_LIB, pygomalloc.get_preload_library(), csrc/build/) is the
+runner's, src/pygomalloc/_bench.py, loaded from the source tree by path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_bench():
+    """The runner module, from this checkout (without importing the package,
+    whose compiled extension may not be built), else from an installed one."""
+    path = ROOT / "src" / "pygomalloc" / "_bench.py"
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location("_pygomalloc_bench", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up here
+        spec.loader.exec_module(mod)
+        return mod
+    from pygomalloc import _bench  # type: ignore[import-not-found]
+
+    return _bench
+
+
+bench = load_bench()
+
+
+def parse_callgrind(path: str) -> Tuple[int, Dict[str, int]]:
+    """(total Ir, self Ir per function name) from a callgrind output file.
+
+    Cost lines hold positions then event counts (only Ir here).  A cost line
+    right after a ``calls=`` line is the inclusive cost of that call, not the
+    caller's own, so it is skipped.  Function names may be compressed as
+    "(id) name" at first use and "(id)" afterwards, in fn= and cfn= lines.
+    """
+    names: Dict[str, str] = {}
+
+    def name(spec: str) -> str:
+        spec = spec.strip()
+        if spec.startswith("("):
+            close = spec.index(")")
+            key, rest = spec[1:close], spec[close + 1:].strip()
+            if rest:
+                names[key] = rest
+                return rest
+            return names.get(key, spec)
+        return spec
+
+    self_ir: Dict[str, int] = {}
+    fn = "?"
+    npos = 1
+    skip = False
+    total = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            c = line[:1]
+            if c.isdigit() or c in "+-*":
+                if skip:
+                    skip = False
+                    continue
+                parts = line.split()
+                if len(parts) > npos:  # missing trailing counts are zero
+                    self_ir[fn] = self_ir.get(fn, 0) + int(parts[npos])
+            elif line.startswith("fn="):
+                fn = name(line[3:])
+            elif line.startswith("cfn="):
+                name(line[4:])
+            elif line.startswith("calls="):
+                skip = True
+            elif line.startswith("positions:"):
+                npos = len(line.split()) - 1
+            elif line.startswith(("totals:", "summary:")):
+                total = int(line.split()[1])
+    if total is None:
+        raise RuntimeError(f"no summary/totals line in {path}")
+    if sum(self_ir.values()) != total:
+        raise RuntimeError(f"callgrind profile {path} does not add up "
+                           f"({sum(self_ir.values())} != {total})")
+    return total, self_ir
+
+
+def callgrind_run(binary: Path, args: List[str], cand, tmpdir: str) -> Tuple[int, int]:
+    """(total Ir, Ir in the driver's own main) for ``binary args`` under ``cand``."""
+    fd, out = tempfile.mkstemp(prefix="callgrind.", dir=tmpdir)
+    os.close(fd)
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+           str(binary), *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env=bench.candidate_env(cand))
+        if proc.returncode != 0 or "RESULT " not in proc.stdout:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+            raise RuntimeError(f"{' '.join(args)} under {cand.name} failed "
+                               f"(exit {proc.returncode}):\n{tail}")
+        if "cannot be preloaded" in proc.stderr:
+            raise RuntimeError(f"LD_PRELOAD of {cand.preload} failed under valgrind")
+        total, self_ir = parse_callgrind(out)
+    finally:
+        os.unlink(out)
+    return total, self_ir.get("main", 0)
+
+
+def per_iteration(binary: Path, size: int, order: str, iters: Tuple[int, int], cand,
+                  tmpdir: str) -> Tuple[float, float]:
+    """(Ir per iteration, of which in the driver's main) from two run lengths."""
+    n1, n2 = iters
+    t1, m1 = callgrind_run(binary, [str(size), str(n1), order], cand, tmpdir)
+    t2, m2 = callgrind_run(binary, [str(size), str(n2), order], cand, tmpdir)
+    return (t2 - t1) / (n2 - n1), (m2 - m1) / (n2 - n1)
+
+
+def _ints(s: str) -> List[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _names(s: str) -> List[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=_ints, default=[16, 64, 256, 1024, 4096],
+                   help="object sizes in bytes (default 16,64,256,1024,4096)")
+    p.add_argument("--orders", type=_names, default=["lifo", "fifo"],
+                   help="free orders: lifo, fifo (default both)")
+    p.add_argument("--iters", type=_ints, default=[200000, 400000],
+                   help="the two iteration counts N1,N2 (default 200000,400000)")
+    p.add_argument("--allocators", type=_names,
+                   help="allocators (default all found: %s)" % ",".join(bench.ALLOCATORS))
+    p.add_argument("--pygomalloc-lib", metavar="PATH", help="pygomalloc's preload library")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="valgrind runs in parallel (default: number of CPUs)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    opts = p.parse_args(argv)
+
+    if len(opts.iters) != 2 or not 0 < opts.iters[0] < opts.iters[1]:
+        p.error("--iters needs two counts N1,N2 with 0 < N1 < N2")
+    bad = [o for o in opts.orders if o not in ("lifo", "fifo")]
+    if bad:
+        p.error(f"unknown order(s) {bad}: use lifo, fifo")
+    if shutil.which("valgrind") is None:
+        print("callgrind_fastpath: valgrind is not installed "
+              "(apt-get install valgrind, or run bench/setup_peers.sh)", file=sys.stderr)
+        return 2
+    try:
+        cands, skipped = bench.discover_candidates(opts.allocators, opts.pygomalloc_lib)
+    except ValueError as exc:
+        p.error(str(exc))
+    for s in skipped:
+        print(f"callgrind_fastpath: {s}", file=sys.stderr)
+    if not cands:
+        return 2
+    binary = bench.build_drivers(["fastpath"])["fastpath"]
+    iters = (opts.iters[0], opts.iters[1])
+
+    jobs = {}
+    failures: Dict[Tuple[str, int, str], str] = {}
+    results: Dict[Tuple[str, int, str], Tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="callgrind-fastpath-") as tmpdir, \
+            concurrent.futures.ThreadPoolExecutor(max(1, opts.jobs)) as pool:
+        for c in cands:
+            for size in opts.sizes:
+                for order in opts.orders:
+                    jobs[pool.submit(per_iteration, binary, size, order, iters, c, tmpdir)] = (
+                        c.name, size, order)
+        for fut in concurrent.futures.as_completed(jobs):
+            key = jobs[fut]
+            try:
+                results[key] = fut.result()
+            except RuntimeError as exc:
+                failures[key] = str(exc)
+
+    names = [c.name for c in cands]
+    print(f"callgrind instruction counts per iteration, "
+          f"(Ir({iters[1]}) - Ir({iters[0]})) / {iters[1] - iters[0]}")
+    tables = (
+        ("whole iteration: malloc + free + the driver's loop", lambda v: v[0]),
+        ("malloc + free alone: the iteration minus the driver's main", lambda v: v[0] - v[1]),
+    )
+    for title, pick in tables:
+        print()
+        print(title)
+        rows = [["size", "order", *names]]
+        for size in opts.sizes:
+            for order in opts.orders:
+                row = [str(size), order]
+                for n in names:
+                    v = results.get((n, size, order))
+                    row.append(f"{pick(v):.1f}" if v is not None else "FAILED")
+                rows.append(row)
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for i, r in enumerate(rows):
+            print("  ".join(c.rjust(widths[j]) for j, c in enumerate(r)))
+            if i == 0:
+                print("  ".join("-" * w for w in widths))
+    mains = sorted({round(v[1], 1) for v in results.values()})
+    if mains:
+        print(f"\n(the driver's main: {', '.join(f'{m:g}' for m in mains)} "
+              "instructions per iteration)")
+    for (n, size, order), msg in sorted(failures.items()):
+        print(f"FAILED {n} size {size} {order}: {msg}")
+    if opts.json:
+        doc = {
+            "iters": list(iters),
+            "allocators": {c.name: c.preload for c in cands},
+            "results": [{"allocator": n, "size": s, "order": o, "ir_per_iteration": v[0],
+                         "ir_in_driver_main": v[1], "ir_per_pair": v[0] - v[1]}
+                        for (n, s, o), v in sorted(results.items())],
+            "failures": [{"allocator": n, "size": s, "order": o, "error": m}
+                         for (n, s, o), m in sorted(failures.items())],
+        }
+        with open(opts.json, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

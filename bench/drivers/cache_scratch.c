@@ -1,0 +1,89 @@
+/*
+ * cache_scratch.c: passive false-sharing probe (after Hoard's cache-scratch).
+ *
+ * The main thread allocates one small object per thread, back to back, so
+ * that an allocator that carves them from one cache line puts them side by
+ * side.  Each thread gets one of them, writes to it and frees it; from then
+ * on it repeatedly allocates an object of the same size, writes every byte
+ * of it `writes` times, reads it back and frees it.  An allocator that hands
+ * the freed object (or its cache line neighbours) to a thread other than the
+ * one that will keep touching them keeps two cores fighting over one line:
+ * the run slows down by a large factor.
+ *
+ * ops = objects allocated by the worker threads (each freed).
+ */
+#include "bench_common.h"
+
+struct worker {
+    void *handed; /* the object the main thread allocated for us */
+    long iters, size, writes;
+    uint64_t ops, checksum;
+    char pad[BENCH_PAD];
+};
+
+/* Write every byte `writes` times through a volatile pointer (so the stores
+ * really happen, one by one) and return what reading it back gives. */
+static uint64_t scribble(void *p, long size, long writes)
+{
+    volatile unsigned char *v = (volatile unsigned char *)p;
+    for (long k = 0; k < size; k++)
+        v[k] = (unsigned char)k;
+    for (long w = 1; w < writes; w++)
+        for (long k = 0; k < size; k++)
+            v[k] = (unsigned char)(v[k] + 1);
+    uint64_t sum = 0;
+    for (long k = 0; k < size; k++)
+        sum = sum * 31 + v[k];
+    return sum + 1;
+}
+
+static void *run(void *arg)
+{
+    struct worker *w = (struct worker *)arg;
+    uint64_t sum = scribble(w->handed, w->size, w->writes);
+    free(w->handed);
+    for (long i = 0; i < w->iters; i++) {
+        void *p = bench_xmalloc((size_t)w->size);
+        sum += scribble(p, w->size, w->writes);
+        free(p);
+    }
+    w->ops = (uint64_t)w->iters;
+    w->checksum = sum;
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    long threads = 2, iters = 100000, size = 8, writes = 50;
+    const struct bench_opt opts[] = {
+        {"threads", &threads, 1, 1024, "worker threads"},
+        {"iters", &iters, 1, 1L << 40, "allocate/write/free cycles per thread"},
+        {"size", &size, 1, 1L << 20, "object size in bytes"},
+        {"writes", &writes, 1, 1L << 30, "times each byte is written per object"},
+    };
+    bench_parse(argc, argv, "cache_scratch", "Passive false sharing: objects handed out by the "
+                "main thread, freed and reallocated by workers.", opts, sizeof opts / sizeof opts[0]);
+
+    struct worker *ws = (struct worker *)calloc((size_t)threads, sizeof *ws);
+    if (ws == NULL)
+        bench_die("calloc failed");
+    for (long t = 0; t < threads; t++) {
+        ws[t].handed = bench_xmalloc((size_t)size);
+        ws[t].iters = iters;
+        ws[t].size = size;
+        ws[t].writes = writes;
+    }
+
+    double t0 = bench_now();
+    bench_run_threads(threads, run, ws, sizeof *ws);
+    double t1 = bench_now();
+
+    uint64_t ops = 0, sum = 0;
+    for (long t = 0; t < threads; t++) {
+        ops += ws[t].ops;
+        sum += ws[t].checksum;
+    }
+    free(ws);
+    bench_result("cache_scratch", threads, ops, t1 - t0, sum);
+    return 0;
+}

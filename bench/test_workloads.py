@@ -1,0 +1,109 @@
+"""pytest-benchmark comparison of allocators on the C workload drivers.
+
+    pytest bench/ --benchmark-only --benchmark-group-by=group
+
+Each workload is one benchmark group; within it, one test per allocator
+(glibc, pygomalloc, jemalloc, tcmalloc, mimalloc; the ones not found on this
+machine are skipped).  The timed body runs the compiled driver once, in its
+own process, with the allocator preloaded, so pytest-benchmark compares
+allocators and not Python call overhead.  The figures pytest-benchmark shows
+are whole-process times (start-up included); the driver's own timed region,
+its peak RSS and its checksum are kept in ``extra_info`` (see
+--benchmark-json).  The same drivers, arguments and allocator discovery as
+``python -m pygomalloc bench`` (src/pygomalloc/_bench.py) are used; the
+preload library of pygomalloc can be chosen with $GOMALLOC_PRELOAD_LIB.
+
+No speed is asserted: a test fails only when a driver fails (crash, hang,
+corrupted block, no work done) or when allocators disagree on a workload's
+deterministic checksum.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 3
+TIMEOUT = 60.0  # seconds for one driver run in quick mode
+
+
+def _load_bench():
+    """The runner module, loaded by path so that the package (whose compiled
+    extension may not be built) is not imported."""
+    path = ROOT / "src" / "pygomalloc" / "_bench.py"
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location("_pygomalloc_bench", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up here
+        spec.loader.exec_module(mod)
+        return mod
+    from pygomalloc import _bench  # type: ignore[import-not-found]
+
+    return _bench
+
+
+bench = _load_bench()
+
+# workload name -> (allocator, checksum) of the first successful run seen
+_reference_checksums: dict = {}
+
+
+@pytest.fixture(scope="session")
+def drivers():
+    try:
+        return bench.build_drivers()
+    except (RuntimeError, FileNotFoundError) as exc:
+        pytest.skip(f"cannot build the benchmark drivers: {exc}")
+
+
+@pytest.fixture(scope="session")
+def allocators():
+    found, skipped = bench.discover_candidates()
+    return {c.name: c for c in found}, skipped
+
+
+@pytest.mark.parametrize("allocator", bench.ALLOCATORS)
+@pytest.mark.parametrize(
+    "workload",
+    [pytest.param(w, id=w.name, marks=pytest.mark.benchmark(group=w.name))
+     for w in bench.WORKLOADS],
+)
+def test_workload(benchmark, workload, allocator, drivers, allocators):
+    found, skipped = allocators
+    if allocator not in found:
+        reason = next((s for s in skipped if s.startswith(allocator + ":")), "not available")
+        pytest.skip(reason)
+    cand = found[allocator]
+    args = workload.args()
+    runs = []
+
+    def run_driver():
+        r = bench.run_once(drivers, workload.driver, args, cand, TIMEOUT)
+        if not r.ok:  # stop at once rather than repeat a crash or a hang
+            raise AssertionError(f"{workload.name} under {allocator}: {r.error}")
+        runs.append(r)
+        return r
+
+    benchmark.pedantic(run_driver, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+
+    checksums = {r.checksum for r in runs}
+    assert len(checksums) == 1, f"checksum differs between runs: {sorted(checksums)}"
+    checksum = checksums.pop()
+    benchmark.extra_info.update(
+        allocator=allocator,
+        preload=cand.preload,
+        args=" ".join(args),
+        driver_seconds_median=statistics.median(r.seconds for r in runs),
+        peak_rss_mib=max(r.maxrss_kib for r in runs) / 1024.0,
+        ops=runs[0].ops,
+        checksum=checksum,
+    )
+    ref = _reference_checksums.setdefault(workload.name, (allocator, checksum))
+    assert checksum == ref[1], (
+        f"{workload.name}: checksum {checksum} under {allocator} differs from "
+        f"{ref[1]} under {ref[0]}")
