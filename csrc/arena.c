@@ -24,15 +24,11 @@
 
 #define HINT_TRIES 64
 
-void gm_arena_init(void) {
-    size_t bytes = ARENA_L2_ENTRIES * sizeof(gm_heap_arena *);
-    /* Not counted in sys: 32 MiB of address space, faulted in one page per
-     * 512 arenas actually used.  Go does not count it either. */
-    gm_heap.arenas = gm_sysAlloc(bytes);
-    if (gm_heap.arenas == NULL)
-        gm_throw("cannot reserve the arena map");
-    gm_heap.arenaHint = ARENA_HINT_BASE;
-}
+/* Not counted in sys: address space faulted in one page per 512 arenas
+ * used.  Go does not count its arena map either. */
+gm_heap_arena *gm_arena_map[ARENA_L2_ENTRIES];
+
+void gm_arena_init(void) { gm_heap.arenaHint = ARENA_HINT_BASE; }
 
 /* Reserve n bytes (a multiple of ARENA_SIZE) of arena space, at the hint if
  * possible.  Returns the base or 0. */
@@ -60,7 +56,7 @@ static uintptr_t reserve(uintptr_t n) {
  * touches: only arenas with mapped memory get one (66 KiB each). */
 static bool register_arenas(uintptr_t base, uintptr_t n) {
     for (uintptr_t a = base & ~(ARENA_SIZE - 1); a < base + n; a += ARENA_SIZE) {
-        if (gm_heap.arenas[a >> ARENA_SHIFT] != NULL)
+        if (gm_arena_map[a >> ARENA_SHIFT] != NULL)
             continue;
         gm_heap_arena *ha = gm_persistentalloc(sizeof(gm_heap_arena), 64, &gm_heap.other_sys);
         if (ha == NULL)
@@ -71,7 +67,7 @@ static bool register_arenas(uintptr_t base, uintptr_t n) {
             ha->spans[i] = &gm_nospan;
         /* Publish after the record is complete: free() on another thread
          * may look the arena up without a lock. */
-        __atomic_store_n(&gm_heap.arenas[a >> ARENA_SHIFT], ha, __ATOMIC_RELEASE);
+        __atomic_store_n(&gm_arena_map[a >> ARENA_SHIFT], ha, __ATOMIC_RELEASE);
         gm_heap.num_arenas++;
     }
     return true;

@@ -277,7 +277,6 @@ typedef struct gm_mcentral {
 
 typedef struct gm_mheap {
     pthread_mutex_t lock;
-    gm_heap_arena **arenas;          /* the L2 arena map (L1 has one entry). Set once at init. */
     gm_mspan *free[FREE_EXACT_LISTS];    /* free runs by exact length. Under lock. */
     gm_mspan *large[FREE_LARGE_LISTS];   /* free runs of >= 128 pages by log2. Under lock. */
     uint64_t freemask[2];            /* bit n: free[n] non-empty. Under lock. */
@@ -332,11 +331,18 @@ GM_HIDDEN void gm_persistent_reinit(void);
 
 /* ---- arena.c: arenas and the arena map -------------------------------------- */
 
+/* The L2 arena map (the L1 map has one entry, so it is this array).  An
+ * entry is written once, under mheap.lock, when memory in its arena is
+ * first mapped, and read without a lock (relaxed; the record is published
+ * with a release store).  A static array: 32 MiB of zero-fill address
+ * space, touched a page per 512 arenas, and free() needs no load to find it. */
+extern GM_HIDDEN gm_heap_arena *gm_arena_map[ARENA_L2_ENTRIES];
+
 GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
     uintptr_t i = a >> ARENA_SHIFT;
     if (unlikely(i >= ARENA_L2_ENTRIES))
         return NULL;
-    return LOAD_RELAXED(&gm_heap.arenas[i]);
+    return LOAD_RELAXED(&gm_arena_map[i]);
 }
 /* The span map entry for address a: NULL outside the arenas, &gm_nospan
  * for pages of an arena that no span covers. */

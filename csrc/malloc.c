@@ -62,6 +62,9 @@
  * it on.  What is caught is reported (gm_report) and never reaches the heap.
  */
 #define _GNU_SOURCE
+/* The fast paths' two-word stores to a freed object are faster as two
+ * moves than as the vector shuffle gcc's SLP vectorizer builds. */
+#pragma GCC optimize("no-tree-slp-vectorize")
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -323,7 +326,8 @@ GM_INLINE void free_fast(void *p) {
         if (likely((uint32_t)prod < s->divMul)) { /* gm_span_is_slot */
             uint8_t *st = &s->objstate[prod >> 32];
             gm_mclass *m = (gm_mclass *)((char *)gm_tls_mcache + s->clsOffset);
-            if (likely(LOAD_RELAXED(st) == OBJ_LIVE && m->avail > 0)) {
+            /* A plain read: only the object's owner (us) writes its state. */
+            if (likely(*st == OBJ_LIVE && m->avail > 0)) {
                 free_push(m, p, st);
                 return;
             }

@@ -68,7 +68,7 @@ TEST(first_arena_placement) {
         return;
     CHECK_EQ(ha->base, first_arena);
     CHECK_EQ(ha->base % ARENA_SIZE, 0);
-    CHECK(gm_heap.arenas[first_arena >> ARENA_SHIFT] == ha);
+    CHECK(gm_arena_map[first_arena >> ARENA_SHIFT] == ha);
     if (!UNDER_SANITIZER) {
         CHECK(first_arena >= ARENA_HINT_BASE);
         if (first_arena < ARENA_HINT_BASE)
@@ -232,7 +232,7 @@ TEST(arena_map_consistent) {
     uint64_t n = 0;
     int bad = 0;
     for (uintptr_t i = 0; i < ARENA_L2_ENTRIES; i++) {
-        gm_heap_arena *ha = LOAD_RELAXED(&gm_heap.arenas[i]);
+        gm_heap_arena *ha = LOAD_RELAXED(&gm_arena_map[i]);
         if (ha == NULL)
             continue;
         n++;
