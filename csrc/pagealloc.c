@@ -33,6 +33,7 @@
  * free run (their span map entries are NULL), so they never merge; a cache
  * gives its free pages back when its thread exits or on gm_release.
  */
+#define _GNU_SOURCE
 #include <string.h>
 #include <time.h>
 

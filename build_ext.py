@@ -1,0 +1,258 @@
+"""Build description of pygomalloc's native code.
+
+One C core (``csrc/*.c``) is compiled three ways:
+
+* ``pygomalloc._gomalloc``: the cffi extension module (out-of-line API mode)
+  that the Python package imports.  Python dlopen()s it, so thread-local
+  variables must use a dynamic TLS model: ``-mtls-dialect=gnu2`` selects TLS
+  descriptors, the fast dynamic model.  Initial-exec TLS would fail with
+  "cannot allocate memory in static TLS block" (BRIEF section 8).
+* ``pygomalloc/_lib/libgomalloc.so``: a plain shared library with no Python
+  dependency, for C programs (same TLS model, same reason).
+* ``pygomalloc/_lib/libgomalloc_preload.so``: the ``LD_PRELOAD`` library,
+  which also exports the malloc family (``csrc/preload.c``).  It is loaded at
+  start-up, so it may use initial-exec TLS, the fastest model.
+
+``setup.py`` hands ``ffibuilder`` to cffi (``cffi_modules``) and builds the
+two plain libraries from ``SHARED_LIBRARIES``: ``pip install -e .`` or
+``pip install .`` builds all three.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+from cffi import FFI
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+PUBLIC_HEADER = CSRC / "gomalloc.h"
+PRELOAD_SOURCE = "preload.c"  # the malloc-family shim: LD_PRELOAD library only
+
+
+def _rel(path: Path) -> str:
+    """setuptools wants source paths relative to the project root."""
+    return os.path.relpath(path, ROOT)
+
+
+def core_sources(*, preload: bool = False) -> list[str]:
+    """The allocator's C sources; ``preload.c`` only when building the preload library.
+
+    Only the top level of the source directory counts: ``csrc/tests/`` holds
+    C test programs, which are never part of a library.
+    """
+    return [_rel(p) for p in sorted(CSRC.glob("*.c")) if preload or p.name != PRELOAD_SOURCE]
+
+
+def core_headers() -> list[str]:
+    return [_rel(p) for p in sorted(CSRC.glob("*.h"))]
+
+
+class SharedLibrary(NamedTuple):
+    """A plain shared library built from the core by ``setup.py``."""
+
+    sources: list[str]
+    cflags: list[str]
+
+
+# As csrc/Makefile builds them (the C tests and benchmarks use those).
+_PLAIN_CFLAGS = ["-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-fno-semantic-interposition", "-pthread"]
+
+SHARED_LIBRARIES: dict[str, SharedLibrary] = {
+    "libgomalloc.so": SharedLibrary(core_sources(), _PLAIN_CFLAGS + ["-mtls-dialect=gnu2"]),
+    "libgomalloc_preload.so": SharedLibrary(
+        core_sources(preload=True),
+        _PLAIN_CFLAGS + ["-ftls-model=initial-exec", "-DGM_PRELOAD"],
+    ),
+}
+
+# Thin C wrappers compiled into the extension module.  They traffic in
+# uintptr_t addresses, so the Python layer never converts pointers, and they
+# validate pointers with gm_check / gm_free_checked, so bad input from Python
+# is reported as an error code and never aborts the process.
+_PREAMBLE = r"""
+#include <errno.h>
+#include <stdlib.h>
+#include "gomalloc.h"
+
+/* Returned by the wrappers below when memory cannot be had; distinct from
+ * every enum gm_error code. */
+#define PGM_ERR_NOMEM (-1)
+
+static uintptr_t pgm_malloc(size_t size)
+{
+    return (uintptr_t)gm_malloc(size);
+}
+
+static uintptr_t pgm_calloc(size_t nmemb, size_t size)
+{
+    return (uintptr_t)gm_calloc(nmemb, size);
+}
+
+/* GM_OK, PGM_ERR_NOMEM or EINVAL (alignment not a power of two). */
+static int pgm_aligned_alloc(size_t alignment, size_t size, uintptr_t *out)
+{
+    void *p;
+
+    errno = 0;
+    p = gm_aligned_alloc(alignment, size);
+    *out = (uintptr_t)p;
+    if (p != NULL)
+        return GM_OK;
+    return errno == EINVAL ? EINVAL : PGM_ERR_NOMEM;
+}
+
+/* free(NULL) does nothing, as in C; otherwise an enum gm_error code. */
+static int pgm_free(uintptr_t p)
+{
+    return p ? gm_free_checked((void *)p) : GM_OK;
+}
+
+/* realloc(NULL, n) allocates.  A bad pointer is refused with its enum
+ * gm_error code before gm_realloc can see it; on PGM_ERR_NOMEM the old
+ * object is untouched.  Size 0 gives a minimal object, as malloc(0) does:
+ * gm_realloc(p, 0) frees p and returns NULL like glibc, which an API that
+ * returns addresses and raises on NULL cannot express. */
+static int pgm_realloc(uintptr_t p, size_t size, uintptr_t *out)
+{
+    void *q;
+    int err;
+
+    if (p != 0 && (err = gm_check((const void *)p)) != GM_OK)
+        return err;
+    q = gm_realloc((void *)p, size != 0 ? size : 1);
+    *out = (uintptr_t)q;
+    return q != NULL ? GM_OK : PGM_ERR_NOMEM;
+}
+
+/* usable_size(NULL) is 0, as malloc_usable_size(NULL) is in C. */
+static int pgm_usable_size(uintptr_t p, size_t *out)
+{
+    int err;
+
+    *out = 0;
+    if (p == 0)
+        return GM_OK;
+    if ((err = gm_check((const void *)p)) != GM_OK)
+        return err;
+    *out = gm_usable_size((const void *)p);
+    return GM_OK;
+}
+
+static int pgm_owns(uintptr_t p)
+{
+    return gm_owns((const void *)p);
+}
+
+/* The same round trip to the C library's allocator, for the binding benchmark. */
+static uintptr_t pgm_libc_malloc(size_t size)
+{
+    return (uintptr_t)malloc(size);
+}
+
+static void pgm_libc_free(uintptr_t p)
+{
+    free((void *)p);
+}
+"""
+
+_CDEF = r"""
+#define GM_NUM_SIZE_CLASSES ...
+#define GM_MAX_SMALL_SIZE ...
+#define PGM_ERR_NOMEM ...
+#define EINVAL ...
+
+enum gm_error { GM_OK, GM_ERR_NOT_OURS, GM_ERR_INTERIOR, GM_ERR_NOT_ALLOCATED, ... };
+
+void *gm_malloc(size_t size);
+void *gm_calloc(size_t nmemb, size_t size);
+void *gm_realloc(void *ptr, size_t size);
+void gm_free(void *ptr);
+int gm_free_checked(void *ptr);
+int gm_check(const void *ptr);
+const char *gm_strerror(int code);
+void *gm_aligned_alloc(size_t alignment, size_t size);
+int gm_posix_memalign(void **out, size_t alignment, size_t size);
+size_t gm_usable_size(const void *ptr);
+int gm_owns(const void *ptr);
+size_t gm_release(void);
+void gm_thread_flush(void);
+
+struct gm_size_class_stats {
+    uint64_t size;
+    uint64_t npages;
+    uint64_t mallocs;
+    uint64_t frees;
+    ...;
+};
+
+struct gm_stats {
+    uint64_t sys;
+    uint64_t heap_reserved;
+    uint64_t heap_sys;
+    uint64_t heap_alloc;
+    uint64_t heap_idle;
+    uint64_t heap_inuse;
+    uint64_t heap_released;
+    uint64_t heap_objects;
+    uint64_t mallocs;
+    uint64_t frees;
+    uint64_t total_alloc;
+    uint64_t large_objects;
+    uint64_t mspan_inuse;
+    uint64_t mspan_sys;
+    uint64_t mcache_inuse;
+    uint64_t mcache_sys;
+    uint64_t other_sys;
+    uint64_t cached_bytes;
+    uint64_t num_arenas;
+    uint64_t num_threads;
+    uint64_t bad_frees;
+    uint64_t n_sys_reserve, n_sys_map, n_sys_used, n_sys_unused, n_sys_free, n_sys_fault;
+    uint64_t bytes_sys_reserve, bytes_sys_map, bytes_sys_used, bytes_sys_unused,
+        bytes_sys_free, bytes_sys_fault;
+    uint64_t scavenge_cycles;
+    uint64_t scavenged_bytes;
+    uint64_t phys_page_size;
+    uint64_t huge_page_size;
+    struct gm_size_class_stats by_size[...];
+    ...;
+};
+
+int gm_read_stats(struct gm_stats *st);
+int gm_option_set(const char *name, long long value);
+int gm_option_get(const char *name, long long *value);
+const char *gm_option_name(int i);
+int gm_check_heap(void);
+
+static uintptr_t pgm_malloc(size_t size);
+static uintptr_t pgm_calloc(size_t nmemb, size_t size);
+static int pgm_aligned_alloc(size_t alignment, size_t size, uintptr_t *out);
+static int pgm_free(uintptr_t p);
+static int pgm_realloc(uintptr_t p, size_t size, uintptr_t *out);
+static int pgm_usable_size(uintptr_t p, size_t *out);
+static int pgm_owns(uintptr_t p);
+static uintptr_t pgm_libc_malloc(size_t size);
+static void pgm_libc_free(uintptr_t p);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(_CDEF)
+ffibuilder.set_source(
+    "pygomalloc._gomalloc",
+    _PREAMBLE,
+    sources=core_sources(),
+    depends=core_headers(),
+    include_dirs=[_rel(CSRC)],
+    extra_compile_args=[
+        "-std=c11",
+        "-O2",
+        "-fvisibility=hidden",
+        "-mtls-dialect=gnu2",
+        "-DGM_PYTHON_MODULE",
+        "-pthread",  # the core uses threads (scavenger, per-thread caches)
+    ],
+    extra_link_args=["-pthread"],
+)

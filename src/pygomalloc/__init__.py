@@ -1,0 +1,77 @@
+"""pygomalloc: a memory allocator modelled on the Go runtime allocator.
+
+The allocator is written in C (``csrc/``); this package is a thin layer over
+it.  Addresses are ints::
+
+    import ctypes, pygomalloc
+
+    p = pygomalloc.malloc(100)
+    ctypes.memset(p, 0, 100)
+    p = pygomalloc.realloc(p, 4000)
+    pygomalloc.free(p)
+    print(pygomalloc.stats().heap_objects)
+
+Bad pointers raise ``InvalidPointerError`` subclasses (a ``ValueError``),
+failed allocations ``MemoryError``.  ``Buffer`` owns an allocation and
+exposes it as a memoryview.  C programs use ``get_include()`` and
+``get_library()``; ``get_preload_library()`` gives the ``LD_PRELOAD``
+library (``python -m pygomalloc run -- CMD`` runs a command under it).
+"""
+
+from ._api import (
+    Buffer,
+    HeapCorruptionError,
+    InteriorPointerError,
+    InvalidPointerError,
+    NotAllocatedError,
+    NotOursError,
+    SizeClassStats,
+    Stats,
+    aligned_alloc,
+    calloc,
+    check_heap,
+    free,
+    get_include,
+    get_library,
+    get_option,
+    get_preload_library,
+    malloc,
+    options,
+    owns,
+    realloc,
+    release,
+    set_option,
+    stats,
+    thread_flush,
+    usable_size,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Buffer",
+    "HeapCorruptionError",
+    "InteriorPointerError",
+    "InvalidPointerError",
+    "NotAllocatedError",
+    "NotOursError",
+    "SizeClassStats",
+    "Stats",
+    "aligned_alloc",
+    "calloc",
+    "check_heap",
+    "free",
+    "get_include",
+    "get_library",
+    "get_option",
+    "get_preload_library",
+    "malloc",
+    "options",
+    "owns",
+    "realloc",
+    "release",
+    "set_option",
+    "stats",
+    "thread_flush",
+    "usable_size",
+]

@@ -1,0 +1,163 @@
+"""Command line: ``python -m pygomalloc {bench,stats,run}``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import sys
+from collections.abc import Sequence
+
+import pygomalloc
+
+
+def _run_bench(argv: Sequence[str]) -> int:
+    from pygomalloc import _bench  # imported lazily: it is big and only needed here
+
+    return _bench.main(list(argv))
+
+
+def _demo_workload(objects: int, seed: int) -> None:
+    """Allocate *objects* blocks of mixed sizes, then free every other one."""
+    rng = random.Random(seed)
+    sizes = [rng.choice((8, 24, 64, 200, 1000, 4096, 20000, 100_000)) for _ in range(objects)]
+    addresses = [pygomalloc.malloc(size) for size in sizes]
+    for address in addresses[::2]:
+        pygomalloc.free(address)
+    pygomalloc.thread_flush()
+
+
+def _human(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+_COUNTS = {
+    "heap_objects",
+    "mallocs",
+    "frees",
+    "large_objects",
+    "num_arenas",
+    "num_threads",
+    "bad_frees",
+    "scavenge_cycles",
+}
+
+
+def format_stats(st: pygomalloc.Stats) -> str:
+    """A two-part text table: the totals, then the size classes in use."""
+    lines = []
+    for field in dataclasses.fields(st):
+        if field.name == "by_size":
+            continue
+        value = getattr(st, field.name)
+        if field.name in _COUNTS or field.name.startswith("n_sys_"):
+            lines.append(f"{field.name:>18}  {value:>14,}")
+        else:
+            lines.append(f"{field.name:>18}  {value:>14,}  {_human(value)}")
+    lines += [
+        "",
+        f"{'class':>5} {'size':>7} {'pages':>5} {'mallocs':>12} {'frees':>12} {'live':>10}",
+    ]
+    for row in st.by_size:
+        if row.mallocs:
+            lines.append(
+                f"{row.size_class:>5} {row.size:>7} {row.npages:>5} "
+                f"{row.mallocs:>12,} {row.frees:>12,} {row.live:>10,}"
+            )
+    return "\n".join(lines)
+
+
+def _stats(args: argparse.Namespace) -> int:
+    _demo_workload(args.objects, args.seed)
+    st = pygomalloc.stats()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(st), indent=2))
+    else:
+        print(format_stats(st))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    command: list[str] = args.command
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("pygomalloc run: no command given", file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    preload = pygomalloc.get_preload_library()
+    env["LD_PRELOAD"] = f"{preload} {env['LD_PRELOAD']}" if env.get("LD_PRELOAD") else preload
+    if not args.no_stats:
+        env["GOMALLOC_PRINT_STATS"] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], command, env)
+    except OSError as e:
+        print(f"pygomalloc run: {command[0]}: {e.strerror}", file=sys.stderr)
+        return 127
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pygomalloc",
+        description="pygomalloc: a memory allocator modelled on the Go runtime allocator.",
+    )
+    commands = parser.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+
+    # Listed for --help only: main() hands "bench ..." to the benchmark runner,
+    # which parses its own arguments.
+    commands.add_parser(
+        "bench", help="compare pygomalloc with glibc and other allocators (see 'bench --help')"
+    )
+
+    stats = commands.add_parser(
+        "stats",
+        help="run a small workload in this process and print the allocator's statistics",
+        description="Allocate OBJECTS blocks of mixed sizes, free every other one and "
+        "print the statistics (Go's MemStats vocabulary) and the size classes in use.",
+    )
+    stats.add_argument(
+        "--objects", type=int, default=10_000, help="blocks to allocate (default: %(default)s)"
+    )
+    stats.add_argument(
+        "--seed", type=int, default=0, help="seed of the size mix (default: %(default)s)"
+    )
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    stats.set_defaults(func=_stats)
+
+    run = commands.add_parser(
+        "run",
+        help="run a command with pygomalloc as its malloc (LD_PRELOAD)",
+        description="Run COMMAND with LD_PRELOAD set to pygomalloc's preload library "
+        "and GOMALLOC_PRINT_STATS=1, so that it prints its statistics at exit. "
+        "Other GOMALLOC_<OPTION> variables in the environment are passed on.",
+        usage="python -m pygomalloc run [--no-stats] -- COMMAND [ARG ...]",
+    )
+    run.add_argument("--no-stats", action="store_true", help="do not set GOMALLOC_PRINT_STATS")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        return _run_bench(argv[1:])
+    args = _parser().parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""The Python API over the C core: check arguments, make one C call, raise.
+
+Addresses are plain ints.  The C wrappers (``pgm_*``, see build_ext.py) take
+and return ``uintptr_t`` and validate pointers with ``gm_check`` /
+``gm_free_checked``, so bad input raises here and never aborts the process.
+cffi releases the GIL around every call, so threads allocate in parallel.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from types import TracebackType
+
+from ._gomalloc import ffi, lib
+
+__all__ = [
+    "Buffer",
+    "HeapCorruptionError",
+    "InteriorPointerError",
+    "InvalidPointerError",
+    "NotAllocatedError",
+    "NotOursError",
+    "SizeClassStats",
+    "Stats",
+    "aligned_alloc",
+    "calloc",
+    "check_heap",
+    "free",
+    "get_include",
+    "get_library",
+    "get_option",
+    "get_preload_library",
+    "malloc",
+    "options",
+    "owns",
+    "realloc",
+    "release",
+    "set_option",
+    "stats",
+    "thread_flush",
+    "usable_size",
+]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_SLOTS = {"slots": True} if sys.version_info >= (3, 10) else {}
+
+
+# --------------------------------------------------------------------------
+# Errors
+
+
+class InvalidPointerError(ValueError):
+    """An address that is not the start of a live pygomalloc object.
+
+    Never raised itself: one of its subclasses says what is wrong.  The heap
+    is left untouched.
+    """
+
+    def __init__(self, address: int, reason: str) -> None:
+        super().__init__(f"{reason}: {address:#x}")
+        #: The offending address.
+        self.address = address
+
+
+class NotOursError(InvalidPointerError):
+    """The address is not in memory that pygomalloc manages."""
+
+
+class InteriorPointerError(InvalidPointerError):
+    """The address points inside an object, not at its start."""
+
+
+class NotAllocatedError(InvalidPointerError):
+    """The object is free: freed already (double free) or never handed out."""
+
+
+class HeapCorruptionError(RuntimeError):
+    """``check_heap()`` found broken heap invariants (listed on stderr by the C core)."""
+
+    def __init__(self, violations: int) -> None:
+        super().__init__(f"pygomalloc heap check failed: {violations} violation(s), see stderr")
+        #: Number of violated invariants.
+        self.violations = violations
+
+
+_POINTER_ERRORS: dict[int, type[InvalidPointerError]] = {
+    lib.GM_ERR_NOT_OURS: NotOursError,
+    lib.GM_ERR_INTERIOR: InteriorPointerError,
+    lib.GM_ERR_NOT_ALLOCATED: NotAllocatedError,
+}
+
+
+def _error(code: int, address: int, size: int = 0) -> Exception:
+    """The exception for a nonzero return code of a ``pgm_*`` wrapper."""
+    if code == lib.PGM_ERR_NOMEM:
+        return MemoryError(f"pygomalloc: cannot allocate {size} bytes")
+    reason = ffi.string(lib.gm_strerror(code)).decode()
+    if code not in _POINTER_ERRORS:
+        return RuntimeError(f"pygomalloc: unexpected error {code} ({reason}) at {address:#x}")
+    return _POINTER_ERRORS[code](address, reason)
+
+
+def _overflow_error(*, address: int = 0, sizes: tuple[int, ...] = ()) -> Exception:
+    """The exception for an argument that did not fit its C type."""
+    if not 0 <= address < 2**64:
+        return NotOursError(address, "not an address")
+    if any(size < 0 for size in sizes):
+        return ValueError(f"negative size in {sizes}")
+    return MemoryError(f"pygomalloc: cannot allocate {' * '.join(map(str, sizes))} bytes")
+
+
+# --------------------------------------------------------------------------
+# Allocation
+
+
+def malloc(size: int) -> int:
+    """Allocate *size* bytes and return their address.
+
+    ``malloc(0)`` returns a distinct address that may be freed.  Raises
+    ``MemoryError`` when the memory cannot be had and ``ValueError`` for a
+    negative size.
+    """
+    try:
+        address: int = lib.pgm_malloc(size)
+    except OverflowError:
+        raise _overflow_error(sizes=(size,)) from None
+    if not address:
+        raise MemoryError(f"pygomalloc: cannot allocate {size} bytes")
+    return address
+
+
+def calloc(count: int, size: int) -> int:
+    """Allocate zeroed memory for *count* objects of *size* bytes each.
+
+    A product that overflows raises ``MemoryError``.
+    """
+    try:
+        address: int = lib.pgm_calloc(count, size)
+    except OverflowError:
+        raise _overflow_error(sizes=(count, size)) from None
+    if not address:
+        raise MemoryError(f"pygomalloc: cannot allocate {count} * {size} bytes")
+    return address
+
+
+def realloc(address: int, size: int) -> int:
+    """Resize the object at *address* to *size* bytes; return its (new) address.
+
+    The first ``min(old, size)`` bytes are preserved; ``realloc(0, n)`` is
+    ``malloc(n)``.  On ``MemoryError`` the old object is left as it was.
+    """
+    out = ffi.new("uintptr_t *")
+    try:
+        code = lib.pgm_realloc(address, size, out)
+    except OverflowError:
+        raise _overflow_error(address=address, sizes=(size,)) from None
+    if code:
+        raise _error(code, address, size)
+    return int(out[0])
+
+
+def aligned_alloc(alignment: int, size: int) -> int:
+    """Allocate *size* bytes at an address that is a multiple of *alignment*.
+
+    *alignment* must be a power of two (``ValueError`` otherwise).
+    """
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ValueError(f"alignment must be a power of two, not {alignment}")
+    out = ffi.new("uintptr_t *")
+    try:
+        code = lib.pgm_aligned_alloc(alignment, size, out)
+    except OverflowError:
+        if alignment >= 2**64:
+            raise ValueError(f"alignment {alignment} is too large") from None
+        raise _overflow_error(sizes=(size,)) from None
+    if code == lib.EINVAL:
+        raise ValueError(f"alignment {alignment} is not supported")
+    if code:
+        raise _error(code, 0, size)
+    return int(out[0])
+
+
+def free(address: int) -> None:
+    """Free the object at *address*.  ``free(0)`` does nothing.
+
+    Raises a subclass of ``InvalidPointerError`` (and frees nothing) if
+    *address* is not the start of a live object: a double free, a pointer
+    into an object, or memory pygomalloc does not manage.
+    """
+    try:
+        code = lib.pgm_free(address)
+    except OverflowError:
+        raise _overflow_error(address=address) from None
+    if code:
+        raise _error(code, address)
+
+
+def usable_size(address: int) -> int:
+    """Bytes usable at *address*, at least the size asked for; 0 for address 0."""
+    out = ffi.new("size_t *")
+    try:
+        code = lib.pgm_usable_size(address, out)
+    except OverflowError:
+        raise _overflow_error(address=address) from None
+    if code:
+        raise _error(code, address)
+    return int(out[0])
+
+
+def owns(address: int) -> bool:
+    """Whether *address* lies in memory pygomalloc manages (any int may be asked)."""
+    try:
+        return bool(lib.pgm_owns(address))
+    except OverflowError:
+        return False
+
+
+def release() -> int:
+    """Flush this thread's cache and return every free page to the OS; bytes released."""
+    return int(lib.gm_release())
+
+
+def thread_flush() -> None:
+    """Give the calling thread's cached free objects back to their spans."""
+    lib.gm_thread_flush()
+
+
+def check_heap() -> None:
+    """Check every heap invariant; raise ``HeapCorruptionError`` if any is broken.
+
+    Takes every lock of the allocator: call it when no other thread is using it.
+    """
+    violations = lib.gm_check_heap()
+    if violations:
+        raise HeapCorruptionError(violations)
+
+
+# --------------------------------------------------------------------------
+# Statistics
+
+
+@dataclass(frozen=True, **_SLOTS)
+class SizeClassStats:
+    """One size class: a row of ``Stats.by_size``."""
+
+    #: Index of the class; 0 holds large objects (more than GM_MAX_SMALL_SIZE bytes).
+    size_class: int
+    #: Bytes per object of this class (0 for class 0).
+    size: int
+    #: Pages (8 KiB) per span of this class.
+    npages: int
+    #: Objects handed out, ever.
+    mallocs: int
+    #: Objects given back, ever.
+    frees: int
+
+    @property
+    def live(self) -> int:
+        """Objects of this class allocated now."""
+        return self.mallocs - self.frees
+
+
+@dataclass(frozen=True, **_SLOTS)
+class Stats:
+    """The allocator's figures, in the vocabulary of Go's ``runtime.MemStats``.
+
+    Exact when read while no other thread allocates or frees; otherwise each
+    figure is a recent value.  Sizes are in bytes.
+    """
+
+    # Memory obtained from the OS.
+    #: heap_sys + mspan_sys + mcache_sys + other_sys.
+    sys: int
+    #: Address space reserved (PROT_NONE or mapped) for arenas.
+    heap_reserved: int
+    #: Arena bytes mapped (Prepared or Ready): heap_idle + heap_inuse.
+    heap_sys: int
+    #: Bytes of live objects (rounded up to their size class).
+    heap_alloc: int
+    #: Bytes in free page runs.
+    heap_idle: int
+    #: Bytes in spans holding objects.
+    heap_inuse: int
+    #: Part of heap_idle returned to the OS (Prepared).
+    heap_released: int
+    #: Live objects: mallocs - frees.
+    heap_objects: int
+    #: Objects allocated, ever.
+    mallocs: int
+    #: Objects freed, ever.
+    frees: int
+    #: Bytes allocated, ever (rounded to size class).
+    total_alloc: int
+    #: Live objects larger than GM_MAX_SMALL_SIZE.
+    large_objects: int
+    #: Bytes of span structures in use.
+    mspan_inuse: int
+    #: Bytes obtained from the OS for span structures.
+    mspan_sys: int
+    #: Bytes of per-thread caches in use.
+    mcache_inuse: int
+    #: Bytes obtained from the OS for per-thread caches.
+    mcache_sys: int
+    #: Other metadata: arena maps, heapArena records, bitmaps.
+    other_sys: int
+    #: Part of heap_inuse in per-thread free lists (free, not yet back in spans).
+    cached_bytes: int
+    #: 64 MiB heap arenas holding mapped memory (each has a heapArena record).
+    num_arenas: int
+    #: Live per-thread caches.
+    num_threads: int
+    #: Invalid frees detected (and refused).
+    bad_frees: int
+    # OS state transitions (see csrc/mem.c): calls ...
+    #: sysReserve calls: None -> Reserved.
+    n_sys_reserve: int
+    #: sysMap calls: Reserved -> Prepared.
+    n_sys_map: int
+    #: sysUsed calls: Prepared -> Ready.
+    n_sys_used: int
+    #: sysUnused calls: Ready -> Prepared.
+    n_sys_unused: int
+    #: sysFree calls: any state -> None.
+    n_sys_free: int
+    #: sysFault calls: back to Reserved.
+    n_sys_fault: int
+    # ... and bytes.
+    #: Bytes passed to sysReserve.
+    bytes_sys_reserve: int
+    #: Bytes passed to sysMap.
+    bytes_sys_map: int
+    #: Bytes passed to sysUsed.
+    bytes_sys_used: int
+    #: Bytes passed to sysUnused.
+    bytes_sys_unused: int
+    #: Bytes passed to sysFree.
+    bytes_sys_free: int
+    #: Bytes passed to sysFault.
+    bytes_sys_fault: int
+    # Scavenger.
+    #: Scavenger passes that released something.
+    scavenge_cycles: int
+    #: Bytes returned to the OS, ever.
+    scavenged_bytes: int
+    #: Physical page size read at start-up.
+    phys_page_size: int
+    #: Transparent huge page size (0 if none).
+    huge_page_size: int
+    #: One row per size class, indexed by class; class 0 is large objects.
+    by_size: tuple[SizeClassStats, ...]
+
+
+_STATS_FIELDS = tuple(f.name for f in fields(Stats) if f.name != "by_size")
+
+
+def stats() -> Stats:
+    """Read the allocator's statistics (one ``gm_read_stats`` call)."""
+    st = ffi.new("struct gm_stats *")
+    lib.gm_read_stats(st)
+    by_size = tuple(
+        SizeClassStats(i, row.size, row.npages, row.mallocs, row.frees)
+        for i, row in enumerate(st.by_size)
+    )
+    return Stats(**{name: getattr(st, name) for name in _STATS_FIELDS}, by_size=by_size)
+
+
+# --------------------------------------------------------------------------
+# Options
+
+
+def _option_names() -> list[str]:
+    names: list[str] = []
+    while True:
+        name = lib.gm_option_name(len(names))
+        if name == ffi.NULL:
+            return names
+        names.append(ffi.string(name).decode())
+
+
+def _check_option_name(name: str) -> bytes:
+    if name not in _option_names():
+        raise ValueError(f"unknown pygomalloc option {name!r}")
+    return name.encode()
+
+
+def options() -> dict[str, int]:
+    """Every option and its current value (``GOMALLOC_<NAME>`` sets one at start-up)."""
+    return {name: get_option(name) for name in _option_names()}
+
+
+def get_option(name: str) -> int:
+    """The value of option *name*; ``ValueError`` if there is no such option."""
+    value = ffi.new("long long *")
+    if lib.gm_option_get(_check_option_name(name), value):
+        raise ValueError(f"cannot read pygomalloc option {name!r}")
+    return int(value[0])
+
+
+def set_option(name: str, value: int) -> None:
+    """Set option *name*; ``ValueError`` for an unknown name or a value out of range."""
+    key = _check_option_name(name)
+    try:
+        code = lib.gm_option_set(key, value)
+    except OverflowError:
+        code = lib.EINVAL
+    if code:
+        raise ValueError(f"value {value} is out of range for pygomalloc option {name!r}")
+
+
+# --------------------------------------------------------------------------
+# Files for C users
+
+
+def get_include() -> str:
+    """The directory holding ``gomalloc.h``, for ``-I``."""
+    return str(_PACKAGE_DIR / "include")
+
+
+def _library(name: str) -> str:
+    path = _PACKAGE_DIR / "_lib" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: pygomalloc was not built completely")
+    return str(path)
+
+
+def get_library() -> str:
+    """Path of ``libgomalloc.so``, the allocator as a plain C library (no Python)."""
+    return _library("libgomalloc.so")
+
+
+def get_preload_library() -> str:
+    """Path of ``libgomalloc_preload.so``, which replaces malloc under ``LD_PRELOAD``."""
+    return _library("libgomalloc_preload.so")
+
+
+# --------------------------------------------------------------------------
+# Buffer
+
+
+class Buffer:
+    """*size* bytes of pygomalloc memory, reached through a writable memoryview.
+
+    ``buf.view`` is a ``memoryview`` (format ``"B"``) over the memory::
+
+        with pygomalloc.Buffer(4096) as buf:
+            buf.view[:5] = b"hello"
+            sock.recv_into(buf.view)
+
+    Lifetime.  The memory is freed exactly once, by the cffi object that owns
+    it, when the last view of it is gone.  ``close()`` (or leaving the
+    ``with`` block) releases ``buf.view``: from then on the buffer and that
+    view raise ``ValueError``, and the memory is freed at once unless views
+    derived from it (slices, ``memoryview(buf.view)``) are still alive, in
+    which case it is freed when they go.  So no view ever sees freed memory.
+    ``close()`` raises ``BufferError`` while another object holds a buffer
+    export of ``buf.view`` (as for any memoryview).  A buffer never closed is
+    freed when it is garbage-collected.
+
+    ``memoryview(buf)`` works from Python 3.12 on (``__buffer__``, PEP 688);
+    before 3.12 a Python class cannot export a buffer, so use ``buf.view``.
+    """
+
+    __slots__ = ("_address", "_size", "_view")
+
+    def __init__(self, size: int, *, zero: bool = False) -> None:
+        address = calloc(1, size) if zero else malloc(size)
+        owner = ffi.gc(ffi.cast("char *", address), lib.gm_free, size=size)
+        self._address = address
+        self._size = size
+        self._view: memoryview | None = memoryview(ffi.buffer(owner, size))
+
+    def _open_view(self) -> memoryview:
+        if self._view is None:
+            raise ValueError("operation on a closed pygomalloc.Buffer")
+        return self._view
+
+    @property
+    def view(self) -> memoryview:
+        """The writable memoryview over the memory; ``ValueError`` once closed."""
+        return self._open_view()
+
+    @property
+    def address(self) -> int:
+        """Address of the first byte; ``ValueError`` once closed."""
+        self._open_view()
+        return self._address
+
+    @property
+    def size(self) -> int:
+        """Size in bytes, as asked for."""
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        return self._view is None
+
+    def close(self) -> None:
+        """Release the memory (see the class docstring).  Closing twice is allowed."""
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+
+    def __enter__(self) -> Buffer:
+        self._open_view()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __buffer__(self, flags: int) -> memoryview:
+        return self._open_view()
+
+    def __len__(self) -> int:
+        return len(self._open_view())
+
+    def __bytes__(self) -> bytes:
+        return self._open_view().tobytes()
+
+    def __repr__(self) -> str:
+        if self._view is None:
+            return f"<pygomalloc.Buffer closed, size={self._size}>"
+        return f"<pygomalloc.Buffer address={self._address:#x} size={self._size}>"

@@ -1,0 +1,84 @@
+"""What the installed package ships, and its command line."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pygomalloc as gm
+
+PACKAGE = Path(gm.__file__).resolve().parent
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+
+def test_get_include_has_the_public_header() -> None:
+    header = Path(gm.get_include()) / "gomalloc.h"
+    assert header.is_file()
+    assert header.read_bytes() == (SOURCE_TREE / "csrc" / "gomalloc.h").read_bytes()
+
+
+def test_libraries_are_shipped_inside_the_package() -> None:
+    for path in (gm.get_library(), gm.get_preload_library()):
+        assert Path(path).is_file()
+        assert Path(path).parent == PACKAGE / "_lib"
+        assert Path(path).read_bytes()[:4] == b"\x7fELF"
+
+
+def test_typing_files_are_shipped() -> None:
+    assert (PACKAGE / "py.typed").is_file()
+    assert (PACKAGE / "_gomalloc.pyi").is_file()
+
+
+def test_bench_drivers_are_shipped() -> None:
+    sources = sorted((SOURCE_TREE / "bench" / "drivers").glob("*.[ch]"))
+    for source in sources:
+        shipped = PACKAGE / "_bench_drivers" / source.name
+        assert shipped.is_file(), shipped
+        assert shipped.read_bytes() == source.read_bytes()
+
+
+def test_version_matches_the_metadata() -> None:
+    assert gm.__version__ == importlib.metadata.version("pygomalloc")
+
+
+def test_public_names_exist() -> None:
+    for name in gm.__all__:
+        assert hasattr(gm, name), name
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+    return subprocess.run(
+        [sys.executable, "-m", "pygomalloc", *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("bench", "stats", "run"):
+        assert command in result.stdout
+
+
+def test_cli_stats_prints_the_table() -> None:
+    result = run_cli("stats", "--objects", "1000")
+    assert result.returncode == 0, result.stderr
+    assert "heap_objects" in result.stdout and "class" in result.stdout
+
+
+def test_cli_stats_json_is_consistent() -> None:
+    result = run_cli("stats", "--objects", "1000", "--json")
+    assert result.returncode == 0, result.stderr
+    st = json.loads(result.stdout)
+    assert st["heap_objects"] == st["mallocs"] - st["frees"] >= 500
+    assert len(st["by_size"]) == len(gm.stats().by_size)
+
+
+def test_cli_run_without_a_command_fails() -> None:
+    assert run_cli("run").returncode != 0

@@ -1,0 +1,325 @@
+"""The three builds of the core: TLS models, linking from C, LD_PRELOAD.
+
+The cffi module and libgomalloc.so are dlopen()ed, so they must not carry
+DF_STATIC_TLS (initial-exec TLS), which fails with "cannot allocate memory
+in static TLS block" once the static TLS surplus is used up.  The preload
+library is loaded at start-up and may use it.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+import pygomalloc as gm
+from pygomalloc import _gomalloc
+
+PT_LOAD, PT_DYNAMIC, PT_TLS = 1, 2, 7
+DT_NULL, DT_NEEDED, DT_STRTAB, DT_FLAGS = 0, 1, 5, 30
+DF_STATIC_TLS = 0x10
+
+
+class ElfInfo(NamedTuple):
+    has_tls: bool  # a PT_TLS segment: the object has thread-local variables
+    static_tls: bool  # DF_STATIC_TLS: it needs initial-exec TLS
+    needed: list[str]  # DT_NEEDED
+
+
+def elf_info(path: str) -> ElfInfo:
+    """Read the program headers and dynamic section of an ELF64 little-endian file."""
+    data = Path(path).read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1, f"{path}: not ELF64 LE"
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    headers = [struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize) for i in range(phnum)]
+    loads = [(h[3], h[2], h[5]) for h in headers if h[0] == PT_LOAD]  # vaddr, offset, filesz
+
+    def file_offset(vaddr: int) -> int:
+        for start, offset, size in loads:
+            if start <= vaddr < start + size:
+                return vaddr - start + offset
+        raise AssertionError(f"{path}: address {vaddr:#x} not in a PT_LOAD segment")
+
+    dynamic: dict[int, list[int]] = {}
+    for h in headers:
+        if h[0] == PT_DYNAMIC:
+            for pos in range(h[2], h[2] + h[5], 16):
+                tag, value = struct.unpack_from("<qQ", data, pos)
+                if tag == DT_NULL:
+                    break
+                dynamic.setdefault(tag, []).append(value)
+    strtab = file_offset(dynamic[DT_STRTAB][0])
+    needed = [
+        data[strtab + n : data.index(b"\0", strtab + n)].decode()
+        for n in dynamic.get(DT_NEEDED, [])
+    ]
+    flags = dynamic.get(DT_FLAGS, [0])[0]
+    return ElfInfo(any(h[0] == PT_TLS for h in headers), bool(flags & DF_STATIC_TLS), needed)
+
+
+def cffi_module_path() -> str:
+    path = _gomalloc.__file__
+    assert path is not None
+    return path
+
+
+def test_elf_parser_sees_static_tls_in_the_preload_library() -> None:
+    # Built with -ftls-model=initial-exec: shows the check below can fail.
+    info = elf_info(gm.get_preload_library())
+    assert info.has_tls and info.static_tls
+
+
+@pytest.mark.parametrize("which", ["cffi module", "libgomalloc.so"])
+def test_dlopened_builds_have_no_static_tls(which: str) -> None:
+    path = cffi_module_path() if which == "cffi module" else gm.get_library()
+    info = elf_info(path)
+    assert info.has_tls, f"{path} has no thread-local variables at all"
+    assert not info.static_tls, f"{path} has DF_STATIC_TLS: it uses initial-exec TLS"
+
+
+@pytest.mark.parametrize("getter", [gm.get_library, gm.get_preload_library])
+def test_plain_libraries_do_not_depend_on_python(getter) -> None:  # type: ignore[no-untyped-def]
+    needed = elf_info(getter()).needed
+    assert needed and not any("python" in name for name in needed), needed
+
+
+def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def, type-arg]
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
+
+
+def test_import_after_loading_the_plain_library_globally() -> None:
+    result = run_python(
+        f"""
+        import ctypes
+        ctypes.CDLL({gm.get_library()!r}, mode=ctypes.RTLD_GLOBAL)
+        import pygomalloc
+        blocks = [pygomalloc.malloc(n) for n in range(0, 50_000, 97)]
+        for p in blocks:
+            pygomalloc.free(p)
+        pygomalloc.check_heap()
+        print("ok")
+        """
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
+
+
+C_PROGRAM = r"""
+#include <gomalloc.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#define N 200
+#define CHECK(cond) do { if (!(cond)) { printf("failed: %s (line %d)\n", #cond, __LINE__); return 1; } } while (0)
+
+static void *worker(void *arg)
+{
+    void *p[N];
+    (void)arg;
+    for (int i = 0; i < N; i++) {
+        p[i] = gm_malloc(16 * (size_t)i + 1);
+        if (p[i] == NULL)
+            return (void *)1;
+        memset(p[i], i, 16 * (size_t)i + 1);
+    }
+    for (int i = 0; i < N; i++)
+        gm_free(p[i]);
+    return NULL;
+}
+
+int main(void)
+{
+    struct gm_stats before, during, after;
+    void *p[N];
+    void *result = (void *)1;
+    pthread_t thread;
+
+    gm_thread_flush();
+    CHECK(gm_read_stats(&before) == 0);
+    for (int i = 0; i < N; i++) {
+        size_t size = 37 * (size_t)i + 1;
+        p[i] = gm_malloc(size);
+        CHECK(p[i] != NULL);
+        CHECK(gm_owns(p[i]));
+        CHECK(gm_usable_size(p[i]) >= size);
+        memset(p[i], i, size);
+    }
+    unsigned char *zeroed = gm_calloc(1024, 1024);
+    CHECK(zeroed != NULL && zeroed[0] == 0 && zeroed[1024 * 1024 - 1] == 0);
+
+    CHECK(pthread_create(&thread, NULL, worker, NULL) == 0);
+    CHECK(pthread_join(thread, &result) == 0 && result == NULL);
+
+    gm_thread_flush();
+    CHECK(gm_read_stats(&during) == 0);
+    CHECK(during.mallocs - before.mallocs >= N + 1 + N);
+    CHECK(during.heap_objects == before.heap_objects + N + 1);
+    CHECK(during.large_objects == before.large_objects + 1);
+
+    for (int i = 0; i < N; i++)
+        gm_free(p[i]);
+    gm_free(zeroed);
+    CHECK(gm_free_checked(p[1]) == GM_ERR_NOT_ALLOCATED);
+    CHECK(gm_free_checked(&before) == GM_ERR_NOT_OURS);
+    CHECK(!gm_owns(&before));
+
+    gm_thread_flush();
+    CHECK(gm_read_stats(&after) == 0);
+    CHECK(after.heap_objects == before.heap_objects);
+    CHECK(after.frees - before.frees == after.mallocs - before.mallocs);
+    CHECK(gm_check_heap() == 0);
+    printf("ok\n");
+    return 0;
+}
+"""
+
+
+def test_c_program_links_against_the_plain_library(tmp_path: Path) -> None:
+    source = tmp_path / "prog.c"
+    source.write_text(C_PROGRAM)
+    libdir = os.path.dirname(gm.get_library())
+    program = tmp_path / "prog"
+    subprocess.run(
+        [
+            os.environ.get("CC", "cc"),
+            "-std=c11",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-pthread",
+            f"-I{gm.get_include()}",
+            str(source),
+            "-o",
+            str(program),
+            f"-L{libdir}",
+            "-lgomalloc",
+            f"-Wl,-rpath,{libdir}",
+        ],
+        check=True,
+    )
+    result = subprocess.run(
+        [str(program)], capture_output=True, check=False, text=True, timeout=120
+    )
+    assert (result.returncode, result.stdout) == (0, "ok\n"), result.stdout + result.stderr
+
+
+def preloaded_env() -> dict[str, str]:
+    return {**os.environ, "LD_PRELOAD": gm.get_preload_library()}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["/bin/true"],
+        ["ls", "-l", "/"],
+        ["sh", "-c", "echo hello | tr a-z A-Z | cat"],
+        ["sort", "/proc/self/maps"],
+    ],
+    ids=["true", "ls", "pipeline", "sort"],
+)
+def test_programs_run_under_ld_preload(command: list[str]) -> None:
+    result = subprocess.run(
+        command, env=preloaded_env(), capture_output=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_python_runs_under_ld_preload_with_our_malloc() -> None:
+    result = run_python(
+        f"""
+        import ctypes, json, threading
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        gm = ctypes.CDLL({gm.get_preload_library()!r})  # the preloaded instance
+        gm.gm_owns.argtypes = [ctypes.c_void_p]
+        p = libc.malloc(100)
+        assert gm.gm_owns(p) == 1, "malloc is not pygomalloc's"
+        libc.free(p)
+
+        def churn():
+            data = [bytes(n) * 3 for n in range(0, 20000, 7)]
+            json.dumps([len(d) for d in data])
+        threads = [threading.Thread(target=churn) for _ in range(4)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        assert gm.gm_check_heap() == 0
+        print("ok")
+        """,
+        env=preloaded_env(),
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
+
+
+def test_fork_while_threads_allocate_under_ld_preload() -> None:
+    result = run_python(
+        """
+        import os, threading
+        stop = threading.Event()
+        def churn():
+            while not stop.is_set():
+                blocks = [bytearray(n) for n in range(600, 60000, 600)]
+                del blocks
+        threads = [threading.Thread(target=churn) for _ in range(3)]
+        for t in threads: t.start()
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                data = [bytearray(n) for n in range(600, 60000, 600)]
+                os._exit(0 if len(data) == 99 else 1)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0, status
+        stop.set()
+        for t in threads: t.join()
+        print("ok")
+        """,
+        env=preloaded_env(),
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr
+
+
+def test_cli_run_uses_the_preload_library() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pygomalloc",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            'echo "$LD_PRELOAD $GOMALLOC_PRINT_STATS"',
+        ],
+        env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"},
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [gm.get_preload_library(), "1"]
+
+
+def test_cli_run_passes_the_exit_status_on() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pygomalloc", "run", "--no-stats", "--", "sh", "-c", "exit 3"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 3
