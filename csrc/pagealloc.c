@@ -29,8 +29,12 @@
  *
  * The page cache.  Each mcache keeps up to 64 pages, taken from the heap in
  * one run, and carves small spans (< 16 pages) from them with a bitmap and
- * no lock, as Go's per-P pageCache does.  The pages in a cache belong to no
- * free run (their span map entries are NULL), so they never merge; a cache
+ * no lock, as Go's per-P pageCache does.  When the cache cannot fit a span,
+ * it gives back what it has and takes the best-fitting free run of up to 64
+ * pages, so the fragments that freed small spans leave behind are reused
+ * before larger runs are cut (Go's cache takes whatever pages are free in a
+ * 64-page block, to the same end).  The pages in a cache belong to no free
+ * run (their span map entries are gm_nospan), so they never merge; a cache
  * gives its free pages back when its thread exits or on gm_release.
  */
 #define _GNU_SOURCE
@@ -326,20 +330,47 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
 
 /* ---- the page cache ---------------------------------------------------- */
 
-static bool pagecache_refill(gm_mcache *c) {
+/* Give the cache's free pages back to the free lists.  Under lock. */
+static void pagecache_giveback(gm_pagecache *pc) {
+    uint64_t now = now_ms();
+    while (pc->free != 0) {
+        unsigned i = (unsigned)__builtin_ctzll(pc->free);
+        uint64_t rest = ~(pc->free >> i);
+        unsigned n = rest == 0 ? 64 - i : (unsigned)__builtin_ctzll(rest); /* run length */
+        uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << i;
+        for (unsigned j = i; j < i + n; j++)
+            if (pc->scav & ((uint64_t)1 << j)) {
+                uintptr_t a = pc->base + (uintptr_t)j * PAGE_SIZE;
+                *page_word(gm_arena_of(a)->scavenged, a) |= page_mask(a);
+            }
+        free_range(NULL, pc->base + (uintptr_t)i * PAGE_SIZE, n, now);
+        pc->free &= ~bits;
+    }
+    pc->base = 0;
+    pc->scav = pc->zero = 0;
+}
+
+/*
+ * Refill the cache with a free run of up to 64 pages that fits npages,
+ * giving back what is left of the old one.  The run is the best fit, so
+ * small fragments of the heap are used up before large runs are cut.  Also
+ * tops up the span structs.  Takes the heap lock.
+ */
+static bool pagecache_refill(gm_mcache *c, uintptr_t npages) {
     gm_pagecache *pc = &c->pcache;
-    gm_mspan *s = NULL;
     pthread_mutex_lock(&gm_heap.lock);
-    uintptr_t base = take_pages(PAGE_CACHE_PAGES, &s);
+    pagecache_giveback(pc);
+    gm_mspan *run = free_find(npages), *s = NULL;
+    uintptr_t take = run != NULL && run->npages < PAGE_CACHE_PAGES ? run->npages : PAGE_CACHE_PAGES;
+    uintptr_t base = take_pages(take, &s);
     if (base == 0) {
         pthread_mutex_unlock(&gm_heap.lock);
         return false;
     }
     if (s != NULL)
         gm_fixalloc_free(&gm_heap.spanalloc, s);
-    gm_set_spans(NULL, base, PAGE_CACHE_PAGES, NULL);
-    struct page_state ps = claim_pages(base, PAGE_CACHE_PAGES);
-    /* Span structs for what the cache will carve, while we hold the lock. */
+    gm_set_spans(NULL, base, take, NULL);
+    struct page_state ps = claim_pages(base, take);
     while (c->nspancache < SPAN_CACHE_MAX) {
         gm_mspan *t = gm_fixalloc_alloc(&gm_heap.spanalloc);
         if (t == NULL)
@@ -348,27 +379,30 @@ static bool pagecache_refill(gm_mcache *c) {
     }
     pthread_mutex_unlock(&gm_heap.lock);
     pc->base = base;
-    pc->free = ~(uint64_t)0;
+    pc->free = take == 64 ? ~(uint64_t)0 : ((uint64_t)1 << take) - 1;
     pc->scav = ps.scav;
     pc->zero = ps.zero;
     return true;
 }
 
+/* Pages i..i+npages-1 of the cache that are all free: a mask of such i. */
+static uint64_t pagecache_fits(uint64_t free, uintptr_t npages) {
+    uint64_t m = free;
+    for (uintptr_t k = 1; k < npages && m != 0; k++)
+        m &= free >> k;
+    return m;
+}
+
 static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate) {
     gm_pagecache *pc = &c->pcache;
-    if (pc->free == 0 || c->nspancache == 0) {
-        if (pc->free != 0)
-            return NULL; /* no span structs: take the locked path, which refills them */
-        if (!pagecache_refill(c) || c->nspancache == 0)
+    uint64_t m = pagecache_fits(pc->free, npages);
+    if (m == 0 || c->nspancache == 0) {
+        if (!pagecache_refill(c, npages) || c->nspancache == 0)
+            return NULL;
+        m = pagecache_fits(pc->free, npages);
+        if (m == 0)
             return NULL;
     }
-    /* Find npages consecutive free pages: m has bit i set iff pages
-     * i..i+npages-1 are all free. */
-    uint64_t m = pc->free;
-    for (uintptr_t k = 1; k < npages && m != 0; k++)
-        m &= pc->free >> k;
-    if (m == 0)
-        return NULL;
     unsigned i = (unsigned)__builtin_ctzll(m);
     uint64_t bits = (npages == 64 ? ~(uint64_t)0 : (((uint64_t)1 << npages) - 1)) << i;
     uint64_t scav = pc->scav & bits;
@@ -388,28 +422,8 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
 
 /* Give the cache's free pages and span structs back to the heap. */
 void gm_pagecache_flush(gm_mcache *c) {
-    gm_pagecache *pc = &c->pcache;
     pthread_mutex_lock(&gm_heap.lock);
-    uint64_t now = now_ms();
-    while (pc->free != 0) {
-        unsigned i = (unsigned)__builtin_ctzll(pc->free);
-        unsigned n = (unsigned)__builtin_ctzll(~(pc->free >> i)); /* run length */
-        if (i + n > 64)
-            n = 64 - i;
-        for (unsigned j = i; j < i + n; j++) {
-            if (pc->scav & ((uint64_t)1 << j)) {
-                uintptr_t a = pc->base + (uintptr_t)j * PAGE_SIZE;
-                gm_heap_arena *ha = gm_arena_of(a);
-                uintptr_t k = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
-                ha->scavenged[k / 64] |= (uint64_t)1 << (k % 64);
-            }
-        }
-        free_range(NULL, pc->base + (uintptr_t)i * PAGE_SIZE, n, now);
-        uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << i;
-        pc->free &= ~bits;
-    }
-    pc->base = 0;
-    pc->scav = pc->zero = 0;
+    pagecache_giveback(&c->pcache);
     while (c->nspancache > 0)
         gm_fixalloc_free(&gm_heap.spanalloc, c->spancache[--c->nspancache]);
     pthread_mutex_unlock(&gm_heap.lock);
