@@ -294,6 +294,36 @@ static BENCH_UNUSED void bench_run_threads(long n, void *(*fn)(void *), void *ar
  * drivers' own bookkeeping does not false-share. */
 #define BENCH_PAD 128
 
+static BENCH_UNUSED void bench_result(const char *workload, long threads, uint64_t ops,
+                                      double seconds, uint64_t checksum);
+
+/* Time fn over n workers (n structs of arg_size bytes at args, each with
+ * uint64_t ops and checksum fields side by side at ops_offset), add up their
+ * counts and print the RESULT line. */
+static BENCH_UNUSED void bench_run_and_report(const char *workload, long n, void *(*fn)(void *),
+                                              void *args, size_t arg_size, size_t ops_offset)
+{
+    double t0 = bench_now();
+    bench_run_threads(n, fn, args, arg_size);
+    double t1 = bench_now();
+    uint64_t ops = 0, sum = 0;
+    for (long t = 0; t < n; t++) {
+        const uint64_t *counts = (const uint64_t *)((const char *)args + (size_t)t * arg_size + ops_offset);
+        ops += counts[0];
+        sum += counts[1];
+    }
+    bench_result(workload, n, ops, t1 - t0, sum);
+}
+
+/* The usual call: ws is an array of n struct worker with ops, checksum. */
+#define BENCH_RUN_AND_REPORT(workload, n, fn, ws)                                              \
+    do {                                                                                       \
+        _Static_assert(offsetof(__typeof__(*(ws)), checksum) ==                                \
+                           offsetof(__typeof__(*(ws)), ops) + sizeof(uint64_t),                \
+                       "checksum must follow ops");                                            \
+        bench_run_and_report(workload, n, fn, ws, sizeof *(ws), offsetof(__typeof__(*(ws)), ops)); \
+    } while (0)
+
 /* ------------------------------------------------------------------------ */
 /* Result                                                                   */
 

@@ -74,16 +74,7 @@ int main(int argc, char **argv)
         ws[t].writes = writes;
     }
 
-    double t0 = bench_now();
-    bench_run_threads(threads, run, ws, sizeof *ws);
-    double t1 = bench_now();
-
-    uint64_t ops = 0, sum = 0;
-    for (long t = 0; t < threads; t++) {
-        ops += ws[t].ops;
-        sum += ws[t].checksum;
-    }
+    BENCH_RUN_AND_REPORT("cache_scratch", threads, run, ws);
     free(ws);
-    bench_result("cache_scratch", threads, ops, t1 - t0, sum);
     return 0;
 }

@@ -100,16 +100,7 @@ int main(int argc, char **argv)
         ws[t].seed = (uint64_t)seed;
     }
 
-    double t0 = bench_now();
-    bench_run_threads(threads, run, ws, sizeof *ws);
-    double t1 = bench_now();
-
-    uint64_t ops = 0, sum = 0;
-    for (long t = 0; t < threads; t++) {
-        ops += ws[t].ops;
-        sum += ws[t].checksum;
-    }
+    BENCH_RUN_AND_REPORT("shbench", threads, run, ws);
     free(ws);
-    bench_result("shbench", threads, ops, t1 - t0, sum);
     return 0;
 }
