@@ -16,6 +16,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gomalloc.h"
+
+/* Sanitizer builds: gcc defines __SANITIZE_*__, clang has __has_feature. */
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+#ifndef UNDER_TSAN
+#define UNDER_TSAN 0
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+#ifndef UNDER_ASAN
+#define UNDER_ASAN 0
+#endif
+#define UNDER_SANITIZER (UNDER_ASAN || UNDER_TSAN)
+
 static int gmtest_failed_checks, gmtest_passed, gmtest_failed;
 static const char *gmtest_current;
 
@@ -54,6 +79,12 @@ static const char *gmtest_current;
         }                                                              \
         fflush(stdout);                                                \
     } while (0)
+
+static inline __attribute__((unused)) struct gm_stats stats(void) {
+    struct gm_stats st;
+    gm_read_stats(&st);
+    return st;
+}
 
 static inline int gmtest_summary(void) {
     printf("%d passed, %d failed\n", gmtest_passed, gmtest_failed);

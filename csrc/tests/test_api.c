@@ -22,23 +22,6 @@
 
 #define MIB ((size_t)1 << 20)
 
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
-#ifndef UNDER_TSAN
-#define UNDER_TSAN 0
-#endif
-
-static struct gm_stats stats(void) {
-    struct gm_stats st;
-    gm_read_stats(&st);
-    return st;
-}
-
 static unsigned char pat(size_t i, unsigned seed) { return (unsigned char)(i * 131u + seed * 7u + 1u); }
 
 static void fill(void *p, size_t n, unsigned seed) {

@@ -22,28 +22,11 @@
 #include "gm_internal.h"
 #include "gmtest.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define UNDER_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define UNDER_SANITIZER 1
-#endif
-#endif
-#ifndef UNDER_SANITIZER
-#define UNDER_SANITIZER 0
-#endif
-
 #define MIB ((size_t)1 << 20)
 
 static int static_var = 42;
 static uintptr_t first_arena;
 static void *first_obj;
-
-static struct gm_stats stats(void) {
-    struct gm_stats st;
-    gm_read_stats(&st);
-    return st;
-}
 
 /* Before anything is allocated nothing is ours. */
 TEST(owns_nothing_before_first_malloc) {

@@ -24,17 +24,6 @@
 #include "gm_internal.h"
 #include "gmtest.h"
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define UNDER_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define UNDER_SANITIZER 1
-#endif
-#endif
-#ifndef UNDER_SANITIZER
-#define UNDER_SANITIZER 0
-#endif
-
 #define MIB ((size_t)1 << 20)
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -46,12 +35,6 @@ static uint64_t rng(void) {
     x ^= x >> 7;
     x ^= x << 17;
     return rng_state = x;
-}
-
-static struct gm_stats stats(void) {
-    struct gm_stats st;
-    gm_read_stats(&st);
-    return st;
 }
 
 /* The page heap's own consistency check, told about this thread's page

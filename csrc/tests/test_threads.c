@@ -22,23 +22,6 @@
 #include "gm_internal.h"
 #include "gmtest.h"
 
-#if defined(__SANITIZE_THREAD__)
-#define UNDER_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define UNDER_TSAN 1
-#endif
-#endif
-#ifndef UNDER_TSAN
-#define UNDER_TSAN 0
-#endif
-
-static struct gm_stats stats(void) {
-    struct gm_stats st;
-    gm_read_stats(&st);
-    return st;
-}
-
 typedef struct {
     uint64_t s;
 } rng_t;

@@ -18,60 +18,8 @@ exposes it as a memoryview.  C programs use ``get_include()`` and
 library (``python -m pygomalloc run -- CMD`` runs a command under it).
 """
 
-from ._api import (
-    Buffer,
-    HeapCorruptionError,
-    InteriorPointerError,
-    InvalidPointerError,
-    NotAllocatedError,
-    NotOursError,
-    SizeClassStats,
-    Stats,
-    aligned_alloc,
-    calloc,
-    check_heap,
-    free,
-    get_include,
-    get_library,
-    get_option,
-    get_preload_library,
-    malloc,
-    options,
-    owns,
-    realloc,
-    release,
-    set_option,
-    stats,
-    thread_flush,
-    usable_size,
-)
+from . import _api
+from ._api import *  # noqa: F403 (the public API is _api's __all__)
 
 __version__ = "0.1.0"
-
-__all__ = [
-    "Buffer",
-    "HeapCorruptionError",
-    "InteriorPointerError",
-    "InvalidPointerError",
-    "NotAllocatedError",
-    "NotOursError",
-    "SizeClassStats",
-    "Stats",
-    "aligned_alloc",
-    "calloc",
-    "check_heap",
-    "free",
-    "get_include",
-    "get_library",
-    "get_option",
-    "get_preload_library",
-    "malloc",
-    "options",
-    "owns",
-    "realloc",
-    "release",
-    "set_option",
-    "stats",
-    "thread_flush",
-    "usable_size",
-]
+__all__ = list(_api.__all__)
