@@ -216,8 +216,9 @@ static bool grow(uintptr_t npages) {
     ATOMIC_ADD(&gm_heap.heap_released, got);
     free_range(NULL, v, got / PAGE_SIZE, 0);
     /* As mheap.grow: growing should not leave more retained than the goal
-     * (or the soft limit) allows; release the excess from other free runs. */
-    uintptr_t excess = gm_scavenge_excess();
+     * (or the soft limit) allows once the pages it grew for are in use;
+     * release the excess from other free runs. */
+    uintptr_t excess = gm_scavenge_excess(npages * PAGE_SIZE);
     if (excess != 0)
         scavenge_locked(excess, 0);
     return true;

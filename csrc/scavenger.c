@@ -45,7 +45,8 @@
 static pthread_mutex_t scav_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t scav_cond;     /* CLOCK_MONOTONIC; initialised with the thread */
 static atomic_bool scav_started;     /* a start was attempted; set under scav_lock */
-static atomic_bool scav_sleeping;    /* the thread waits for frees; set under scav_lock */
+static atomic_bool scav_sleeping;    /* the thread waits for frees, without a timeout; under scav_lock */
+static atomic_bool scav_waiting;     /* the thread waits, with or without a timeout; under scav_lock */
 
 static uint64_t mono_ms(void) {
     struct timespec ts;
@@ -53,11 +54,12 @@ static uint64_t mono_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* Bytes retained above what the goal and the limits allow. */
-uintptr_t gm_scavenge_excess(void) {
+/* Bytes retained above what the goal and the limits allow, counting
+ * `coming` bytes about to be allocated (retained and in use). */
+uintptr_t gm_scavenge_excess(uintptr_t coming) {
     uint64_t sys = LOAD_RELAXED(&gm_heap.heap_sys), rel = LOAD_RELAXED(&gm_heap.heap_released);
-    uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse);
-    uint64_t retained = sys - rel;
+    uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse) + coming;
+    uint64_t retained = sys - rel + coming;
     uint64_t goal = inuse + inuse / 100 * (uint64_t)LOAD_RELAXED(&gm_opt.retain_percent);
     if (LOAD_RELAXED(&gm_opt.memory_limit) > 0 && retained > (uint64_t)LOAD_RELAXED(&gm_opt.memory_limit))
         goal = inuse; /* over the soft limit: release every free page */
@@ -67,7 +69,7 @@ uintptr_t gm_scavenge_excess(void) {
 /* One pass: the excess over the goal, then runs older than the decay time.
  * Returns bytes released. */
 static uintptr_t scavenge_pass(void) {
-    uintptr_t released = 0, excess = gm_scavenge_excess();
+    uintptr_t released = 0, excess = gm_scavenge_excess(0);
     if (excess != 0)
         released += gm_heap_scavenge_aged(excess < PASS_BYTES ? excess : PASS_BYTES, 0);
     if (released < PASS_BYTES)
@@ -84,7 +86,7 @@ static void *scavenger_main(void *arg) {
         uint64_t oldest = 0;
         bool pending = gm_heap_unreleased_free(&oldest);
         uint64_t wait_ms;
-        if (released >= PASS_BYTES || (released != 0 && gm_scavenge_excess() != 0)) {
+        if (released >= PASS_BYTES || (released != 0 && gm_scavenge_excess(0) != 0)) {
             wait_ms = PACE * spent + 1; /* more to do: pace */
         } else if (pending) {
             /* Wake when the oldest unreleased run reaches the decay age; at
@@ -99,6 +101,7 @@ static void *scavenger_main(void *arg) {
             wait_ms = 0; /* nothing to release: sleep until the heap frees pages */
         }
         pthread_mutex_lock(&scav_lock);
+        atomic_store(&scav_waiting, true);
         if (wait_ms == 0) {
             atomic_store(&scav_sleeping, true);
             while (atomic_load(&scav_sleeping))
@@ -114,6 +117,7 @@ static void *scavenger_main(void *arg) {
             }
             pthread_cond_timedwait(&scav_cond, &scav_lock, &ts);
         }
+        atomic_store(&scav_waiting, false);
         pthread_mutex_unlock(&scav_lock);
     }
     return NULL;
@@ -149,7 +153,9 @@ static void start_thread(void) {
 /*
  * Called, without any allocator lock held, after pages went back to the heap.
  * Starts the scavenger on first use, or wakes it if it sleeps for want of
- * work.  Cheap when it is awake or disabled: two relaxed loads.
+ * work, or if it waits for a decay while the heap is now over its goal (a
+ * burst of frees is released at once, not after the wait).  Cheap when it
+ * is running or disabled: a few relaxed loads.
  */
 void gm_scavenger_notify(void) {
     if (!LOAD_RELAXED(&gm_opt.scavenger))
@@ -158,7 +164,8 @@ void gm_scavenger_notify(void) {
         start_thread();
         return;
     }
-    if (atomic_load_explicit(&scav_sleeping, memory_order_relaxed)) {
+    if (atomic_load_explicit(&scav_sleeping, memory_order_relaxed) ||
+        (atomic_load_explicit(&scav_waiting, memory_order_relaxed) && gm_scavenge_excess(0) != 0)) {
         pthread_mutex_lock(&scav_lock);
         atomic_store(&scav_sleeping, false);
         pthread_cond_signal(&scav_cond);
@@ -173,4 +180,5 @@ void gm_scavenger_fork_child(void) {
     pthread_mutex_init(&scav_lock, NULL);
     atomic_store(&scav_started, false);
     atomic_store(&scav_sleeping, false);
+    atomic_store(&scav_waiting, false);
 }
