@@ -317,7 +317,7 @@ GM_INLINE void free_push(gm_mclass *m, void *p, uint8_t *st) {
  * large spans and gm_nospan), the object is live (one byte), and the list
  * has room (gm_nocache's lists never have).
  */
-GM_INLINE void free_fast(void *p) {
+GM_INLINE int free_fast(void *p, bool checked) {
     uintptr_t a = (uintptr_t)p;
     gm_heap_arena *ha = gm_arena_of(a);
     if (likely(ha != NULL)) {
@@ -329,11 +329,11 @@ GM_INLINE void free_fast(void *p) {
             /* A plain read: only the object's owner (us) writes its state. */
             if (likely(*st == OBJ_LIVE && m->avail > 0)) {
                 free_push(m, p, st);
-                return;
+                return GM_OK;
             }
         }
     }
-    free_slow(p, false);
+    return free_slow(p, checked);
 }
 
 /* Everything free_fast did not finish: NULL, large objects, frees on a
@@ -372,9 +372,9 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
     return GM_OK;
 }
 
-void gm_free(void *p) { free_fast(p); }
+void gm_free(void *p) { (void)free_fast(p, false); }
 
-int gm_free_checked(void *p) { return free_slow(p, true); }
+int gm_free_checked(void *p) { return free_fast(p, true); }
 
 /* Is p the start of a live object? */
 int gm_check(const void *p) {
