@@ -9,7 +9,9 @@
  *
  *   goal    retained = heap_sys - heap_released (mapped, not released) may
  *           exceed the live heap (heap_inuse) by retain_percent percent; the
- *           excess is released at once, largest free runs first.
+ *           excess is released, largest free runs first, once it has been
+ *           free for a tenth of the decay time (so that memory freed and
+ *           allocated again at once is not released and faulted back in).
  *   decay   a free run that has stayed free for decay_ms is released even
  *           under the goal, so an idle program gives its memory back.
  *   limits  above memory_limit (soft), every free page is released before
@@ -54,6 +56,11 @@ static uint64_t mono_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static bool over_memory_limit(uint64_t retained) {
+    long long limit = LOAD_RELAXED(&gm_opt.memory_limit);
+    return limit > 0 && retained > (uint64_t)limit;
+}
+
 /* Bytes retained above what the goal and the limits allow, counting
  * `coming` bytes about to be allocated (retained and in use). */
 uintptr_t gm_scavenge_excess(uintptr_t coming) {
@@ -61,17 +68,27 @@ uintptr_t gm_scavenge_excess(uintptr_t coming) {
     uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse) + coming;
     uint64_t retained = sys - rel + coming;
     uint64_t goal = inuse + inuse / 100 * (uint64_t)LOAD_RELAXED(&gm_opt.retain_percent);
-    if (LOAD_RELAXED(&gm_opt.memory_limit) > 0 && retained > (uint64_t)LOAD_RELAXED(&gm_opt.memory_limit))
+    if (over_memory_limit(retained))
         goal = inuse; /* over the soft limit: release every free page */
     return retained > goal ? (uintptr_t)(retained - goal) : 0;
 }
+
+static bool over_limit_now(void) {
+    return over_memory_limit(LOAD_RELAXED(&gm_heap.heap_sys) - LOAD_RELAXED(&gm_heap.heap_released));
+}
+
+/* The excess over the goal goes once it has been free for a tenth of the
+ * decay time, so that memory a program frees and allocates again at once
+ * (a churn of large blocks, say) is not released and faulted back in; over
+ * the soft limit it goes at once. */
+static uint64_t goal_min_age(void) { return over_limit_now() ? 0 : (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms) / 10; }
 
 /* One pass: the excess over the goal, then runs older than the decay time.
  * Returns bytes released. */
 static uintptr_t scavenge_pass(void) {
     uintptr_t released = 0, excess = gm_scavenge_excess(0);
     if (excess != 0)
-        released += gm_heap_scavenge_aged(excess < PASS_BYTES ? excess : PASS_BYTES, 0);
+        released += gm_heap_scavenge_aged(excess < PASS_BYTES ? excess : PASS_BYTES, goal_min_age());
     if (released < PASS_BYTES)
         released += gm_heap_scavenge_aged(PASS_BYTES - released, (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms));
     return released;
@@ -89,12 +106,14 @@ static void *scavenger_main(void *arg) {
         if (released >= PASS_BYTES || (released != 0 && gm_scavenge_excess(0) != 0)) {
             wait_ms = PACE * spent + 1; /* more to do: pace */
         } else if (pending) {
-            /* Wake when the oldest unreleased run reaches the decay age; at
-             * least once a second, so option changes take effect.  A pass
-             * that could release nothing (pages smaller than the physical
-             * page, say) waits the full second. */
-            uint64_t age = mono_ms() - oldest, decay = (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms);
-            wait_ms = released == 0 && age >= decay ? 1000 : age >= decay ? PACE * spent + 1 : decay - age;
+            /* Wake when the oldest unreleased run is old enough to go (the
+             * goal's age when over the goal, else the decay); at least once
+             * a second, so option changes take effect.  A pass that could
+             * release nothing (pages smaller than the physical page, say)
+             * waits the full second. */
+            uint64_t age = mono_ms() - oldest;
+            uint64_t due = gm_scavenge_excess(0) != 0 ? goal_min_age() : (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms);
+            wait_ms = released == 0 && age >= due ? 1000 : age >= due ? PACE * spent + 1 : due - age;
             if (wait_ms > 1000)
                 wait_ms = 1000;
         } else {
@@ -153,9 +172,9 @@ static void start_thread(void) {
 /*
  * Called, without any allocator lock held, after pages went back to the heap.
  * Starts the scavenger on first use, or wakes it if it sleeps for want of
- * work, or if it waits for a decay while the heap is now over its goal (a
- * burst of frees is released at once, not after the wait).  Cheap when it
- * is running or disabled: a few relaxed loads.
+ * work, or if it waits while the heap is over the soft memory limit (a burst
+ * of frees over the limit is released at once).  Cheap when it is running
+ * or disabled: a few relaxed loads.
  */
 void gm_scavenger_notify(void) {
     if (!LOAD_RELAXED(&gm_opt.scavenger))
@@ -165,7 +184,7 @@ void gm_scavenger_notify(void) {
         return;
     }
     if (atomic_load_explicit(&scav_sleeping, memory_order_relaxed) ||
-        (atomic_load_explicit(&scav_waiting, memory_order_relaxed) && gm_scavenge_excess(0) != 0)) {
+        (atomic_load_explicit(&scav_waiting, memory_order_relaxed) && over_limit_now())) {
         pthread_mutex_lock(&scav_lock);
         atomic_store(&scav_sleeping, false);
         pthread_cond_signal(&scav_cond);
