@@ -290,6 +290,23 @@ static BENCH_UNUSED void bench_run_threads(long n, void *(*fn)(void *), void *ar
     free(tids);
 }
 
+/* For the false-sharing probes (cache_scratch, cache_thrash). */
+/* Write every byte `writes` times through a volatile pointer (so the stores
+ * really happen, one by one) and return what reading it back gives. */
+static BENCH_UNUSED uint64_t bench_scribble(void *p, long size, long writes)
+{
+    volatile unsigned char *v = (volatile unsigned char *)p;
+    for (long k = 0; k < size; k++)
+        v[k] = (unsigned char)k;
+    for (long w = 1; w < writes; w++)
+        for (long k = 0; k < size; k++)
+            v[k] = (unsigned char)(v[k] + 1);
+    uint64_t sum = 0;
+    for (long k = 0; k < size; k++)
+        sum = sum * 31 + v[k];
+    return sum + 1;
+}
+
 /* Per-thread argument slots are padded to a cache line pair so that the
  * drivers' own bookkeeping does not false-share. */
 #define BENCH_PAD 128

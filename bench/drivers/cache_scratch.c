@@ -21,30 +21,14 @@ struct worker {
     char pad[BENCH_PAD];
 };
 
-/* Write every byte `writes` times through a volatile pointer (so the stores
- * really happen, one by one) and return what reading it back gives. */
-static uint64_t scribble(void *p, long size, long writes)
-{
-    volatile unsigned char *v = (volatile unsigned char *)p;
-    for (long k = 0; k < size; k++)
-        v[k] = (unsigned char)k;
-    for (long w = 1; w < writes; w++)
-        for (long k = 0; k < size; k++)
-            v[k] = (unsigned char)(v[k] + 1);
-    uint64_t sum = 0;
-    for (long k = 0; k < size; k++)
-        sum = sum * 31 + v[k];
-    return sum + 1;
-}
-
 static void *run(void *arg)
 {
     struct worker *w = (struct worker *)arg;
-    uint64_t sum = scribble(w->handed, w->size, w->writes);
+    uint64_t sum = bench_scribble(w->handed, w->size, w->writes);
     free(w->handed);
     for (long i = 0; i < w->iters; i++) {
         void *p = bench_xmalloc((size_t)w->size);
-        sum += scribble(p, w->size, w->writes);
+        sum += bench_scribble(p, w->size, w->writes);
         free(p);
     }
     w->ops = (uint64_t)w->iters;
