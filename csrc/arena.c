@@ -26,7 +26,7 @@
 
 /* Not counted in sys: address space faulted in one page per 512 arenas
  * used.  Go does not count its arena map either. */
-gm_heap_arena *gm_arena_map[ARENA_L2_ENTRIES];
+uintptr_t gm_arena_map[ARENA_L2_ENTRIES];
 
 void gm_arena_init(void) { gm_heap.arenaHint = ARENA_HINT_BASE; }
 
@@ -56,18 +56,23 @@ static uintptr_t reserve(uintptr_t n) {
  * touches: only arenas with mapped memory get one (66 KiB each). */
 static bool register_arenas(uintptr_t base, uintptr_t n) {
     for (uintptr_t a = base & ~(ARENA_SIZE - 1); a < base + n; a += ARENA_SIZE) {
-        if (gm_arena_map[a >> ARENA_SHIFT] != NULL)
+        if (gm_arena_map[a >> ARENA_SHIFT] != 0)
             continue;
-        gm_heap_arena *ha = gm_persistentalloc(sizeof(gm_heap_arena), 64, &gm_heap.other_sys);
-        if (ha == NULL)
-            return false;
-        ha->base = a;
+        gm_heap_arena *ha;
+        do {
+            /* The entry must not be 0 (no arena): should the record fall
+             * exactly where that happens, it is left unused. */
+            ha = gm_persistentalloc(sizeof(gm_heap_arena), 64, &gm_heap.other_sys);
+            if (ha == NULL)
+                return false;
+            ha->base = a;
+        } while (gm_arena_map_entry(ha) == 0);
         ha->zeroedBase = 0;
         for (uintptr_t i = 0; i < PAGES_PER_ARENA; i++)
             ha->spans[i] = &gm_nospan;
         /* Publish after the record is complete: free() on another thread
          * may look the arena up without a lock. */
-        __atomic_store_n(&gm_arena_map[a >> ARENA_SHIFT], ha, __ATOMIC_RELEASE);
+        __atomic_store_n(&gm_arena_map[a >> ARENA_SHIFT], gm_arena_map_entry(ha), __ATOMIC_RELEASE);
         gm_heap.num_arenas++;
     }
     return true;

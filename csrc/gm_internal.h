@@ -213,16 +213,19 @@ typedef struct gm_heap_arena {
 /* ---- mcache (mcache.go) ---------------------------------------------------- */
 
 /* One size class in an mcache: the fields malloc and free touch, in 32
- * bytes.  Object counts: mallocs = npop + nspan; frees = (objects on the
- * list) + npop + nflush, so the free fast path counts nothing. */
+ * bytes.  Each fast path bumps one counter: free counts pushes, malloc
+ * raises the bound the pushes may reach.  With listmax the list's bound
+ * (gm_mcache) and nflush the objects flushed from the list, ever:
+ *   limit == listmax + (objects malloc popped) + nflush, so
+ *   list length == npush - limit + listmax, and a push has room iff
+ *   npush < limit;
+ *   mallocs == (limit - listmax - nflush) + nspan, frees == npush. */
 typedef struct gm_mclass {
     gm_freeobj *head;    /* objects freed on this thread, LIFO, all OBJ_CACHED. Owner only. */
     gm_mspan *span;      /* span being allocated from; &gm_emptyspan when none. Owner only. */
-    int32_t avail;       /* room on the list: max - (objects on it); < 0 means flush. Owner only. */
-    uint32_t max;        /* bound on the list length. Owner only. */
-    uint64_t npop;       /* objects malloc took from the list, ever. Owner writes, others read racily. */
+    uint64_t npush;      /* objects pushed on the list (freed on this thread), ever. Owner writes, others read racily. */
+    uint64_t limit;      /* see above; 0 in gm_nocache, so no push has room. Owner writes, others read racily. */
 } gm_mclass;
-#define MCLASS_LEN(m) ((uint32_t)((int64_t)(m)->max - (m)->avail))
 
 /* Per-thread page cache (mpagecache.go): 64 pages taken from the heap in one
  * run, handed out to small spans without the heap lock.  Owner only. */
@@ -240,13 +243,21 @@ typedef struct gm_pagecache {
 typedef struct gm_mcache {
     gm_mclass cls[NUM_CLASSES];
     uint64_t nspan[NUM_CLASSES];    /* objects malloc took from spans, ever. Owner writes, others read racily. */
-    uint64_t nflush[NUM_CLASSES];   /* objects flushed from the list to spans, ever. Same. */
+    uint64_t nflush[NUM_CLASSES];   /* objects taken off the list by flushes, ever. Same. */
+    uint32_t listmax[NUM_CLASSES];  /* bound on each list's length (tcache_bytes). Fixed at creation. */
     gm_pagecache pcache;
     gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
     int nspancache;
     bool linked;                    /* on the registry list. Under registry lock. */
     struct gm_mcache *next, *prev;  /* registry list. Under registry lock. */
 } gm_mcache;
+
+/* The length of a list with these counters (see gm_mclass), clamped to
+ * 0..listmax so that a racy read by another thread stays in range. */
+static inline uint32_t gm_list_len(uint64_t npush, uint64_t limit, uint32_t listmax) {
+    int64_t len = (int64_t)(npush - limit) + listmax;
+    return len < 0 ? 0 : len > listmax ? listmax : (uint32_t)len;
+}
 
 /* ---- Off-heap metadata (fixalloc.c) ---------------------------------------- */
 
@@ -335,22 +346,37 @@ GM_HIDDEN void gm_persistent_reinit(void);
  * entry is written once, under mheap.lock, when memory in its arena is
  * first mapped, and read without a lock (relaxed; the record is published
  * with a release store).  A static array: 32 MiB of zero-fill address
- * space, touched a page per 512 arenas, and free() needs no load to find it. */
-extern GM_HIDDEN gm_heap_arena *gm_arena_map[ARENA_L2_ENTRIES];
+ * space, touched a page per 512 arenas, and free() needs no load to find it.
+ *
+ * An entry is 0 for no arena, else the arena's heapArena.spans biased by the
+ * arena's first page number (gm_arena_map_entry): indexed by a >> PAGE_SHIFT
+ * directly, it gives a's span, and free() saves masking the page number. */
+extern GM_HIDDEN uintptr_t gm_arena_map[ARENA_L2_ENTRIES];
+_Static_assert(offsetof(gm_heap_arena, spans) == 0, "the arena map points at spans");
 
-GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
+GM_INLINE uintptr_t gm_arena_map_entry(const gm_heap_arena *ha) {
+    return (uintptr_t)ha->spans - (ha->base >> PAGE_SHIFT) * sizeof(gm_mspan *);
+}
+GM_INLINE uintptr_t gm_arena_map_load(uintptr_t a) {
     uintptr_t i = a >> ARENA_SHIFT;
     if (unlikely(i >= ARENA_L2_ENTRIES))
-        return NULL;
+        return 0;
     return LOAD_RELAXED(&gm_arena_map[i]);
+}
+/* The heapArena record of the arena holding address a, or NULL. */
+GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
+    uintptr_t e = gm_arena_map_load(a);
+    if (unlikely(e == 0))
+        return NULL;
+    return (gm_heap_arena *)(e + ((a & ~(ARENA_SIZE - 1)) >> PAGE_SHIFT) * sizeof(gm_mspan *));
 }
 /* The span map entry for address a: NULL outside the arenas, &gm_nospan
  * for pages of an arena that no span covers. */
 GM_INLINE gm_mspan *gm_span_of_raw(uintptr_t a) {
-    gm_heap_arena *ha = gm_arena_of(a);
-    if (unlikely(ha == NULL))
+    uintptr_t e = gm_arena_map_load(a);
+    if (unlikely(e == 0))
         return NULL;
-    return LOAD_RELAXED(&ha->spans[(a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)]);
+    return LOAD_RELAXED((gm_mspan **)(e + (a >> PAGE_SHIFT) * sizeof(gm_mspan *)));
 }
 /* spanOf: the span holding address a, or NULL.  Any address may be asked. */
 GM_INLINE gm_mspan *gm_span_of(uintptr_t a) {

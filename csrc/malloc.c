@@ -181,16 +181,16 @@ GM_INLINE uint8_t size_to_class(size_t size) {
     return size <= GM_SC_SMALL_SIZE_MAX - 8 ? CLASS8_OF(size) : CLASS128_OF(size);
 }
 
-/* For the fast path: gm_size_to_class8 as byte offsets of the gm_mclass in
- * an mcache, filled at start-up.  Until then every entry is 0: class 0,
- * whose list is always empty, so malloc takes the slow path, which starts
- * the allocator. */
-_Static_assert(sizeof(gm_mclass) == 32, "gm_mclass is indexed by shifting");
-static uint16_t class8_offset[GM_SC_SMALL_SIZE_MAX / GM_SC_SMALL_SIZE_DIV + 1];
+/* For the fast path: the byte offset in an mcache of the gm_mclass of
+ * every size up to GM_SC_SMALL_SIZE_MAX, indexed by the size itself (2 KiB:
+ * no rounding on the way in), filled at start-up.  Until then every entry
+ * is 0: class 0, whose list is always empty, so malloc takes the slow path,
+ * which starts the allocator. */
+static uint16_t size_offset[GM_SC_SMALL_SIZE_MAX + 1];
 
 static void init_class_offsets(void) {
-    for (size_t i = 0; i < sizeof class8_offset / sizeof class8_offset[0]; i++)
-        class8_offset[i] = (uint16_t)(offsetof(gm_mcache, cls) + gm_size_to_class8[i] * sizeof(gm_mclass));
+    for (size_t i = 0; i <= GM_SC_SMALL_SIZE_MAX; i++)
+        size_offset[i] = (uint16_t)(offsetof(gm_mcache, cls) + size_to_class(i) * sizeof(gm_mclass));
 }
 
 uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
@@ -206,8 +206,8 @@ static GM_NOINLINE void *malloc_slow(size_t size, bool zero);
 GM_INLINE void *malloc_fast(size_t size) {
     gm_mcache *c = gm_tls_mcache;
     gm_mclass *m;
-    if (likely(size <= GM_SC_SMALL_SIZE_MAX - 8))
-        m = (gm_mclass *)((char *)c + class8_offset[(size + GM_SC_SMALL_SIZE_DIV - 1) / GM_SC_SMALL_SIZE_DIV]);
+    if (likely(size <= GM_SC_SMALL_SIZE_MAX))
+        m = (gm_mclass *)((char *)c + size_offset[size]);
     else if (size <= MAX_SMALL_SIZE)
         m = &c->cls[CLASS128_OF(size)];
     else
@@ -217,8 +217,7 @@ GM_INLINE void *malloc_fast(size_t size) {
         gm_freeobj *next = p->next;
         uint8_t *st = p->state;
         m->head = next;
-        m->avail++;
-        m->npop++;
+        m->limit++;
         gm_set_objstate(st, OBJ_LIVE);
         return p;
     }
@@ -262,8 +261,7 @@ static GM_NOINLINE void *malloc_slow(size_t size, bool zero) {
     if (f != NULL) {
         m->head = f->next;
         gm_set_objstate(f->state, OBJ_LIVE);
-        m->avail++;
-        m->npop++;
+        m->limit++;
         if (zero)
             memset(f, 0, size);
         return f;
@@ -306,7 +304,7 @@ GM_INLINE void free_push(gm_mclass *m, void *p, uint8_t *st) {
     f->next = m->head;
     f->state = st;
     m->head = f;
-    m->avail--;
+    m->npush++;
     gm_set_objstate(st, OBJ_CACHED);
 }
 
@@ -319,15 +317,15 @@ GM_INLINE void free_push(gm_mclass *m, void *p, uint8_t *st) {
  */
 GM_INLINE int free_fast(void *p, bool checked) {
     uintptr_t a = (uintptr_t)p;
-    gm_heap_arena *ha = gm_arena_of(a);
-    if (likely(ha != NULL)) {
-        gm_mspan *s = LOAD_RELAXED(&ha->spans[(a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)]);
+    uintptr_t e = gm_arena_map_load(a);
+    if (likely(e != 0)) {
+        gm_mspan *s = LOAD_RELAXED((gm_mspan **)(e + (a >> PAGE_SHIFT) * sizeof(gm_mspan *)));
         uint64_t prod = (uint64_t)(a - s->startAddr) * s->divMul;
         if (likely((uint32_t)prod < s->divMul)) { /* gm_span_is_slot */
             uint8_t *st = &s->objstate[prod >> 32];
             gm_mclass *m = (gm_mclass *)((char *)gm_tls_mcache + s->clsOffset);
             /* A plain read: only the object's owner (us) writes its state. */
-            if (likely(*st == OBJ_LIVE && m->avail > 0)) {
+            if (likely(*st == OBJ_LIVE && m->npush < m->limit)) {
                 free_push(m, p, st);
                 return GM_OK;
             }
@@ -366,8 +364,8 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
         return GM_OK;
     }
     gm_mclass *m = &c->cls[sc];
-    if (m->avail <= 0)
-        gm_mcache_flushClass(c, sc, m->max / 2);
+    if (m->npush >= m->limit)
+        gm_mcache_flushClass(c, sc, c->listmax[sc] / 2);
     free_push(m, p, st);
     return GM_OK;
 }

@@ -33,7 +33,7 @@
 gm_mspan gm_emptyspan;
 
 /* The mcache of a thread that has none (yet, or any more): every list is
- * empty and has no room (avail 0), every span is gm_emptyspan, so both fast
+ * empty and has no room (limit 0), every span is gm_emptyspan, so both fast
  * paths fall through to the slow paths, which know it.  Never written. */
 gm_mcache gm_nocache = {.cls = {[0 ... NUM_CLASSES - 1] = {.span = &gm_emptyspan}}};
 
@@ -76,9 +76,12 @@ gm_mcache *gm_mcache_create(void) {
         return NULL;
     }
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
+        c->cls[sc].head = NULL;
         c->cls[sc].span = &gm_emptyspan;
-        c->cls[sc].max = sc ? list_bound((uint8_t)sc) : 0;
-        c->cls[sc].avail = (int32_t)c->cls[sc].max;
+        c->listmax[sc] = sc ? list_bound((uint8_t)sc) : 0;
+        c->cls[sc].npush = 0;
+        c->cls[sc].limit = c->listmax[sc];
+        c->nspan[sc] = c->nflush[sc] = 0;
     }
     c->prev = NULL;
     c->next = registry;
@@ -114,9 +117,12 @@ static void mcache_release(gm_mcache *c) {
 void gm_stats_fold_mcache(gm_mcache *c) {
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
         gm_mclass *m = &c->cls[sc];
-        ATOMIC_ADD(&gm_dead_nmalloc[sc], m->npop + c->nspan[sc]);
-        ATOMIC_ADD(&gm_dead_nfree[sc], MCLASS_LEN(m) + m->npop + c->nflush[sc]);
-        m->npop = c->nspan[sc] = c->nflush[sc] = 0;
+        ATOMIC_ADD(&gm_dead_nmalloc[sc], m->limit - c->listmax[sc] - c->nflush[sc] + c->nspan[sc]);
+        ATOMIC_ADD(&gm_dead_nfree[sc], m->npush);
+        /* The list is empty (flushed), or lost with an orphan. */
+        m->npush = 0;
+        m->limit = c->listmax[sc];
+        c->nspan[sc] = c->nflush[sc] = 0;
     }
 }
 
@@ -149,7 +155,8 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
  * spans. */
 void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
     gm_mclass *m = &c->cls[sc];
-    if (MCLASS_LEN(m) <= keep)
+    uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]);
+    if (len <= keep)
         return;
     gm_freeobj *rest;
     if (keep == 0) {
@@ -162,8 +169,9 @@ void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
         rest = p->next;
         p->next = NULL;
     }
-    m->avail = (int32_t)(m->max - keep);
-    c->nflush[sc] += gm_mcentral_freeList(sc, rest);
+    m->limit += len - keep;
+    c->nflush[sc] += len - keep;
+    gm_mcentral_freeList(sc, rest);
 }
 
 void gm_mcache_flushAll(gm_mcache *c) {

@@ -32,9 +32,9 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
         nthreads++;
         for (int sc = 0; sc < NUM_CLASSES; sc++) {
             gm_mclass *m = &c->cls[sc];
-            uint64_t len = (uint64_t)((int64_t)m->max - RACY(m->avail)), npop = RACY(m->npop);
-            nmalloc[sc] += npop + RACY(c->nspan[sc]);
-            nfree[sc] += len + npop + RACY(c->nflush[sc]);
+            uint64_t npush = RACY(m->npush), limit = RACY(m->limit), len = gm_list_len(npush, limit, c->listmax[sc]);
+            nmalloc[sc] += limit - c->listmax[sc] - RACY(c->nflush[sc]) + RACY(c->nspan[sc]);
+            nfree[sc] += npush;
             cached += len * gm_class_to_size[sc];
         }
     }
@@ -121,7 +121,7 @@ int gm_check_heap(void) {
         cached_scav += (uint64_t)__builtin_popcountll(c->pcache.scav);
         for (int sc = 1; sc < NUM_CLASSES; sc++) {
             gm_mclass *m = &c->cls[sc];
-            uint32_t n = 0, len = MCLASS_LEN(m);
+            uint32_t n = 0, len = gm_list_len(m->npush, m->limit, c->listmax[sc]);
             for (gm_freeobj *p = m->head; p != NULL; n++, p = p->next) {
                 gm_mspan *s = gm_span_of((uintptr_t)p);
                 if (n > len || s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE || s->sizeclass != sc ||

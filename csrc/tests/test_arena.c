@@ -51,7 +51,8 @@ TEST(first_arena_placement) {
         return;
     CHECK_EQ(ha->base, first_arena);
     CHECK_EQ(ha->base % ARENA_SIZE, 0);
-    CHECK(gm_arena_map[first_arena >> ARENA_SHIFT] == ha);
+    CHECK(gm_arena_map[first_arena >> ARENA_SHIFT] == gm_arena_map_entry(ha));
+    CHECK(gm_span_of_raw(a) == ha->spans[(a - first_arena) >> PAGE_SHIFT]);
     if (!UNDER_SANITIZER) {
         CHECK(first_arena >= ARENA_HINT_BASE);
         if (first_arena < ARENA_HINT_BASE)
@@ -215,9 +216,9 @@ TEST(arena_map_consistent) {
     uint64_t n = 0;
     int bad = 0;
     for (uintptr_t i = 0; i < ARENA_L2_ENTRIES; i++) {
-        gm_heap_arena *ha = LOAD_RELAXED(&gm_arena_map[i]);
-        if (ha == NULL)
+        if (LOAD_RELAXED(&gm_arena_map[i]) == 0)
             continue;
+        gm_heap_arena *ha = gm_arena_of(i << ARENA_SHIFT);
         n++;
         if (ha->base != i << ARENA_SHIFT || ha->base % ARENA_SIZE != 0 || ha->zeroedBase > ARENA_SIZE)
             bad++;
