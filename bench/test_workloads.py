@@ -107,3 +107,34 @@ def test_workload(benchmark, workload, allocator, drivers, allocators):
     assert checksum == ref[1], (
         f"{workload.name}: checksum {checksum} under {allocator} differs from "
         f"{ref[1]} under {ref[0]}")
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [pytest.param(w, id=w.name, marks=pytest.mark.benchmark(group=w.name))
+     for w in bench.WORKLOADS if w.floor],
+)
+def test_floor(benchmark, workload, drivers):
+    """The workload with malloc/free taken out of its loop (bench.FLOOR), in
+    the workload's group: how close to no allocator at all each one comes."""
+    cand = bench.Candidate(bench.FLOOR, None, "no allocator in the loop")
+    args = workload.args() + list(workload.floor)
+    runs = []
+
+    def run_driver():
+        r = bench.run_once(drivers, workload.driver, args, cand, TIMEOUT)
+        if not r.ok:
+            raise AssertionError(f"{workload.name} floor: {r.error}")
+        runs.append(r)
+        return r
+
+    benchmark.pedantic(run_driver, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    checksums = {r.checksum for r in runs}
+    assert len(checksums) == 1, f"checksum differs between runs: {sorted(checksums)}"
+    checksum = checksums.pop()
+    benchmark.extra_info.update(allocator=bench.FLOOR, args=" ".join(args),
+                                driver_seconds_median=statistics.median(r.seconds for r in runs),
+                                checksum=checksum)
+    ref = _reference_checksums.setdefault(workload.name, (bench.FLOOR, checksum))
+    assert checksum == ref[1], (
+        f"{workload.name}: floor checksum {checksum} differs from {ref[1]} under {ref[0]}")

@@ -137,7 +137,8 @@ enum span_list {
  *   An uncached span with allocCount == 0 does not exist: it goes back to the heap.
  */
 typedef struct gm_mspan {
-    /* Fields read by the free fast path, kept together. */
+    /* The first cache line holds every field the fast paths read: free()
+     * misses on it once, not twice (the span structs are 64-byte aligned). */
     uintptr_t startAddr;      /* first byte; page aligned. Immutable while in use. */
     uint32_t divMul;          /* for offset/elemsize as (offset*divMul)>>32; 0 for large. Immutable. */
     uint8_t sizeclass;        /* 1..67 for small spans; 0 for large, free and dead spans. Immutable while in use. */
@@ -145,26 +146,29 @@ typedef struct gm_mspan {
     uint8_t needzero;         /* 1 if any object or page may hold non-zero bytes. Under mcentral lock (small) or owner. */
     uint8_t list;             /* enum span_list: which list the span is on. Under its owner lock. */
     uint32_t clsOffset;       /* small spans: offset of the gm_mclass of sizeclass in an mcache. Immutable. */
+    uint32_t nelems;          /* objects in the span. Immutable while in use. */
+    /* objstate: nelems+1 state bytes (enum obj_state), from the class's
+     * fixalloc; NULL for large and free spans.  Immutable while in use. */
+    uint8_t *objstate;
     uintptr_t elemsize;       /* object size; npages*PAGE_SIZE for large. Immutable while in use. */
-    uintptr_t npages;         /* pages in the span. Under mheap.lock. */
     /* Allocation state (mheap.go: freeindex, allocCache).  Written only by the
      * owning mcache while cached, and under mcentral.lock otherwise. */
     uintptr_t freeindex;      /* slot at which nextFreeIndex resumes scanning, 0..nelems */
     uint64_t allocCache;      /* ~allocBits shifted so bit 0 is slot freeindex. Owner only. */
-    uint32_t nelems;          /* objects in the span. Immutable while in use. */
+    uintptr_t npages;         /* pages in the span. Under mheap.lock. */
+    /* Second line: fields other threads write under a lock (kept off the
+     * line the fast paths read). */
     uint32_t allocCount;      /* see invariants above. Under mcentral.lock. */
     struct gm_mcache *cachedBy; /* owning mcache, or NULL. Under mcentral.lock. */
     uint64_t unusedsince;     /* free runs: ms timestamp when the newest page became free. Under mheap.lock. */
     uintptr_t nreleased;      /* free runs: pages released to the OS (scavenged bits set). Under mheap.lock. */
     struct gm_mspan *next;    /* list links: mcentral partial/full, heap free lists, span caches */
     struct gm_mspan *prev;
-    /* objstate: nelems+1 state bytes (enum obj_state), from the class's
-     * fixalloc; NULL for large and free spans.  Immutable while in use. */
-    uint8_t *objstate;
     /* allocBits: see above.  Written by the sweep under mcentral.lock while
      * no mcache owns the span; read by the owner. */
     uint64_t allocBits[BITMAP_WORDS];
-} gm_mspan;
+} __attribute__((aligned(64))) gm_mspan;
+_Static_assert(offsetof(gm_mspan, npages) + sizeof(uintptr_t) == 64, "the fast paths' fields fill one line");
 
 /* Doubly linked span lists (mcentral partial/full, heap free lists). */
 static inline void gm_list_push(gm_mspan **head, gm_mspan *s) {

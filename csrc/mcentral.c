@@ -164,7 +164,8 @@ uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
         gm_set_objstate(&s->objstate[i], OBJ_FREE);
         n++;
         s->allocCount--;
-        STORE_RELAXED(&s->needzero, 1);
+        if (!LOAD_RELAXED(&s->needzero)) /* written once: it shares the line free() reads */
+            STORE_RELAXED(&s->needzero, 1);
         if (s->cachedBy == NULL) {
             if (s->list == LIST_FULL) {
                 list_remove(mc, s);

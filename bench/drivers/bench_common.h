@@ -307,6 +307,18 @@ static BENCH_UNUSED uint64_t bench_scribble(void *p, long size, long writes)
     return sum + 1;
 }
 
+/* The probes' floor (--malloc 0): each thread writes one buffer of n bytes
+ * on cache lines of its own (128-byte aligned and rounded up, so the
+ * adjacent-line prefetcher pairs nothing either), taken once before its
+ * loop: the same writes with no allocator in the loop, and no sharing. */
+static BENCH_UNUSED void *bench_private_lines(long n)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, 128, ((size_t)n + 127) & ~(size_t)127) != 0)
+        bench_die("posix_memalign failed");
+    return p;
+}
+
 /* Per-thread argument slots are padded to a cache line pair so that the
  * drivers' own bookkeeping does not false-share. */
 #define BENCH_PAD 128

@@ -14,6 +14,8 @@
  */
 #include "bench_common.h"
 
+static long use_malloc = 1; /* 0: the floor, see bench_private_lines */
+
 struct worker {
     void *handed; /* the object the main thread allocated for us */
     long iters, size, writes;
@@ -24,13 +26,21 @@ struct worker {
 static void *run(void *arg)
 {
     struct worker *w = (struct worker *)arg;
-    uint64_t sum = bench_scribble(w->handed, w->size, w->writes);
-    free(w->handed);
-    for (long i = 0; i < w->iters; i++) {
-        void *p = bench_xmalloc((size_t)w->size);
-        sum += bench_scribble(p, w->size, w->writes);
-        free(p);
+    uint64_t sum = 0;
+    if (use_malloc) {
+        sum = bench_scribble(w->handed, w->size, w->writes);
+        free(w->handed);
     }
+    void *own = use_malloc ? NULL : bench_private_lines(w->size);
+    if (!use_malloc)
+        sum = bench_scribble(own, w->size, w->writes); /* in place of the handed object */
+    for (long i = 0; i < w->iters; i++) {
+        void *p = use_malloc ? bench_xmalloc((size_t)w->size) : own;
+        sum += bench_scribble(p, w->size, w->writes);
+        if (use_malloc)
+            free(p);
+    }
+    free(own);
     w->ops = (uint64_t)w->iters;
     w->checksum = sum;
     return NULL;
@@ -44,6 +54,8 @@ int main(int argc, char **argv)
         {"iters", &iters, 1, 1L << 40, "allocate/write/free cycles per thread"},
         {"size", &size, 1, 1L << 20, "object size in bytes"},
         {"writes", &writes, 1, 1L << 30, "times each byte is written per object"},
+        {"malloc", &use_malloc, 0, 1, "0: no malloc/free in the loop, each thread reuses a private "
+                                      "buffer (the floor no allocator can beat)"},
     };
     bench_parse(argc, argv, "cache_scratch", "Passive false sharing: objects handed out by the "
                 "main thread, freed and reallocated by workers.", opts, sizeof opts / sizeof opts[0]);
@@ -52,7 +64,7 @@ int main(int argc, char **argv)
     if (ws == NULL)
         bench_die("calloc failed");
     for (long t = 0; t < threads; t++) {
-        ws[t].handed = bench_xmalloc((size_t)size);
+        ws[t].handed = use_malloc ? bench_xmalloc((size_t)size) : NULL;
         ws[t].iters = iters;
         ws[t].size = size;
         ws[t].writes = writes;

@@ -10,6 +10,8 @@
  */
 #include "bench_common.h"
 
+static long use_malloc = 1; /* 0: the floor, see bench_private_lines */
+
 struct worker {
     long iters, size, writes;
     uint64_t ops, checksum;
@@ -20,11 +22,14 @@ static void *run(void *arg)
 {
     struct worker *w = (struct worker *)arg;
     uint64_t sum = 0;
+    void *own = use_malloc ? NULL : bench_private_lines(w->size);
     for (long i = 0; i < w->iters; i++) {
-        void *p = bench_xmalloc((size_t)w->size);
+        void *p = use_malloc ? bench_xmalloc((size_t)w->size) : own;
         sum += bench_scribble(p, w->size, w->writes);
-        free(p);
+        if (use_malloc)
+            free(p);
     }
+    free(own);
     w->ops = (uint64_t)w->iters;
     w->checksum = sum;
     return NULL;
@@ -38,6 +43,8 @@ int main(int argc, char **argv)
         {"iters", &iters, 1, 1L << 40, "allocate/write/free cycles per thread"},
         {"size", &size, 1, 1L << 20, "object size in bytes"},
         {"writes", &writes, 1, 1L << 30, "times each byte is written per object"},
+        {"malloc", &use_malloc, 0, 1, "0: no malloc/free in the loop, each thread reuses a private "
+                                      "buffer (the floor no allocator can beat)"},
     };
     bench_parse(argc, argv, "cache_thrash", "Active false sharing: every thread allocates, "
                 "writes and frees its own small objects.", opts, sizeof opts / sizeof opts[0]);

@@ -81,14 +81,25 @@ class Workload:
     description: str
     quick: Tuple[str, ...]
     full: Tuple[str, ...]
+    #: Extra arguments for the floor run: the same work with malloc and free
+    #: taken out of the loop (see FLOOR), for the workloads where the
+    #: allocator is a small part of the time, so that a reader can see how
+    #: close to the best possible every allocator is.
+    floor: Tuple[str, ...] = ()
 
     def args(self, full: bool = False, threads: Optional[int] = None) -> List[str]:
         t = str(threads if threads is not None else default_threads())
         return [a.replace("{threads}", t) for a in (self.full if full else self.quick)]
 
 
-def _w(name: str, driver: str, description: str, quick: str, full: str) -> Workload:
-    return Workload(name, driver, description, tuple(quick.split()), tuple(full.split()))
+def _w(name: str, driver: str, description: str, quick: str, full: str,
+       floor: str = "") -> Workload:
+    return Workload(name, driver, description, tuple(quick.split()), tuple(full.split()),
+                    tuple(floor.split()))
+
+
+#: The name under which a workload's floor run is kept in the results.
+FLOOR = "(no malloc)"
 
 
 WORKLOADS: Tuple[Workload, ...] = (
@@ -103,11 +114,11 @@ WORKLOADS: Tuple[Workload, ...] = (
     _w("cache_scratch", "cache_scratch",
        "passive false sharing: objects handed out by main, reused by workers",
        "--threads {threads} --iters 400000 --writes 50",
-       "--threads {threads} --iters 2000000 --writes 50"),
+       "--threads {threads} --iters 2000000 --writes 50", floor="--malloc 0"),
     _w("cache_thrash", "cache_thrash",
        "active false sharing: each thread allocates and writes small objects",
        "--threads {threads} --iters 400000 --writes 50",
-       "--threads {threads} --iters 2000000 --writes 50"),
+       "--threads {threads} --iters 2000000 --writes 50", floor="--malloc 0"),
     _w("alloc_test", "alloc_test",
        "random-size churn (16 B-16 KiB, skewed small) over a live set, some reallocs",
        "--threads {threads} --iters 2000000 --live 10000",
@@ -520,17 +531,23 @@ class Cell:
 def run_suite(workloads: Sequence[Workload], cands: Sequence[Candidate],
               binaries: Dict[str, Path], repeat: int, full: bool, threads: int,
               timeout: float, log=None) -> Dict[str, Dict[str, Cell]]:
-    """Run every workload under every candidate, ``repeat`` times, alternating."""
+    """Run every workload under every candidate, ``repeat`` times, alternating.
+
+    A workload with a floor also runs its floor (no preload, malloc taken
+    out of the loop) in the rotation, kept under the name FLOOR."""
     results: Dict[str, Dict[str, Cell]] = {}
     for w in workloads:
         args = w.args(full, threads)
-        cells = {c.name: Cell() for c in cands}
+        runs = [(c, args) for c in cands]
+        if w.floor:
+            runs.append((Candidate(FLOOR, None, "no allocator in the loop"), args + list(w.floor)))
+        cells = {c.name: Cell() for c, _ in runs}
         t0 = time.perf_counter()
         for _ in range(repeat):
-            for c in cands:
+            for c, c_args in runs:
                 if cells[c.name].error:
                     continue  # a failed allocator is not run again on this workload
-                r = run_once(binaries, w.driver, args, c, timeout)
+                r = run_once(binaries, w.driver, c_args, c, timeout)
                 cells[c.name].runs.append(r)
                 if not r.ok:
                     cells[c.name].error = r.error
@@ -627,13 +644,36 @@ def format_table(workloads: Sequence[Workload], cands: Sequence[Candidate],
             row.append(f"{ratio}{mark} /{cell.maxrss_mib:6.1f}")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
+    lines: List[str] = []
     for i, r in enumerate(rows):
         lines.append("  ".join(
             (c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])) for j, c in enumerate(r)))
         if i == 0:
             lines.append("  ".join("-" * wd for wd in widths))
     return "\n".join(lines)
+
+
+def format_floors(workloads: Sequence[Workload], results: Dict[str, Dict[str, Cell]],
+                  baseline: str) -> str:
+    """The floor runs, as time relative to the baseline: how fast the workload
+    runs with no allocator at all in its loop."""
+    lines = []
+    for w in workloads:
+        floor, base = results[w.name].get(FLOOR), results[w.name].get(baseline)
+        if floor is None:
+            continue
+        if not floor.ok:
+            lines.append(f"  {w.name:<14} FAILED")
+        elif base is not None and base.ok:
+            lines.append(f"  {w.name:<14} {floor.median:.3f} s = {floor.median / base.median:.2f} "
+                         f"of {baseline}")
+        else:
+            lines.append(f"  {w.name:<14} {floor.median:.3f} s")
+    if not lines:
+        return ""
+    return ("floor: the same threads and writes with malloc/free taken out of the loop\n"
+            "(each thread reuses one private buffer); no allocator can beat it:\n"
+            + "\n".join(lines))
 
 
 def write_json(path: str, meta: Dict[str, object], workloads: Sequence[Workload],
@@ -663,6 +703,17 @@ def write_json(path: str, meta: Dict[str, object], workloads: Sequence[Workload]
                 "peak_rss_mib": round(cell.maxrss_mib, 2) if cell.runs else None,
                 "ops": cell.runs[0].ops if cell.ok else None,
                 "checksums": sorted({r.checksum for r in cell.runs if r.ok}),
+            }
+        floor = cells.get(FLOOR)
+        if floor is not None:
+            entry["floor"] = {
+                "args": w.args(full, threads) + list(w.floor),
+                "ok": floor.ok,
+                "error": floor.error,
+                "seconds": [r.seconds for r in floor.runs if r.ok],
+                "median_seconds": floor.median if floor.ok else None,
+                "ratio_to_baseline": (floor.median / base.median
+                                      if floor.ok and base.ok else None),
             }
         doc["workloads"].append(entry)
     with open(path, "w", encoding="utf-8") as f:
@@ -833,6 +884,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           "(max over runs); * = fastest in row")
     print()
     print(format_table(workloads, cands, results, baseline))
+    floors = format_floors(workloads, results, baseline)
+    if floors:
+        print()
+        print(floors)
 
     failures = [(w.name, n, cell.error) for w in workloads
                 for n, cell in results[w.name].items() if not cell.ok]
