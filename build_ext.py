@@ -207,6 +207,7 @@ struct gm_stats {
     uint64_t mcache_sys;
     uint64_t other_sys;
     uint64_t cached_bytes;
+    uint64_t transfer_bytes;
     uint64_t num_arenas;
     uint64_t num_threads;
     uint64_t bad_frees;

@@ -220,10 +220,11 @@ typedef struct gm_heap_arena {
  * bytes.  Each fast path bumps one counter: free counts pushes, malloc
  * raises the bound the pushes may reach.  With listmax the list's bound
  * (gm_mcache) and nflush the objects flushed from the list, ever:
- *   limit == listmax + (objects malloc popped) + nflush, so
+ *   limit == listmax + (objects malloc popped) + nflush - nrecv, so
  *   list length == npush - limit + listmax, and a push has room iff
  *   npush < limit;
- *   mallocs == (limit - listmax - nflush) + nspan, frees == npush. */
+ *   mallocs == (limit - listmax - nflush + nrecv) + nspan, frees == npush.
+ * (nrecv: objects the list received whole from the transfer cache.) */
 typedef struct gm_mclass {
     gm_freeobj *head;    /* objects freed on this thread, LIFO, all OBJ_CACHED. Owner only. */
     gm_mspan *span;      /* span being allocated from; &gm_emptyspan when none. Owner only. */
@@ -248,6 +249,7 @@ typedef struct gm_mcache {
     gm_mclass cls[NUM_CLASSES];
     uint64_t nspan[NUM_CLASSES];    /* objects malloc took from spans, ever. Owner writes, others read racily. */
     uint64_t nflush[NUM_CLASSES];   /* objects taken off the list by flushes, ever. Same. */
+    uint64_t nrecv[NUM_CLASSES];    /* objects put on the list from the transfer cache, ever. Same. */
     uint32_t listmax[NUM_CLASSES];  /* bound on each list's length (tcache_bytes). Fixed at creation. */
     gm_pagecache pcache;
     gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
@@ -276,12 +278,26 @@ typedef struct gm_fixalloc {
 
 /* ---- mcentral (mcentral.go) ------------------------------------------------ */
 
+/* Transfer cache: a list a thread flushed, kept whole for the next thread
+ * whose list runs dry (tcmalloc's transfer cache; Go needs none, its
+ * sweeper frees in bulk).  Objects stay OBJ_CACHED, with their links. */
+#define TC_BATCHES 4
+#define TC_BYTES (32u << 10) /* bound on the bytes of objects a class holds in batches */
+typedef struct gm_tcbatch {
+    gm_freeobj *head; /* n objects linked through next, NULL-terminated */
+    uint32_t n;
+    uint64_t since;   /* gm_now_ms() when the batch came in */
+} gm_tcbatch;
+
 typedef struct gm_mcentral {
     pthread_mutex_t lock;
     gm_mspan *partial; /* uncached spans with free slots (list == LIST_PARTIAL). */
     gm_mspan *full;    /* uncached spans without free slots (list == LIST_FULL). */
     uint64_t nspans;   /* in-use spans of this class, cached or not. Under lock. */
     gm_fixalloc statealloc; /* objstate arrays of this class's spans. Under lock. */
+    gm_tcbatch tc[TC_BATCHES]; /* tc[0..ntc) hold batches, oldest first. Under lock. */
+    uint32_t ntc;      /* Under lock; read racily by malloc to skip the lock when 0. */
+    uint32_t tc_objects; /* objects in tc, at most TC_BYTES of them. Under lock. */
     char pad[64];
 } gm_mcentral;
 
@@ -325,6 +341,8 @@ enum sys_op { SYS_RESERVE, SYS_MAP, SYS_USED, SYS_UNUSED, SYS_FREE, SYS_FAULT };
 extern GM_HIDDEN struct gm_sysstats gm_sysstats;
 
 GM_HIDDEN void gm_sys_init(void);
+/* Milliseconds on the monotonic clock: the ages of free runs and batches. */
+GM_HIDDEN uint64_t gm_now_ms(void);
 GM_HIDDEN void *gm_sysReserve(void *hint, size_t n);     /* None -> Reserved */
 GM_HIDDEN void *gm_sysReserveAligned(void *hint, size_t n, size_t align);
 GM_HIDDEN int gm_sysMap(void *v, size_t n);              /* Reserved -> Prepared */
@@ -464,6 +482,23 @@ GM_HIDDEN void gm_mcentral_uncacheSpan(gm_mspan *s);
 /* Return a list of freed objects of class sc to their spans; returns how
  * many.  Objects that fail validation are reported and dropped. */
 GM_HIDDEN uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head);
+/* A list of n freed objects of class sc leaves an mcache: kept whole in the
+ * transfer cache if it has room, else back to the spans. */
+GM_HIDDEN void gm_mcentral_freeBatch(uint8_t sc, gm_freeobj *head, uint32_t n);
+/* The newest batch of the transfer cache of class sc if it holds at most
+ * max objects (their number in *n), else NULL. */
+GM_HIDDEN gm_freeobj *gm_mcentral_takeBatch(uint8_t sc, uint32_t max, uint32_t *n);
+/* Empty every transfer cache into the spans (gm_release). */
+GM_HIDDEN void gm_mcentral_drainAll(void);
+/* Move the batches that came in at least age_ms ago to the spans (the
+ * scavenger).  Returns whether batches remain, the oldest's arrival in
+ * *oldest. */
+GM_HIDDEN bool gm_mcentral_drainAged(uint64_t age_ms, uint64_t *oldest);
+/* Bytes of objects in the transfer caches. */
+GM_HIDDEN uint64_t gm_mcentral_tc_bytes(void);
+/* Check every object in the transfer caches, counting them in *n; returns
+ * violations. */
+GM_HIDDEN int gm_mcentral_check_tc(uint64_t *n);
 /* Check span s of class sc against the invariants; cached says whether an
  * mcache owns it.  Returns violations. */
 GM_HIDDEN int gm_span_check(const gm_mspan *s, bool cached);
@@ -475,6 +510,7 @@ GM_HIDDEN void gm_mcache_init(void);
 GM_HIDDEN gm_mcache *gm_mcache_create(void);
 GM_HIDDEN void *gm_mcache_refill(gm_mcache *c, uint8_t sc);
 GM_HIDDEN void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep);
+GM_HIDDEN bool gm_mcache_receive(gm_mcache *c, uint8_t sc);
 GM_HIDDEN void gm_mcache_flushAll(gm_mcache *c);
 GM_HIDDEN void gm_mcache_fork_prepare(void);
 GM_HIDDEN void gm_mcache_fork_parent(void);

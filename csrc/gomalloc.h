@@ -62,10 +62,13 @@ GM_API int gm_posix_memalign(void **out, size_t alignment, size_t size);
 GM_API size_t gm_usable_size(const void *ptr);
 /* 1 if ptr lies in memory pygomalloc manages (any address may be asked), else 0. O(1). */
 GM_API int gm_owns(const void *ptr);
-/* Flush the calling thread's cache and return every free page to the OS.
- * Returns the number of bytes released by this call. */
+/* Flush the calling thread's cache and the transfer caches, and return
+ * every free page to the OS.  Returns the number of bytes released by this
+ * call. */
 GM_API size_t gm_release(void);
-/* Flush the calling thread's cache of free objects back to the spans. */
+/* Flush the calling thread's cache of free objects back to the spans, and
+ * the transfer caches (batches other threads flushed) with it: in a
+ * single-threaded program nothing free is cached afterwards. */
 GM_API void gm_thread_flush(void);
 
 struct gm_size_class_stats {
@@ -100,6 +103,7 @@ struct gm_stats {
     uint64_t mcache_sys;    /* bytes obtained from the OS for per-thread caches */
     uint64_t other_sys;     /* other metadata: arena maps, heapArena records, bitmaps */
     uint64_t cached_bytes;  /* part of heap_inuse in per-thread free lists (free, not yet back in spans) */
+    uint64_t transfer_bytes; /* part of heap_inuse in the transfer caches: lists flushed by one thread, whole, for another */
     uint64_t num_arenas;    /* 64 MiB heap arenas holding mapped memory (each has a heapArena record) */
     uint64_t num_threads;   /* live per-thread caches */
     uint64_t bad_frees;     /* invalid frees detected (and refused) */

@@ -23,6 +23,9 @@
  *   2. Pop the calling thread's list of freed objects of that class.  No lock.
  *   3. nextFreeFast: take the next free slot of the thread's current span
  *      of that class, found with one ctz on allocCache.  No lock.
+ *   3a. Take a batch of freed objects another thread flushed from the
+ *      class's transfer cache, as the thread's new list (mcentral.c).
+ *      Takes the class lock, only when the transfer cache is not empty.
  *   4. nextFreeIndex: scan the span's allocBits further.  No lock.
  *   5. The span is full: give it back to the mcentral and take a span with
  *      free slots from it (cacheSpan).  Takes the class lock.
@@ -41,9 +44,12 @@
  *      span, and pushes p on the calling thread's free list for its class.
  *      No lock, whichever thread allocated p.
  *   2. malloc on that thread pops it again (step 2 above): hot memory.
- *   3. When the list exceeds its bound, its older half returns to the spans
- *      in one batch under the class lock (mcentral.c): each object's state
- *      byte becomes OBJ_FREE and its span's allocCount drops.
+ *   3. When the list exceeds its bound, its older half leaves in one batch
+ *      under the class lock (mcentral.c): into the class's transfer cache,
+ *      kept whole for the next thread that runs out (step 3a above), if it
+ *      has room; else back to the spans, where each object's state byte
+ *      becomes OBJ_FREE and its span's allocCount drops.  gm_release
+ *      empties the transfer caches into the spans.
  *   4. A span whose objects are all free, and which no thread is allocating
  *      from, goes back to the page heap, where it merges with neighbouring
  *      free runs (pagealloc.c).  A span with some free objects waits in the
@@ -257,29 +263,31 @@ static GM_NOINLINE void *malloc_slow(size_t size, bool zero) {
     /* size 0 gets the 16-byte class: a distinct pointer per malloc(0). */
     uint8_t sc = size_to_class(size);
     gm_mclass *m = &c->cls[sc];
-    gm_freeobj *f = m->head;
-    if (f != NULL) {
-        m->head = f->next;
-        gm_set_objstate(f->state, OBJ_LIVE);
-        m->limit++;
-        if (zero)
-            memset(f, 0, size);
-        return f;
-    }
-    gm_mspan *s = m->span;
-    void *p = gm_nextFreeFast(s);
-    if (p == NULL) {
-        p = gm_mcache_refill(c, sc);
-        if (p == NULL) {
-            errno = ENOMEM;
-            return NULL;
+    if (m->head == NULL) {
+        /* Steps 3 to 7, with the transfer cache before nextFreeIndex: a
+         * batch another thread flushed is taken whole. */
+        void *p = gm_nextFreeFast(m->span);
+        if (p == NULL && (LOAD_RELAXED(&gm_central[sc].ntc) == 0 || !gm_mcache_receive(c, sc))) {
+            p = gm_mcache_refill(c, sc);
+            if (p == NULL) {
+                errno = ENOMEM;
+                return NULL;
+            }
         }
-        s = m->span;
+        if (p != NULL) {
+            c->nspan[sc]++;
+            if (zero && LOAD_RELAXED(&m->span->needzero))
+                memset(p, 0, size);
+            return p;
+        }
     }
-    c->nspan[sc]++;
-    if (zero && LOAD_RELAXED(&s->needzero))
-        memset(p, 0, size);
-    return p;
+    gm_freeobj *f = m->head;
+    m->head = f->next;
+    gm_set_objstate(f->state, OBJ_LIVE);
+    m->limit++;
+    if (zero)
+        memset(f, 0, size);
+    return f;
 }
 
 void *gm_malloc(size_t size) { return malloc_fast(size); }
@@ -482,6 +490,7 @@ void gm_thread_flush(void) {
     gm_mcache *c = gm_tls_mcache;
     if (c != &gm_nocache)
         gm_mcache_flushAll(c);
+    gm_mcentral_drainAll();
 }
 
 size_t gm_release(void) {

@@ -10,8 +10,10 @@
  * cacheSpan) and a LIFO list of freed objects of that class, from any span.
  * malloc pops the list before trying the span, so a thread that frees and
  * allocates again reuses hot memory without a lock.  When the list grows
- * past its bound (about tcache_bytes of objects), the older half goes back
- * to the spans in one batch (mcentral.c).
+ * past its bound (about tcache_bytes of objects), the older half leaves in
+ * one batch, for the transfer cache or the spans (mcentral.c); a thread
+ * whose list is empty and whose span has no slot ready takes a batch from
+ * the transfer cache before it scans the span further.
  *
  * Threads and frees: any thread may free any object; it lands on the
  * freeing thread's list and is reused there, or returned to its span by the
@@ -81,7 +83,7 @@ gm_mcache *gm_mcache_create(void) {
         c->listmax[sc] = sc ? list_bound((uint8_t)sc) : 0;
         c->cls[sc].npush = 0;
         c->cls[sc].limit = c->listmax[sc];
-        c->nspan[sc] = c->nflush[sc] = 0;
+        c->nspan[sc] = c->nflush[sc] = c->nrecv[sc] = 0;
     }
     c->prev = NULL;
     c->next = registry;
@@ -117,12 +119,12 @@ static void mcache_release(gm_mcache *c) {
 void gm_stats_fold_mcache(gm_mcache *c) {
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
         gm_mclass *m = &c->cls[sc];
-        ATOMIC_ADD(&gm_dead_nmalloc[sc], m->limit - c->listmax[sc] - c->nflush[sc] + c->nspan[sc]);
+        ATOMIC_ADD(&gm_dead_nmalloc[sc], m->limit - c->listmax[sc] - c->nflush[sc] + c->nrecv[sc] + c->nspan[sc]);
         ATOMIC_ADD(&gm_dead_nfree[sc], m->npush);
         /* The list is empty (flushed), or lost with an orphan. */
         m->npush = 0;
         m->limit = c->listmax[sc];
-        c->nspan[sc] = c->nflush[sc] = 0;
+        c->nspan[sc] = c->nflush[sc] = c->nrecv[sc] = 0;
     }
 }
 
@@ -151,13 +153,13 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
     return (void *)(s->startAddr + i * s->elemsize);
 }
 
-/* Return all but the `keep` most recently freed objects of class sc to their
- * spans. */
-void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
+/* Take all but the `keep` most recently freed objects of class sc off the
+ * list; returns them (their number in *n), or NULL if there are none. */
+static gm_freeobj *take_older(gm_mcache *c, uint8_t sc, uint32_t keep, uint32_t *n) {
     gm_mclass *m = &c->cls[sc];
     uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]);
     if (len <= keep)
-        return;
+        return NULL;
     gm_freeobj *rest;
     if (keep == 0) {
         rest = m->head;
@@ -169,14 +171,42 @@ void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
         rest = p->next;
         p->next = NULL;
     }
-    m->limit += len - keep;
-    c->nflush[sc] += len - keep;
-    gm_mcentral_freeList(sc, rest);
+    *n = len - keep;
+    m->limit += *n;
+    c->nflush[sc] += *n;
+    return rest;
 }
 
+/* The list of class sc is full: all but the `keep` most recently freed
+ * objects leave it, for the transfer cache or their spans. */
+void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
+    uint32_t n;
+    gm_freeobj *rest = take_older(c, sc, keep, &n);
+    if (rest != NULL)
+        gm_mcentral_freeBatch(sc, rest, n);
+}
+
+/* The list of class sc is empty: take a batch from the transfer cache, if
+ * it has one that fits.  Returns whether the list has objects now. */
+bool gm_mcache_receive(gm_mcache *c, uint8_t sc) {
+    gm_mclass *m = &c->cls[sc];
+    uint32_t n;
+    gm_freeobj *b = gm_mcentral_takeBatch(sc, c->listmax[sc], &n);
+    if (b == NULL)
+        return false;
+    m->head = b;
+    m->limit -= n;
+    c->nrecv[sc] += n;
+    return true;
+}
+
+/* Everything back to the spans and the heap (thread exit, gm_release). */
 void gm_mcache_flushAll(gm_mcache *c) {
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        gm_mcache_flushClass(c, (uint8_t)sc, 0);
+        uint32_t n;
+        gm_freeobj *all = take_older(c, (uint8_t)sc, 0, &n);
+        if (all != NULL)
+            gm_mcentral_freeList((uint8_t)sc, all);
         if (c->cls[sc].span != &gm_emptyspan) {
             gm_mcentral_uncacheSpan(c->cls[sc].span);
             c->cls[sc].span = &gm_emptyspan;

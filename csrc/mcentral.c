@@ -8,7 +8,15 @@
  * span whose objects are all free goes back to the page heap at once.
  *
  * Frees arrive here in batches from mcache free lists (mcache.c), one lock
- * acquisition per batch: each object's state byte goes from OBJ_CACHED to
+ * acquisition per batch.  A batch goes first to the class's transfer cache,
+ * which keeps up to TC_BATCHES of them (and TC_BYTES of objects) whole: the
+ * next thread whose list runs dry takes the newest in O(1), the objects
+ * still OBJ_CACHED, so a producer/consumer pair of threads trades lists
+ * without touching spans.  The oldest batches make room, and the scavenger
+ * empties batches older than decay_ms (objects in them keep their spans in
+ * use).  A batch that leaves the transfer cache, or is too big for it, goes
+ * to the spans:
+ * each object's state byte goes from OBJ_CACHED to
  * OBJ_FREE and its span's allocCount drops.  allocBits is rebuilt from the
  * state bytes when the span is next handed to an mcache (cacheSpan), as
  * Go's sweeper rebuilds it from gcmarkBits; until then the owner of a cached
@@ -192,6 +200,111 @@ uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
     return n;
 }
 
+/* ---- the transfer cache ------------------------------------------------------- */
+
+/* Unlink the k oldest batches of mc's transfer cache, as one list.  Under
+ * lock. */
+static gm_freeobj *unlink_oldest(gm_mcentral *mc, uint32_t k) {
+    gm_freeobj *all = NULL;
+    for (uint32_t i = 0; i < k; i++) {
+        gm_freeobj *last = mc->tc[i].head;
+        while (last->next != NULL)
+            last = last->next;
+        last->next = all;
+        all = mc->tc[i].head;
+        mc->tc_objects -= mc->tc[i].n;
+    }
+    memmove(&mc->tc[0], &mc->tc[k], (mc->ntc - k) * sizeof mc->tc[0]);
+    memset(&mc->tc[mc->ntc - k], 0, k * sizeof mc->tc[0]);
+    STORE_RELAXED(&mc->ntc, mc->ntc - k);
+    return all;
+}
+
+void gm_mcentral_freeBatch(uint8_t sc, gm_freeobj *head, uint32_t n) {
+    gm_mcentral *mc = &gm_central[sc];
+    uint64_t size = gm_class_to_size[sc];
+    if (n * size > TC_BYTES) {
+        gm_mcentral_freeList(sc, head);
+        return;
+    }
+    /* Room is made by sending the oldest batches to the spans: under a
+     * steady flow the cache holds the newest batches, none goes stale. */
+    uint64_t now = gm_now_ms();
+    pthread_mutex_lock(&mc->lock);
+    uint32_t k = 0, objects = mc->tc_objects;
+    while (k < mc->ntc && (mc->ntc - k == TC_BATCHES || (objects + n) * size > TC_BYTES))
+        objects -= mc->tc[k++].n;
+    gm_freeobj *old = k != 0 ? unlink_oldest(mc, k) : NULL;
+    mc->tc[mc->ntc] = (gm_tcbatch){.head = head, .n = n, .since = now};
+    mc->tc_objects += n;
+    STORE_RELAXED(&mc->ntc, mc->ntc + 1);
+    pthread_mutex_unlock(&mc->lock);
+    if (old != NULL)
+        gm_mcentral_freeList(sc, old);
+}
+
+gm_freeobj *gm_mcentral_takeBatch(uint8_t sc, uint32_t max, uint32_t *n) {
+    gm_mcentral *mc = &gm_central[sc];
+    gm_freeobj *head = NULL;
+    pthread_mutex_lock(&mc->lock);
+    if (mc->ntc > 0 && mc->tc[mc->ntc - 1].n <= max) {
+        gm_tcbatch *b = &mc->tc[mc->ntc - 1]; /* the newest: the hottest memory */
+        head = b->head;
+        *n = b->n;
+        mc->tc_objects -= b->n;
+        *b = (gm_tcbatch){0};
+        STORE_RELAXED(&mc->ntc, mc->ntc - 1);
+    }
+    pthread_mutex_unlock(&mc->lock);
+    return head;
+}
+
+bool gm_mcentral_drainAged(uint64_t age_ms, uint64_t *oldest) {
+    uint64_t now = gm_now_ms();
+    bool left = false;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        gm_mcentral *mc = &gm_central[sc];
+        if (LOAD_RELAXED(&mc->ntc) == 0)
+            continue;
+        pthread_mutex_lock(&mc->lock);
+        uint32_t k = 0;
+        while (k < mc->ntc && now - mc->tc[k].since >= age_ms)
+            k++;
+        gm_freeobj *old = k != 0 ? unlink_oldest(mc, k) : NULL;
+        if (mc->ntc != 0 && (!left || mc->tc[0].since < *oldest)) {
+            *oldest = mc->tc[0].since;
+            left = true;
+        }
+        pthread_mutex_unlock(&mc->lock);
+        if (old != NULL)
+            gm_mcentral_freeList((uint8_t)sc, old);
+    }
+    return left;
+}
+
+void gm_mcentral_drainAll(void) {
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        gm_mcentral *mc = &gm_central[sc];
+        if (LOAD_RELAXED(&mc->ntc) == 0)
+            continue;
+        pthread_mutex_lock(&mc->lock);
+        gm_freeobj *all = mc->ntc != 0 ? unlink_oldest(mc, mc->ntc) : NULL;
+        pthread_mutex_unlock(&mc->lock);
+        if (all != NULL)
+            gm_mcentral_freeList((uint8_t)sc, all);
+    }
+}
+
+uint64_t gm_mcentral_tc_bytes(void) {
+    uint64_t bytes = 0;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        pthread_mutex_lock(&gm_central[sc].lock);
+        bytes += (uint64_t)gm_central[sc].tc_objects * gm_class_to_size[sc];
+        pthread_mutex_unlock(&gm_central[sc].lock);
+    }
+    return bytes;
+}
+
 /* ---- checking ---------------------------------------------------------------- */
 
 int gm_span_check(const gm_mspan *s, bool cached) {
@@ -273,6 +386,42 @@ int gm_mcentral_check_lists(uint64_t *nuncached) {
                 bad += gm_span_check(s, false);
                 (*nuncached)++;
             }
+        pthread_mutex_unlock(&mc->lock);
+    }
+    return bad;
+}
+
+/* Every object in a transfer cache must be a cached object of its class. */
+int gm_mcentral_check_tc(uint64_t *nobjects) {
+    int bad = 0;
+    *nobjects = 0;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        gm_mcentral *mc = &gm_central[sc];
+        pthread_mutex_lock(&mc->lock);
+        uint64_t total = 0;
+        for (uint32_t i = 0; i < mc->ntc; i++) {
+            uint32_t n = 0;
+            for (gm_freeobj *p = mc->tc[i].head; p != NULL; n++, p = p->next) {
+                gm_mspan *s = gm_span_of((uintptr_t)p);
+                if (n >= mc->tc[i].n || s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE ||
+                    s->sizeclass != sc || !gm_span_is_slot(s, (uintptr_t)p) ||
+                    p->state != &s->objstate[gm_span_index(s, (uintptr_t)p)] || *p->state != OBJ_CACHED) {
+                    gm_warn_check("bad object in a transfer cache batch", s);
+                    bad++;
+                    break;
+                }
+            }
+            if (n != mc->tc[i].n) {
+                gm_warn_check("transfer cache batch length differs from its count", NULL);
+                bad++;
+            }
+            total += n;
+        }
+        if (total != mc->tc_objects || mc->ntc > TC_BATCHES || total * gm_class_to_size[sc] > TC_BYTES) {
+            gm_warn_check("transfer cache counts are off", NULL);
+            bad++;
+        }
+        *nobjects += total;
         pthread_mutex_unlock(&mc->lock);
     }
     return bad;

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "gm_internal.h"
@@ -54,6 +55,12 @@ static void count(enum sys_op op, size_t n) {
 /* Read the physical and huge page sizes and validate them, as mallocinit
  * does: the physical page must be a power of two no larger than our 8 KiB
  * page... or larger, in which case scavenging works in physical pages. */
+uint64_t gm_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 void gm_sys_init(void) {
     uintptr_t ps = (uintptr_t)getauxval(AT_PAGESZ);
     if (ps == 0)

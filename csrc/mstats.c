@@ -33,7 +33,7 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
         for (int sc = 0; sc < NUM_CLASSES; sc++) {
             gm_mclass *m = &c->cls[sc];
             uint64_t npush = RACY(m->npush), limit = RACY(m->limit), len = gm_list_len(npush, limit, c->listmax[sc]);
-            nmalloc[sc] += limit - c->listmax[sc] - RACY(c->nflush[sc]) + RACY(c->nspan[sc]);
+            nmalloc[sc] += limit - c->listmax[sc] - RACY(c->nflush[sc]) + RACY(c->nrecv[sc]) + RACY(c->nspan[sc]);
             nfree[sc] += npush;
             cached += len * gm_class_to_size[sc];
         }
@@ -62,6 +62,7 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
     st->heap_alloc += large_live_bytes;
     st->heap_objects = st->mallocs - st->frees;
     st->cached_bytes = cached;
+    st->transfer_bytes = gm_mcentral_tc_bytes();
     st->num_threads = nthreads;
 
     pthread_mutex_lock(&gm_heap.lock);
@@ -153,8 +154,10 @@ int gm_check_heap(void) {
     }
     gm_registry_unlock();
 
-    uint64_t nuncached = 0;
+    uint64_t nuncached = 0, tc_objects = 0;
     bad += gm_mcentral_check_lists(&nuncached);
+    bad += gm_mcentral_check_tc(&tc_objects);
+    listed_objects += tc_objects;
     uint64_t small_pages = 0;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         gm_mcentral *mc = &gm_central[sc];

@@ -48,12 +48,6 @@ gm_mheap gm_heap = {.lock = PTHREAD_MUTEX_INITIALIZER};
 /* Set once MADV_FREE has been used: released pages may then keep old bytes. */
 static bool madv_free_used;
 
-static uint64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Page bitmaps of the arenas (scavenged, faulted): page a's bit. */
 static inline uint64_t *page_word(uint64_t *bits, uintptr_t a) {
     return &bits[((a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)) / 64];
@@ -333,7 +327,7 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
 
 /* Give the cache's free pages back to the free lists.  Under lock. */
 static void pagecache_giveback(gm_pagecache *pc) {
-    uint64_t now = now_ms();
+    uint64_t now = gm_now_ms();
     while (pc->free != 0) {
         unsigned i = (unsigned)__builtin_ctzll(pc->free);
         uint64_t rest = ~(pc->free >> i);
@@ -449,7 +443,7 @@ gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8
         return NULL;
     }
     if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
-        free_range(NULL, base, npages, now_ms()); /* cannot happen without a span struct... */
+        free_range(NULL, base, npages, gm_now_ms()); /* cannot happen without a span struct... */
         pthread_mutex_unlock(&gm_heap.lock);
         return NULL;
     }
@@ -484,7 +478,7 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     uintptr_t aligned = (base + align - 1) & ~(align - 1);
     uintptr_t head = (aligned - base) / PAGE_SIZE, tail = extra - head;
     if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
-        free_range(NULL, base, npages + extra, now_ms());
+        free_range(NULL, base, npages + extra, gm_now_ms());
         pthread_mutex_unlock(&gm_heap.lock);
         return NULL;
     }
@@ -493,7 +487,7 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     if (ps.nscav != 0)
         ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     /* The unaligned head and the tail go back, their released bits intact. */
-    uint64_t now = now_ms();
+    uint64_t now = gm_now_ms();
     if (head != 0)
         free_range(NULL, base, head, now);
     if (tail != 0)
@@ -532,7 +526,7 @@ static void heap_free_locked(gm_mspan *s) {
         }
         ATOMIC_ADD(&gm_heap.heap_released, s->npages * PAGE_SIZE);
     }
-    free_range(s, s->startAddr, s->npages, now_ms());
+    free_range(s, s->startAddr, s->npages, gm_now_ms());
 }
 
 /* Give span s back.  For a small span (empty, off every list) the caller
@@ -593,7 +587,7 @@ static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms) {
     uintptr_t total = 0;
     if (LOAD_RELAXED(&gm_opt.madv_free))
         madv_free_used = true;
-    uint64_t now = now_ms();
+    uint64_t now = gm_now_ms();
     for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS && total < want; pass++) {
         gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[FREE_LARGE_LISTS - 1 - pass]
                                               : gm_heap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];

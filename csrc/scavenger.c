@@ -14,6 +14,8 @@
  *           allocated again at once is not released and faulted back in).
  *   decay   a free run that has stayed free for decay_ms is released even
  *           under the goal, so an idle program gives its memory back.
+ *   batches transfer-cache batches (mcentral.c) no thread took for decay_ms
+ *           go back to their spans, whose pages can then go too.
  *   limits  above memory_limit (soft), every free page is released before
  *           the heap grows or as soon as the scavenger runs; hard_limit
  *           makes allocations fail (NULL/ENOMEM) rather than push heap_inuse
@@ -22,8 +24,9 @@
  * The background thread starts lazily, the first time pages return to the
  * heap, and only if the option "scavenger" is on.  It sleeps on a condition
  * variable: with free memory left unreleased, until the oldest such run
- * reaches the decay age (or a second, whichever is sooner); with nothing to
- * release, until the heap frees pages again.  It never polls.  It paces
+ * reaches the decay age (or a second, whichever is sooner), and likewise for
+ * the oldest transfer-cache batch; with nothing to release and no batch,
+ * until the heap frees pages again.  It never polls.  It paces
  * itself: after each pass it sleeps three times as long as the pass took,
  * so it uses at most a quarter of one CPU even when there is a lot to
  * release (the kernel's work of freeing pages, mostly), and each pass
@@ -49,12 +52,6 @@ static pthread_cond_t scav_cond;     /* CLOCK_MONOTONIC; initialised with the th
 static atomic_bool scav_started;     /* a start was attempted; set under scav_lock */
 static atomic_bool scav_sleeping;    /* the thread waits for frees, without a timeout; under scav_lock */
 static atomic_bool scav_waiting;     /* the thread waits, with or without a timeout; under scav_lock */
-
-static uint64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static bool over_memory_limit(uint64_t retained) {
     long long limit = LOAD_RELAXED(&gm_opt.memory_limit);
@@ -97,9 +94,13 @@ static uintptr_t scavenge_pass(void) {
 static void *scavenger_main(void *arg) {
     (void)arg;
     for (;;) {
-        uint64_t t0 = mono_ms();
+        uint64_t t0 = gm_now_ms();
+        /* Transfer cache batches that no thread took for decay_ms go back
+         * to their spans first: their objects keep spans (and pages) in use. */
+        uint64_t tc_oldest = 0;
+        bool tc_pending = gm_mcentral_drainAged((uint64_t)LOAD_RELAXED(&gm_opt.decay_ms), &tc_oldest);
         uintptr_t released = scavenge_pass();
-        uint64_t spent = mono_ms() - t0;
+        uint64_t spent = gm_now_ms() - t0;
         uint64_t oldest = 0;
         bool pending = gm_heap_unreleased_free(&oldest);
         uint64_t wait_ms;
@@ -111,13 +112,19 @@ static void *scavenger_main(void *arg) {
              * a second, so option changes take effect.  A pass that could
              * release nothing (pages smaller than the physical page, say)
              * waits the full second. */
-            uint64_t age = mono_ms() - oldest;
+            uint64_t age = gm_now_ms() - oldest;
             uint64_t due = gm_scavenge_excess(0) != 0 ? goal_min_age() : (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms);
             wait_ms = released == 0 && age >= due ? 1000 : age >= due ? PACE * spent + 1 : due - age;
             if (wait_ms > 1000)
                 wait_ms = 1000;
         } else {
             wait_ms = 0; /* nothing to release: sleep until the heap frees pages */
+        }
+        if (tc_pending) { /* and wake when the oldest batch is due */
+            uint64_t age = gm_now_ms() - tc_oldest, decay = (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms);
+            uint64_t due = age >= decay ? 1 : decay - age > 1000 ? 1000 : decay - age;
+            if (wait_ms == 0 || due < wait_ms)
+                wait_ms = due;
         }
         pthread_mutex_lock(&scav_lock);
         atomic_store(&scav_waiting, true);

@@ -337,7 +337,7 @@ def check_consistent(st: gm.Stats) -> None:
     assert st.sys == st.heap_sys + st.mspan_sys + st.mcache_sys + st.other_sys
     assert st.mspan_inuse <= st.mspan_sys
     assert st.mcache_inuse <= st.mcache_sys
-    assert st.cached_bytes <= st.heap_inuse
+    assert st.cached_bytes + st.transfer_bytes <= st.heap_inuse - st.heap_alloc
     assert len(st.by_size) == lib.GM_NUM_SIZE_CLASSES
     assert sum(row.mallocs for row in st.by_size) == st.mallocs
     assert sum(row.frees for row in st.by_size) == st.frees

@@ -592,6 +592,38 @@ report(took=took, released=gm.stats().heap_released - r0)
     assert slow["took"] is None and slow["released"] == 0, slow
 
 
+def test_scavenger_empties_transfer_cache_batches_after_decay() -> None:
+    """Batches one thread flushed into the transfer caches, which no thread
+    takes, go back to their spans after decay_ms (their objects kept the
+    spans in use), and the pages follow."""
+    body = '''
+objs = [gm.malloc(64) for _ in range(4000)]  # 250 KiB of one class, on this thread
+big = gm.malloc(8 * MiB)
+def free_all():
+    gm.free(gm.malloc(64))  # a thread with a cache of its own
+    for a in objs:
+        gm.free(a)
+t = threading.Thread(target=free_all)
+t.start()
+t.join()
+wait_threads_gone()
+gm.free(big)  # pages back to the heap: the scavenger starts
+before = gm.stats()
+took = wait_for(lambda: gm.stats().transfer_bytes == 0, WAIT)
+after = gm.stats()
+gm.check_heap()
+report(before=before.transfer_bytes, took=took, after=after.transfer_bytes,
+       inuse_before=before.heap_inuse, inuse_after=after.heap_inuse)
+'''
+    quick = child_result(body.replace("WAIT", "8.0"), {"GOMALLOC_DECAY_MS": "300"})
+    assert quick["before"] > 0, quick
+    assert quick["took"] is not None and quick["after"] == 0, quick
+    assert quick["inuse_after"] < quick["inuse_before"], quick
+    # Not before the decay: an hour's decay leaves the batches where they are.
+    slow = child_result(body.replace("WAIT", "2.0"), {"GOMALLOC_DECAY_MS": "3600000"})
+    assert slow["before"] > 0 and slow["took"] is None and slow["after"] == slow["before"], slow
+
+
 # --------------------------------------------------------------------------
 # madv_free, thp
 

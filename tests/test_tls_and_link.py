@@ -260,16 +260,16 @@ def test_python_runs_under_ld_preload_with_our_malloc() -> None:
         for t in threads: t.join()
         # join() returns before an exiting thread has handed its cache back
         # (a pthread key destructor): wait for that, so that the heap check
-        # sees a quiescent heap.  num_threads is the 20th field of gm_stats.
+        # sees a quiescent heap.  num_threads is the 21st field of gm_stats.
         import time
         stats = (ctypes.c_uint64 * 2048)()
         deadline = time.monotonic() + 10
         while True:
             gm.gm_read_stats(stats)
-            if stats[19] <= 1 or time.monotonic() > deadline:
+            if stats[20] <= 1 or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
-        assert stats[19] <= 1, stats[19]
+        assert stats[20] <= 1, stats[20]
         assert gm.gm_check_heap() == 0
         print("ok")
         """,

@@ -737,7 +737,7 @@ static void check_stats_consistent(const struct gm_stats *st) {
     CHECK(st->mspan_inuse <= st->mspan_sys);
     CHECK(st->mcache_inuse <= st->mcache_sys);
     CHECK(st->total_alloc >= st->heap_alloc);
-    CHECK(st->cached_bytes <= st->heap_inuse - st->heap_alloc);
+    CHECK(st->cached_bytes + st->transfer_bytes <= st->heap_inuse - st->heap_alloc);
     uint64_t m = 0, f = 0, alloc = 0;
     for (int c = 0; c < NUM_CLASSES; c++) {
         const struct gm_size_class_stats *b = &st->by_size[c];

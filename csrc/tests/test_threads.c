@@ -5,6 +5,8 @@
  *     objects stay accounted for, the heap check passes, and the caches are
  *     recycled (mcache_sys stops growing);
  *   - a thread that only frees (never mallocs) works without a cache;
+ *   - the transfer cache: a thread's flushed batches are taken whole by the
+ *     next thread that runs out, and gm_release empties it;
  *   - producer/consumer: objects allocated on one thread are freed on
  *     another, with 4 threads;
  *   - fork() while other threads allocate and free: every child finds a
@@ -241,6 +243,72 @@ TEST(free_only_thread) {
     for (int i = 0; i < NFREE; i++)
         CHECK_EQ(gm_check(to_free[i]), GM_ERR_NOT_ALLOCATED);
     CHECK_EQ(gm_option_set("abort_on_error", 1), 0);
+}
+
+/* ---- the transfer cache ------------------------------------------------------- */
+
+#define TC_SIZE 64
+#define TC_N 2000
+static void *tc_objs[TC_N];
+
+static void *tc_free_all(void *arg) {
+    (void)arg;
+    gm_free(gm_malloc(TC_SIZE)); /* a thread without a cache frees straight to the spans */
+    for (int i = 0; i < TC_N; i++)
+        gm_free(tc_objs[i]);
+    return NULL;
+}
+
+static void *tc_take(void *arg) {
+    void **got = arg;
+    got[0] = gm_malloc(TC_SIZE);
+    got[1] = (void *)(uintptr_t)stats().transfer_bytes;
+    gm_free(got[0]);
+    return NULL;
+}
+
+TEST(transfer_cache_hands_batches_between_threads) {
+    gm_release(); /* our lists and every transfer cache empty */
+    struct gm_stats s0 = stats();
+    CHECK_EQ(s0.cached_bytes, 0);
+    CHECK_EQ(s0.transfer_bytes, 0);
+    for (int i = 0; i < TC_N; i++) {
+        tc_objs[i] = gm_malloc(TC_SIZE);
+        CHECK(tc_objs[i] != NULL);
+    }
+    /* One thread frees them all: its list overflows, and the older halves
+     * go to the transfer cache (up to TC_BYTES) and then to the spans; the
+     * rest go to the spans when it exits. */
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, tc_free_all, NULL), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    struct gm_stats s1 = stats();
+    CHECK_EQ(s1.heap_objects, s0.heap_objects);
+    CHECK_EQ(s1.cached_bytes, 0);
+    CHECK(s1.transfer_bytes > 0 && s1.transfer_bytes <= TC_BYTES);
+    CHECK_EQ(s1.transfer_bytes % TC_SIZE, 0);
+    CHECK_EQ(gm_check_heap(), 0);
+    /* A new thread's first malloc of the class takes the newest batch whole:
+     * an object the first thread freed, and the transfer cache shrinks. */
+    void *got[2] = {NULL, NULL};
+    CHECK_EQ(pthread_create(&t, NULL, tc_take, got), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    int found = 0;
+    for (int i = 0; i < TC_N; i++)
+        found |= tc_objs[i] == got[0];
+    CHECK(found);
+    CHECK((uint64_t)(uintptr_t)got[1] < s1.transfer_bytes);
+    struct gm_stats s2 = stats();
+    CHECK_EQ(s2.heap_objects, s0.heap_objects);
+    CHECK_EQ(s2.mallocs - s1.mallocs, 1);
+    CHECK_EQ(s2.frees - s1.frees, 1);
+    CHECK_EQ(gm_check_heap(), 0);
+    /* gm_release empties the transfer caches into the spans. */
+    gm_release();
+    CHECK_EQ(stats().transfer_bytes, 0);
+    CHECK_EQ(gm_check_heap(), 0);
+    for (int i = 0; i < TC_N; i++)
+        CHECK_EQ(gm_check(tc_objs[i]), GM_ERR_NOT_ALLOCATED);
 }
 
 /* ---- producer / consumer ------------------------------------------------------ */
@@ -484,6 +552,7 @@ int main(void) {
     RUN(exiting_threads_return_caches);
     RUN(many_short_lived_threads);
     RUN(free_only_thread);
+    RUN(transfer_cache_hands_batches_between_threads);
     RUN(producer_consumer_cross_thread_frees);
     RUN(fork_while_threads_allocate);
     return gmtest_summary();

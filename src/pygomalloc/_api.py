@@ -223,7 +223,8 @@ def release() -> int:
 
 
 def thread_flush() -> None:
-    """Give the calling thread's cached free objects back to their spans."""
+    """Give the calling thread's cached free objects, and the transfer caches
+    (batches other threads flushed), back to their spans."""
     lib.gm_thread_flush()
 
 
@@ -307,6 +308,9 @@ class Stats:
     other_sys: int
     #: Part of heap_inuse in per-thread free lists (free, not yet back in spans).
     cached_bytes: int
+    #: Part of heap_inuse in the transfer caches: lists one thread flushed,
+    #: kept whole for the next thread that runs out (free, not in spans).
+    transfer_bytes: int
     #: 64 MiB heap arenas holding mapped memory (each has a heapArena record).
     num_arenas: int
     #: Live per-thread caches.
