@@ -146,6 +146,95 @@ static int pgm_owns(uintptr_t p)
     return gm_owns((const void *)p);
 }
 
+/* ---- the PyCapsule C API (gomalloc.h: struct gm_capi) ---- */
+
+static const struct gm_capi pgm_capi = {
+    GM_CAPI_VERSION, sizeof(struct gm_capi),
+    gm_malloc, gm_calloc, gm_realloc, gm_free, gm_free_checked, gm_aligned_alloc,
+    gm_usable_size, gm_owns, gm_check, gm_strerror, gm_release, gm_thread_flush,
+    gm_read_stats, gm_option_get, gm_option_set,
+};
+static const char pgm_capi_name[] = GM_CAPI_NAME;
+
+/* The capsule's pointer and name, for PyCapsule_New (called from Python). */
+static uintptr_t pgm_capi_pointer(void) { return (uintptr_t)&pgm_capi; }
+static uintptr_t pgm_capi_name_pointer(void) { return (uintptr_t)pgm_capi_name; }
+
+/* ---- PyMem_SetAllocator: pygomalloc under the running interpreter ----
+ *
+ * After start-up an allocator may only wrap the one it replaces (CPython
+ * docs, gh-96997): blocks allocated before go on being freed and resized by
+ * the previous allocator, which gm_owns() tells apart in O(1).  Once
+ * installed in a domain, the wrapper stays (blocks it handed out must come
+ * back to it); "uninstalling" turns routing off, so that new blocks come from
+ * the previous allocator again while ours are still freed here. */
+#define PGM_NDOMAINS 3 /* PYMEM_DOMAIN_RAW, _MEM, _OBJ */
+static PyMemAllocatorEx pgm_prev[PGM_NDOMAINS]; /* the allocator our wrapper replaced, per domain */
+static int pgm_wrapped;                          /* bit d: our wrapper is installed in domain d. Under the GIL. */
+static int pgm_route[PGM_NDOMAINS];              /* 1: new blocks of domain d come from pygomalloc. Relaxed atomics. */
+
+static void *pgm_py_malloc(void *ctx, size_t n)
+{
+    PyMemAllocatorEx *prev = ctx;
+    if (!__atomic_load_n(&pgm_route[prev - pgm_prev], __ATOMIC_RELAXED))
+        return prev->malloc(prev->ctx, n);
+    return gm_malloc(n); /* n == 0 gets a distinct 16-byte block, as Python requires */
+}
+
+static void *pgm_py_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    PyMemAllocatorEx *prev = ctx;
+    if (!__atomic_load_n(&pgm_route[prev - pgm_prev], __ATOMIC_RELAXED))
+        return prev->calloc(prev->ctx, nelem, elsize);
+    return gm_calloc(nelem, elsize); /* NULL on overflow */
+}
+
+static void *pgm_py_realloc(void *ctx, void *p, size_t n)
+{
+    PyMemAllocatorEx *prev = ctx;
+    if (p == NULL)
+        return pgm_py_malloc(ctx, n);
+    if (!gm_owns(p))
+        return prev->realloc(prev->ctx, p, n);
+    return gm_realloc(p, n != 0 ? n : 1); /* Python's realloc(p, 0) keeps a block */
+}
+
+static void pgm_py_free(void *ctx, void *p)
+{
+    PyMemAllocatorEx *prev = ctx;
+    if (p == NULL)
+        return;
+    if (gm_owns(p))
+        gm_free(p);
+    else
+        prev->free(prev->ctx, p);
+}
+
+/* Route the domains in mask (bit d: domain d) to pygomalloc (on) or back to
+ * their previous allocators (off), wrapping a domain the first time.
+ * Returns the domains routed to pygomalloc now. */
+static int pgm_pymem_route(int mask, int on)
+{
+    PyGILState_STATE gil = PyGILState_Ensure(); /* cffi calls us without the GIL */
+    for (int d = 0; d < PGM_NDOMAINS; d++) {
+        if (!(mask & (1 << d)))
+            continue;
+        if (on && !(pgm_wrapped & (1 << d))) {
+            PyMemAllocatorEx ours = {&pgm_prev[d], pgm_py_malloc, pgm_py_calloc, pgm_py_realloc, pgm_py_free};
+            PyMem_GetAllocator((PyMemAllocatorDomain)d, &pgm_prev[d]);
+            PyMem_SetAllocator((PyMemAllocatorDomain)d, &ours);
+            pgm_wrapped |= 1 << d;
+        }
+        if (pgm_wrapped & (1 << d))
+            __atomic_store_n(&pgm_route[d], on, __ATOMIC_RELAXED);
+    }
+    int routed = 0;
+    for (int d = 0; d < PGM_NDOMAINS; d++)
+        routed |= __atomic_load_n(&pgm_route[d], __ATOMIC_RELAXED) << d;
+    PyGILState_Release(gil);
+    return routed;
+}
+
 /* The same round trip to the C library's allocator, for the binding benchmark. */
 static uintptr_t pgm_libc_malloc(size_t size)
 {
@@ -237,6 +326,9 @@ static int pgm_usable_size(uintptr_t p, size_t *out);
 static int pgm_owns(uintptr_t p);
 static uintptr_t pgm_libc_malloc(size_t size);
 static void pgm_libc_free(uintptr_t p);
+static uintptr_t pgm_capi_pointer(void);
+static uintptr_t pgm_capi_name_pointer(void);
+static int pgm_pymem_route(int mask, int on);
 """
 
 ffibuilder = FFI()
@@ -256,4 +348,7 @@ ffibuilder.set_source(
         "-pthread",  # the core uses threads (scavenger, per-thread caches)
     ],
     extra_link_args=["-pthread"],
+    # PyMem_SetAllocator and PyMemAllocatorEx (pygomalloc.install) are not in
+    # the limited API: the module is built for this CPython version.
+    py_limited_api=False,
 )

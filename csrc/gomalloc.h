@@ -141,6 +141,61 @@ GM_API const char *gm_option_name(int i);
  */
 GM_API int gm_check_heap(void);
 
+/*
+ * The C API of the Python package, through a PyCapsule: a Python extension
+ * uses the allocator the package runs (the one pygomalloc.malloc and
+ * pygomalloc.install() use) without linking to any library.  Include
+ * <Python.h> first, add pygomalloc.get_include() to the include path, and
+ * call gm_capi_import() once, with the GIL held, at module init:
+ *
+ *     static const struct gm_capi *gm;
+ *     ...
+ *     if ((gm = gm_capi_import()) == NULL)
+ *         return NULL;  (an ImportError or RuntimeError is set)
+ *     void *p = gm->malloc(100);
+ *     gm->free(p);
+ *
+ * The functions are the gm_ functions of this header; they need no GIL.
+ */
+#define GM_CAPI_NAME "pygomalloc._C_API"
+#define GM_CAPI_VERSION 1
+
+struct gm_capi {
+    unsigned int version; /* GM_CAPI_VERSION the package was built with */
+    size_t size;          /* sizeof(struct gm_capi) there: later versions only append */
+    void *(*malloc)(size_t size);
+    void *(*calloc)(size_t nmemb, size_t size);
+    void *(*realloc)(void *ptr, size_t size);
+    void (*free)(void *ptr);
+    int (*free_checked)(void *ptr);
+    void *(*aligned_alloc)(size_t alignment, size_t size);
+    size_t (*usable_size)(const void *ptr);
+    int (*owns)(const void *ptr);
+    int (*check)(const void *ptr);
+    const char *(*strerror)(int code);
+    size_t (*release)(void);
+    void (*thread_flush)(void);
+    int (*read_stats)(struct gm_stats *st);
+    int (*option_get)(const char *name, long long *value);
+    int (*option_set)(const char *name, long long value);
+};
+
+#ifdef Py_PYTHON_H
+/* The package's C API, or NULL with a Python exception set.  GIL held. */
+static inline const struct gm_capi *gm_capi_import(void) {
+    const struct gm_capi *api = (const struct gm_capi *)PyCapsule_Import(GM_CAPI_NAME, 0);
+    if (api == NULL)
+        return NULL;
+    if (api->version != GM_CAPI_VERSION || api->size < sizeof(struct gm_capi)) {
+        PyErr_Format(PyExc_RuntimeError,
+                     "pygomalloc C API version %u (%zu bytes) does not match this header's %d (%zu bytes)",
+                     api->version, api->size, GM_CAPI_VERSION, sizeof(struct gm_capi));
+        return NULL;
+    }
+    return api;
+}
+#endif
+
 #ifdef __cplusplus
 }
 #endif

@@ -14,12 +14,16 @@ it.  Addresses are ints::
 Bad pointers raise ``InvalidPointerError`` subclasses (a ``ValueError``),
 failed allocations ``MemoryError``.  ``Buffer`` owns an allocation and
 exposes it as a memoryview.  C programs use ``get_include()`` and
-``get_library()``; ``get_preload_library()`` gives the ``LD_PRELOAD``
-library (``python -m pygomalloc run -- CMD`` runs a command under it).
+``get_library()``, or from a Python extension the PyCapsule C API
+(``gm_capi_import()`` in gomalloc.h); ``get_preload_library()`` gives the
+``LD_PRELOAD`` library (``python -m pygomalloc run -- CMD`` runs a command
+under it).  ``install()`` makes pygomalloc the allocator of the running
+interpreter (PyMem_SetAllocator).
 """
 
 from . import _api
 from ._api import *  # noqa: F403 (the public API is _api's __all__)
+from ._api import _C_API  # noqa: F401 (the PyCapsule of gomalloc.h's gm_capi_import)
 
 __version__ = "0.1.0"
 __all__ = list(_api.__all__)

@@ -8,7 +8,10 @@ cffi releases the GIL around every call, so threads allocate in parallel.
 
 from __future__ import annotations
 
+import ctypes
 import sys
+import sysconfig
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +35,8 @@ __all__ = [
     "get_library",
     "get_option",
     "get_preload_library",
+    "install",
+    "installed",
     "malloc",
     "options",
     "owns",
@@ -40,6 +45,7 @@ __all__ = [
     "set_option",
     "stats",
     "thread_flush",
+    "uninstall",
     "usable_size",
 ]
 
@@ -437,6 +443,76 @@ def get_library() -> str:
 def get_preload_library() -> str:
     """Path of ``libgomalloc_preload.so``, which replaces malloc under ``LD_PRELOAD``."""
     return _library("libgomalloc_preload.so")
+
+
+# --------------------------------------------------------------------------
+# The C API for other extensions: a PyCapsule (gomalloc.h, struct gm_capi)
+
+
+def _make_capsule() -> object:
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    # The name lives in the extension module (static), as a capsule's must.
+    return new(lib.pgm_capi_pointer(), lib.pgm_capi_name_pointer(), None)
+
+
+#: ``pygomalloc._C_API``: the capsule that ``gm_capi_import()`` (gomalloc.h)
+#: imports.
+_C_API = _make_capsule()
+
+
+# --------------------------------------------------------------------------
+# Installing pygomalloc under the running interpreter (PyMem_SetAllocator)
+
+_DOMAINS = {"raw": 0, "mem": 1, "obj": 2}
+
+
+def _domain_mask(domains: Iterable[str]) -> int:
+    if isinstance(domains, str):
+        domains = (domains,)
+    mask = 0
+    for name in domains:
+        if name not in _DOMAINS:
+            raise ValueError(f"unknown allocator domain {name!r}: choose from raw, mem, obj")
+        mask |= 1 << _DOMAINS[name]
+    return mask
+
+
+def _domain_names(mask: int) -> frozenset[str]:
+    return frozenset(name for name, d in _DOMAINS.items() if mask & (1 << d))
+
+
+def install(domains: Iterable[str] = ("mem", "obj")) -> frozenset[str]:
+    """Make pygomalloc the allocator of this interpreter's memory domains.
+
+    ``"mem"`` is ``PyMem_Malloc`` and friends, ``"obj"`` ``PyObject_Malloc``
+    (every Python object); both are called with the GIL held.  pygomalloc
+    wraps the allocator it replaces, as CPython requires after start-up:
+    blocks allocated before go on being freed and resized by it (``owns()``
+    tells the two apart), so installing is safe at any point.  ``"raw"``
+    (``PyMem_RawMalloc``, called without the GIL) is installed only when
+    named: swapping it races with threads that allocate without the GIL, so
+    do it before starting threads.  Free-threaded CPython forbids replacing
+    ``"obj"``.  Returns the domains routed to pygomalloc now.
+    """
+    mask = _domain_mask(domains)
+    if mask & (1 << _DOMAINS["obj"]) and sysconfig.get_config_var("Py_GIL_DISABLED"):
+        raise RuntimeError("free-threaded CPython does not allow replacing the object allocator")
+    return _domain_names(lib.pgm_pymem_route(mask, 1))
+
+
+def uninstall(domains: Iterable[str] = ("raw", "mem", "obj")) -> frozenset[str]:
+    """Send new blocks of these domains back to the allocators ``install``
+    replaced.  Blocks pygomalloc handed out stay valid and are still freed by
+    it (the wrapper stays in place).  Returns the domains still routed to
+    pygomalloc."""
+    return _domain_names(lib.pgm_pymem_route(_domain_mask(domains), 0))
+
+
+def installed() -> frozenset[str]:
+    """The domains whose new blocks come from pygomalloc."""
+    return _domain_names(lib.pgm_pymem_route(0, 1))
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,283 @@
+"""pygomalloc inside the running interpreter, and for other extensions.
+
+* ``install()``: PyMem_SetAllocator with a wrapper, at run time.  Blocks
+  allocated before go on being freed and resized by the previous allocator
+  (decided by ``owns()``), new ones come from pygomalloc, ``uninstall()``
+  sends new blocks back while ours stay valid.  Each case runs in a fresh
+  interpreter, since an installed wrapper stays for the process's life.
+* The PyCapsule C API (``gm_capi_import()`` in gomalloc.h): an extension
+  compiled here against ``get_include()`` uses the package's allocator
+  without linking to it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import pygomalloc as gm
+
+PRELUDE = textwrap.dedent(
+    '''
+    import ctypes, gc, json, sys, threading
+    import pygomalloc as gm
+
+    api = ctypes.pythonapi
+    for name in ("PyMem_Malloc", "PyMem_RawMalloc", "PyObject_Malloc"):
+        getattr(api, name).restype = ctypes.c_void_p
+        getattr(api, name).argtypes = [ctypes.c_size_t]
+    for name in ("PyMem_Calloc", "PyMem_RawCalloc", "PyObject_Calloc"):
+        getattr(api, name).restype = ctypes.c_void_p
+        getattr(api, name).argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+    for name in ("PyMem_Realloc", "PyMem_RawRealloc", "PyObject_Realloc"):
+        getattr(api, name).restype = ctypes.c_void_p
+        getattr(api, name).argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    for name in ("PyMem_Free", "PyMem_RawFree", "PyObject_Free"):
+        getattr(api, name).restype = None
+        getattr(api, name).argtypes = [ctypes.c_void_p]
+
+    def report(**figures):
+        print("RESULT " + json.dumps(figures), flush=True)
+
+    def churn(n):
+        """Python objects of many sizes, made and dropped."""
+        keep = []
+        for i in range(n):
+            keep.append({"k": [str(i) * (i % 50), bytes(i % 700), (i, i + 1.5)]})
+            if len(keep) > 500:
+                del keep[::2]
+        return len(keep)
+    '''
+)
+
+
+def child(body: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run PRELUDE + body in a fresh interpreter; return its RESULT figures."""
+    child_env = {k: v for k, v in os.environ.items()
+                 if not k.startswith("GOMALLOC_") and k not in ("LD_PRELOAD", "PYTHONMALLOC")}
+    child_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)],
+                          env=child_env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, f"status {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert len(lines) == 1, proc.stdout
+    result: dict[str, Any] = json.loads(lines[0][len("RESULT "):])
+    return result
+
+
+INSTALL_BODY = '''
+old_list = [str(i) * 20 for i in range(2000)]          # allocated by the previous allocator
+old_bytes = bytearray(100)
+old_block = api.PyMem_Malloc(64)
+s0 = gm.stats()
+before = sorted(gm.installed())
+now = sorted(gm.install())
+again = sorted(gm.install())                            # idempotent
+new_list = [str(i) * 20 for i in range(2000)]
+new_dict = {i: [i] for i in range(5000)}
+s1 = gm.stats()
+# Resizing and freeing old blocks goes to the previous allocator.
+old_list.extend(range(100000))
+old_bytes.extend(b"x" * 100000)
+grown = api.PyMem_Realloc(old_block, 100000)
+grown_ours = gm.owns(grown)
+api.PyMem_Free(grown)
+old_owned = gm.owns(id(old_list)) or gm.owns(id(old_list[0]))
+del old_list, old_bytes
+# Threads, each with its own pygomalloc cache (the GIL serialises them).
+threads = [threading.Thread(target=churn, args=(20000,)) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+# Python's rules for the domains: size 0 gives distinct blocks, realloc to 0
+# keeps one, calloc overflows to NULL.
+zero = [api.PyMem_Malloc(0), api.PyMem_Malloc(0), api.PyObject_Malloc(0)]
+distinct_zero = len(set(zero)) == 3 and all(zero) and all(gm.owns(p) for p in zero)
+kept = api.PyMem_Realloc(zero[0], 0)
+calloc_overflow = api.PyMem_Calloc(1 << 62, 1 << 62)
+for p in (kept, zero[1]):
+    api.PyMem_Free(p)
+api.PyObject_Free(zero[2])
+# (Not the list and dict objects themselves: CPython reuses those from its
+# free lists of objects allocated before.)
+new_owned = gm.owns(id(new_list[-1])) and gm.owns(id(new_dict[4999]))
+s2 = gm.stats()
+gc.collect()
+gm.check_heap()
+routed_after = sorted(gm.uninstall(("mem", "obj")))
+after_list = [str(i) * 20 for i in range(100)]
+after_owned = gm.owns(id(after_list[-1]))
+del new_list, new_dict                                  # ours, freed by us after uninstall
+gc.collect()
+s3 = gm.stats()
+gm.check_heap()
+report(before=before, now=now, again=again, python_mallocs=s1.mallocs - s0.mallocs,
+       grown_ours=grown_ours, old_owned=old_owned, distinct_zero=distinct_zero, kept=bool(kept),
+       calloc_overflow=calloc_overflow, new_owned=new_owned, threads_mallocs=s2.mallocs - s1.mallocs,
+       routed_after=routed_after, after_owned=after_owned, freed_after=s3.frees - s2.frees,
+       bad_frees=s3.bad_frees)
+'''
+
+
+@pytest.mark.parametrize("pythonmalloc", ["", "debug", "malloc"])
+def test_install_wraps_the_interpreters_allocator(pythonmalloc: str) -> None:
+    """Also over CPython's debug hooks and over plain malloc: the blocks
+    allocated before install() keep their allocator, whatever it is."""
+    env = {"PYTHONMALLOC": pythonmalloc} if pythonmalloc else {}
+    r = child(INSTALL_BODY, env)
+    assert r["before"] == [] and r["now"] == ["mem", "obj"] and r["again"] == ["mem", "obj"], r
+    assert r["python_mallocs"] > 7000, r  # 2000 strings, 5000 lists, a dict, ...
+    assert not r["grown_ours"] and not r["old_owned"], r
+    assert r["distinct_zero"] and r["kept"] and r["calloc_overflow"] is None, r
+    assert r["new_owned"], r
+    assert r["threads_mallocs"] > 50000, r
+    assert r["routed_after"] == [] and not r["after_owned"], r
+    assert r["freed_after"] >= 7000, r
+    assert r["bad_frees"] == 0, r
+
+
+def test_install_over_the_preloaded_library() -> None:
+    """Under LD_PRELOAD the package shares the preloaded library's heap (the
+    library's gm_ functions interpose the module's), so with
+    PYTHONMALLOC=malloc the allocator install() wraps is pygomalloc too:
+    every block is ours whichever way it came, and frees by either route end
+    in the one heap."""
+    r = child(INSTALL_BODY, {"PYTHONMALLOC": "malloc", "LD_PRELOAD": gm.get_preload_library()})
+    assert r["now"] == ["mem", "obj"] and r["routed_after"] == [], r
+    assert r["old_owned"] and r["grown_ours"] and r["new_owned"] and r["after_owned"], r
+    assert r["distinct_zero"] and r["kept"] and r["calloc_overflow"] is None, r
+    assert r["bad_frees"] == 0, r
+
+
+def test_install_raw_domain() -> None:
+    r = child('''
+foreign = api.PyMem_RawMalloc(32)
+routed = sorted(gm.install(("raw",)))
+p = api.PyMem_RawMalloc(100)
+q = api.PyMem_RawCalloc(10, 10)
+ours = gm.owns(p) and gm.owns(q)
+zeroed = ctypes.string_at(q, 100) == bytes(100)
+r = api.PyMem_RawRealloc(foreign, 4096)   # stays with the previous allocator
+foreign_kept = not gm.owns(r)
+api.PyMem_RawFree(r)
+api.PyMem_RawFree(p)
+api.PyMem_RawFree(q)
+t = threading.Thread(target=churn, args=(5000,))  # thread start-up uses the raw domain
+t.start(); t.join()
+gm.check_heap()
+report(routed=routed, ours=ours, zeroed=zeroed, foreign_kept=foreign_kept,
+       mem_untouched=not gm.owns(api.PyMem_Malloc(8)), bad_frees=gm.stats().bad_frees)
+''')
+    assert r == {"routed": ["raw"], "ours": True, "zeroed": True, "foreign_kept": True,
+                 "mem_untouched": True, "bad_frees": 0}, r
+
+
+def test_install_rejects_unknown_domains() -> None:
+    r = child('''
+errors = []
+for bad in (("heap",), ("mem", "RAW"), ("",)):
+    try:
+        gm.install(bad)
+    except ValueError as e:
+        errors.append(str(e))
+try:
+    gm.uninstall(("nope",))
+except ValueError as e:
+    errors.append(str(e))
+report(errors=errors, installed=sorted(gm.installed()))
+''')
+    assert len(r["errors"]) == 4 and all("unknown allocator domain" in e for e in r["errors"]), r
+    assert r["installed"] == [], r  # nothing half-installed
+
+
+def test_uninstall_before_install_is_a_no_op() -> None:
+    assert gm.installed() == frozenset()  # this process never installs
+    assert gm.uninstall() == frozenset()
+
+
+# --------------------------------------------------------------------------
+# The PyCapsule C API
+
+CAPI_SOURCE = r"""
+#include "gomalloc.h"
+
+/* Import the capsule (with the GIL: cffi calls us without it) and allocate
+ * through it; returns the block, or 0 with the Python error printed. */
+static uintptr_t capi_malloc(size_t n)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const struct gm_capi *api = gm_capi_import();
+    if (api == NULL) {
+        PyErr_Print();
+        PyGILState_Release(gil);
+        return 0;
+    }
+    PyGILState_Release(gil);
+    return (uintptr_t)api->malloc(n);
+}
+
+static int capi_free(uintptr_t p)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const struct gm_capi *api = gm_capi_import();
+    PyGILState_Release(gil);
+    return api == NULL ? -1 : api->free_checked((void *)p);
+}
+
+static unsigned capi_version(void)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const struct gm_capi *api = gm_capi_import();
+    PyGILState_Release(gil);
+    return api == NULL ? 0 : api->version;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def capi_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    cffi = pytest.importorskip("cffi")
+    ffi = cffi.FFI()
+    ffi.cdef("uintptr_t capi_malloc(size_t n); int capi_free(uintptr_t p); unsigned capi_version(void);")
+    ffi.set_source("_gm_capi_user", CAPI_SOURCE, include_dirs=[gm.get_include()],
+                   extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror"],
+                   py_limited_api=False)
+    out = tmp_path_factory.mktemp("capi")
+    path = ffi.compile(tmpdir=str(out), verbose=False)
+    spec = importlib.util.spec_from_file_location("_gm_capi_user", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_capsule_is_exported() -> None:
+    assert "pygomalloc._C_API" in repr(gm._C_API)
+
+
+def test_extension_uses_the_package_allocator_through_the_capsule(capi_module: Any) -> None:
+    lib = capi_module.lib
+    assert lib.capi_version() == 1
+    before = gm.stats().mallocs
+    p = lib.capi_malloc(100)
+    assert p != 0 and gm.owns(p)
+    assert gm.usable_size(p) >= 100
+    assert gm.stats().mallocs == before + 1  # the same allocator instance as the Python API
+    assert lib.capi_free(p) == 0
+    # A bad free through the capsule is refused with its code, like gm_free_checked.
+    assert lib.capi_free(p) != 0
+    q = gm.malloc(64)
+    assert lib.capi_free(q) == 0  # blocks are interchangeable between the two
+
+
+def test_header_is_installed_with_the_capsule_api() -> None:
+    header = Path(gm.get_include()) / "gomalloc.h"
+    text = header.read_text()
+    assert "gm_capi_import" in text and '"pygomalloc._C_API"' in text
