@@ -62,7 +62,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:  # type: ignore[type-arg
 def test_cli_help_lists_the_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("bench", "stats", "run"):
+    for command in ("bench", "stats", "run", "pyrun"):
         assert command in result.stdout
 
 
@@ -82,3 +82,34 @@ def test_cli_stats_json_is_consistent() -> None:
 
 def test_cli_run_without_a_command_fails() -> None:
     assert run_cli("run").returncode != 0
+
+
+PYRUN_SCRIPT = """
+import sys, pygomalloc
+data = [str(i) * 20 for i in range(20000)]
+print("args", sys.argv[1:], pygomalloc.owns(id(data[-1])), __name__)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_cli_pyrun_runs_a_script_on_pygomalloc(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(PYRUN_SCRIPT)
+    out = tmp_path / "stats.json"
+    result = run_cli("pyrun", "--json", str(out), str(script), "5", "--flag")
+    assert result.returncode == 5, result.stderr  # the script's status
+    assert "args ['5', '--flag'] True __main__" in result.stdout
+    assert "heap_objects" in result.stderr and "mallocs" in result.stderr
+    st = json.loads(out.read_text())
+    assert st["mallocs"] >= 20000 and st["bad_frees"] == 0
+
+
+def test_cli_pyrun_runs_a_module_and_checks_its_options(tmp_path: Path) -> None:
+    data = tmp_path / "d.json"
+    data.write_text('{"a": [1, 2]}')
+    result = run_cli("pyrun", "--no-stats", "-m", "json.tool", "--compact", str(data))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == '{"a":[1,2]}' and result.stderr == ""
+    bad = run_cli("pyrun", "--domains", "heap", str(data))
+    assert bad.returncode == 2 and "unknown allocator domain 'heap'" in bad.stderr
+    assert run_cli("pyrun").returncode == 2

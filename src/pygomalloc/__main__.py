@@ -1,4 +1,4 @@
-"""Command line: ``python -m pygomalloc {bench,stats,run}``."""
+"""Command line: ``python -m pygomalloc {bench,stats,run,pyrun}``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import random
+import runpy
 import sys
 from collections.abc import Sequence
 
@@ -108,6 +109,45 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _pyrun(args: argparse.Namespace) -> int:
+    """Run a Python script or module in this interpreter with pygomalloc
+    installed as its allocator, then report the heap."""
+    target: list[str] = args.target
+    if not target or (target[0] == "-m" and len(target) < 2):
+        print("pygomalloc pyrun: no script or -m MODULE given", file=sys.stderr)
+        return 2
+    domains = [d for d in args.domains.split(",") if d]
+    try:
+        pygomalloc.install(domains)
+    except (ValueError, RuntimeError) as e:
+        print(f"pygomalloc pyrun: {e}", file=sys.stderr)
+        return 2
+    status = 0
+    try:
+        if target[0] == "-m":
+            sys.argv = [target[1], *target[2:]]
+            runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(target)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(target[0])))
+            runpy.run_path(target[0], run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+        status = code if isinstance(code, int) else (0 if code is None else 1)
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+    finally:
+        st = pygomalloc.stats()
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(dataclasses.asdict(st), f, indent=2)
+        if not args.no_stats:
+            print(f"\npygomalloc pyrun: {' '.join(target)} (domains {','.join(sorted(domains))})",
+                  file=sys.stderr)
+            print(format_stats(st), file=sys.stderr)
+    return status
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pygomalloc",
@@ -147,14 +187,54 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-stats", action="store_true", help="do not set GOMALLOC_PRINT_STATS")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     run.set_defaults(func=_run)
+
+    pyrun = commands.add_parser(
+        "pyrun",
+        help="run a Python script or module with pygomalloc as this interpreter's allocator",
+        description="Install pygomalloc under the interpreter's allocator domains "
+        "(pygomalloc.install: PyMem_Malloc and PyObject_Malloc by default), run SCRIPT "
+        "(or -m MODULE) as __main__ in this process, and print the allocator's statistics "
+        "to stderr when it ends; the exit status is the script's.",
+        usage="python -m pygomalloc pyrun [--domains D,..] [--json FILE] [--no-stats] "
+        "[--] SCRIPT|-m MODULE [ARG ...]",
+    )
+    pyrun.add_argument("--domains", default="mem,obj",
+                       help="allocator domains to install (raw, mem, obj; default: %(default)s)")
+    pyrun.add_argument("--json", metavar="FILE", help="also write the statistics as JSON")
+    pyrun.add_argument("--no-stats", action="store_true", help="do not print the statistics")
+    pyrun.add_argument("target", nargs="*", help="SCRIPT or -m MODULE, then its arguments")
+    pyrun.set_defaults(func=_pyrun)
     return parser
+
+
+def _split_pyrun(argv: list[str]) -> tuple[list[str], list[str]]:
+    """pyrun's own options, and the target (SCRIPT or -m MODULE, and its
+    arguments), which argparse would take for options of ours."""
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("--domains", "--json"):
+            i += 2
+        elif arg.startswith(("--domains=", "--json=")) or arg in ("--no-stats", "-h", "--help"):
+            i += 1
+        else:
+            break
+    target = argv[i:]
+    if target[:1] == ["--"]:
+        target = target[1:]
+    return argv[:i], target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return _run_bench(argv[1:])
+    target: list[str] | None = None
+    if argv[:1] == ["pyrun"]:
+        argv, target = _split_pyrun(argv)
     args = _parser().parse_args(argv)
+    if target is not None:
+        args.target = target
     status: int = args.func(args)
     return status
 
