@@ -152,7 +152,7 @@ static const struct gm_capi pgm_capi = {
     GM_CAPI_VERSION, sizeof(struct gm_capi),
     gm_malloc, gm_calloc, gm_realloc, gm_free, gm_free_checked, gm_aligned_alloc,
     gm_usable_size, gm_owns, gm_check, gm_strerror, gm_release, gm_thread_flush,
-    gm_read_stats, gm_option_get, gm_option_set,
+    gm_read_stats, gm_option_get, gm_option_set, gm_profile_read,
 };
 static const char pgm_capi_name[] = GM_CAPI_NAME;
 
@@ -316,6 +316,16 @@ int gm_option_set(const char *name, long long value);
 int gm_option_get(const char *name, long long *value);
 const char *gm_option_name(int i);
 int gm_check_heap(void);
+
+#define GM_PROFILE_DEPTH ...
+struct gm_profile_record {
+    uint64_t alloc_objects, alloc_bytes;
+    uint64_t free_objects, free_bytes;
+    uint32_t nstack;
+    const void *stack[...];
+};
+int gm_profile_read(struct gm_profile_record *out, int n);
+const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
 
 static uintptr_t pgm_malloc(size_t size);
 static uintptr_t pgm_calloc(size_t nmemb, size_t size);

@@ -79,6 +79,8 @@
  *   OBJ_FREE     free in its span: never handed out, or returned by a flush.
  *   OBJ_LIVE     handed out to the program.
  *   OBJ_CACHED   freed by the program, waiting on some thread's free list.
+ *   OBJ_SAMPLED  handed out, and in the heap profile (mprof.c): live, but
+ *                free() takes the slow path, which takes it out again.
  *
  * A state byte is written only by the thread that owns the object at that
  * moment (the thread handing it out, the program thread freeing it, the
@@ -91,7 +93,7 @@
  * live without looking its span up.  Hence no object is smaller than 16
  * bytes (GM_SC_MIN_ALLOC_SIZE).
  */
-enum obj_state { OBJ_FREE = 0, OBJ_LIVE = 1, OBJ_CACHED = 2 };
+enum obj_state { OBJ_FREE = 0, OBJ_LIVE = 1, OBJ_CACHED = 2, OBJ_SAMPLED = 3 };
 
 typedef struct gm_freeobj {
     struct gm_freeobj *next;
@@ -159,6 +161,7 @@ typedef struct gm_mspan {
     /* Second line: fields other threads write under a lock (kept off the
      * line the fast paths read). */
     uint32_t allocCount;      /* see invariants above. Under mcentral.lock. */
+    uint8_t sampled;          /* large spans: 1 if the object is in the heap profile. Set by its allocator, cleared by its freer. */
     struct gm_mcache *cachedBy; /* owning mcache, or NULL. Under mcentral.lock. */
     uint64_t unusedsince;     /* free runs: ms timestamp when the newest page became free. Under mheap.lock. */
     uintptr_t nreleased;      /* free runs: pages released to the OS (scavenged bits set). Under mheap.lock. */
@@ -254,6 +257,8 @@ typedef struct gm_mcache {
     gm_pagecache pcache;
     gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
     int nspancache;
+    int64_t next_sample;            /* bytes to allocate before the next heap profile sample. Owner only. */
+    uint64_t rand;                  /* xorshift state for the sampling intervals. Owner only. */
     bool linked;                    /* on the registry list. Under registry lock. */
     struct gm_mcache *next, *prev;  /* registry list. Under registry lock. */
 } gm_mcache;
@@ -559,9 +564,28 @@ struct gm_options {
     long long fault_on_free;   /* 1: large spans freed become PROT_NONE until reused, 2: all spans (debug) */
     long long memory_limit;    /* soft limit on retained heap bytes: release all free pages above it (0: none) */
     long long hard_limit;      /* allocations fail rather than push heap_inuse above it (0: none) */
+    long long profile_rate;    /* heap profile: one sample per this many bytes on average (0: off) */
 };
 extern GM_HIDDEN struct gm_options gm_opt;
 GM_HIDDEN void gm_options_init(void);
+
+/* ---- mprof.c: the heap profile ---------------------------------------------- */
+
+/* malloc's slow path, while profile_rate > 0: count size bytes towards c's
+ * next sample; true when this allocation is to be sampled. */
+GM_HIDDEN bool gm_profile_due(gm_mcache *c, size_t size);
+/* Record the sampled allocation p (size bytes asked, elemsize given), and
+ * mark it sampled (its state byte, or its large span). */
+GM_HIDDEN void gm_profile_alloc(void *p, size_t size);
+/* p, which is sampled, is being freed: take it out of the profile. */
+GM_HIDDEN void gm_profile_free(const void *p);
+/* The option changed: route small mallocs through the slow path or not. */
+GM_HIDDEN void gm_profile_set_rate(long long rate);
+GM_HIDDEN void gm_profile_route(bool on);
+GM_HIDDEN void gm_profile_print(int fd, int top);
+GM_HIDDEN void gm_profile_fork_prepare(void);
+GM_HIDDEN void gm_profile_fork_parent(void);
+GM_HIDDEN void gm_profile_fork_child(void);
 
 /* ---- mstats.c --------------------------------------------------------------- */
 

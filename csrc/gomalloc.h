@@ -142,6 +142,28 @@ GM_API const char *gm_option_name(int i);
 GM_API int gm_check_heap(void);
 
 /*
+ * Heap profile (Go's MemProfile): with the option profile_rate = R > 0, one
+ * allocation per R bytes on average (exponentially spaced, so every byte is
+ * equally likely to be sampled) is recorded with its call stack.  Records
+ * are per distinct stack, with the samples' objects and bytes (size class
+ * sizes): allocated ever, and freed since.  Off by default; on, every small
+ * malloc takes the slow path (about twice the instructions).
+ */
+#define GM_PROFILE_DEPTH 32
+struct gm_profile_record {
+    uint64_t alloc_objects, alloc_bytes; /* sampled allocations from this stack, ever */
+    uint64_t free_objects, free_bytes;   /* of those, freed since */
+    uint32_t nstack;                     /* frames in stack */
+    const void *stack[GM_PROFILE_DEPTH]; /* return addresses, the allocation's caller first */
+};
+/* Copy up to n records into out (may be NULL with n = 0).  Returns the
+ * number of records the profile holds, which may be more than n. */
+GM_API int gm_profile_read(struct gm_profile_record *out, int n);
+/* "object(symbol+0xoffset)" for a code address, into buf of len bytes;
+ * returns buf. */
+GM_API const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
+
+/*
  * The C API of the Python package, through a PyCapsule: a Python extension
  * uses the allocator the package runs (the one pygomalloc.malloc and
  * pygomalloc.install() use) without linking to any library.  Include
@@ -178,6 +200,7 @@ struct gm_capi {
     int (*read_stats)(struct gm_stats *st);
     int (*option_get)(const char *name, long long *value);
     int (*option_set)(const char *name, long long value);
+    int (*profile_read)(struct gm_profile_record *out, int n);
 };
 
 #ifdef Py_PYTHON_H

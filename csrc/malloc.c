@@ -88,17 +88,21 @@ static uint64_t bad_frees;
 static void init_class_offsets(void);
 
 /* The scavenger's lock is taken first: the scavenger takes the heap lock
- * without holding it, but never the other way round. */
+ * without holding it, but never the other way round.  The profile's lock
+ * is held around fixalloc (the persistent lock), never inside another. */
 static void fork_prepare(void) {
     gm_scavenger_fork_prepare();
+    gm_profile_fork_prepare(); /* before the persistent lock, which it takes */
     gm_mcache_fork_prepare();
 }
 static void fork_parent(void) {
     gm_mcache_fork_parent();
+    gm_profile_fork_parent();
     gm_scavenger_fork_parent();
 }
 static void fork_child(void) {
     gm_mcache_fork_child();
+    gm_profile_fork_child();
     gm_scavenger_fork_child();
 }
 
@@ -119,6 +123,8 @@ static void print_stats_at_exit(void) {
                          (unsigned long long)st.num_arenas);
         if (n > 0)
             (void)!write(2, buf, (size_t)n);
+        if (gm_opt.profile_rate > 0)
+            gm_profile_print(2, 10);
     }
 }
 
@@ -189,14 +195,30 @@ GM_INLINE uint8_t size_to_class(size_t size) {
 
 /* For the fast path: the byte offset in an mcache of the gm_mclass of
  * every size up to GM_SC_SMALL_SIZE_MAX, indexed by the size itself (2 KiB:
- * no rounding on the way in), filled at start-up.  Until then every entry
- * is 0: class 0, whose list is always empty, so malloc takes the slow path,
- * which starts the allocator. */
+ * no rounding on the way in), and of the larger small sizes by 128-byte
+ * steps.  Until start-up fills them, and while the heap profile samples
+ * (gm_profile_route), every entry is the offset of class 0, whose list is
+ * always empty and whose span is gm_emptyspan: malloc takes the slow path,
+ * which starts the allocator, or counts bytes towards the next sample.
+ * Written rarely, read relaxed. */
 static uint16_t size_offset[GM_SC_SMALL_SIZE_MAX + 1];
+static uint16_t class128_offset[(MAX_SMALL_SIZE - GM_SC_SMALL_SIZE_MAX) / GM_SC_LARGE_SIZE_DIV + 1];
+#define CLASS0_OFFSET ((uint16_t)offsetof(gm_mcache, cls))
 
-static void init_class_offsets(void) {
+static void init_class_offsets(void) { gm_profile_route(gm_opt.profile_rate > 0); }
+
+/* Route every small malloc to the slow path (on) or not (off). */
+void gm_profile_route(bool on) {
+    static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&route_lock);
     for (size_t i = 0; i <= GM_SC_SMALL_SIZE_MAX; i++)
-        size_offset[i] = (uint16_t)(offsetof(gm_mcache, cls) + size_to_class(i) * sizeof(gm_mclass));
+        STORE_RELAXED(&size_offset[i], on ? CLASS0_OFFSET
+                                          : (uint16_t)(CLASS0_OFFSET + size_to_class(i) * sizeof(gm_mclass)));
+    for (size_t i = 0; i < sizeof class128_offset / sizeof class128_offset[0]; i++)
+        STORE_RELAXED(&class128_offset[i],
+                      on ? CLASS0_OFFSET
+                         : (uint16_t)(CLASS0_OFFSET + gm_size_to_class128[i] * sizeof(gm_mclass)));
+    pthread_mutex_unlock(&route_lock);
 }
 
 uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
@@ -213,9 +235,10 @@ GM_INLINE void *malloc_fast(size_t size) {
     gm_mcache *c = gm_tls_mcache;
     gm_mclass *m;
     if (likely(size <= GM_SC_SMALL_SIZE_MAX))
-        m = (gm_mclass *)((char *)c + size_offset[size]);
+        m = (gm_mclass *)((char *)c + LOAD_RELAXED(&size_offset[size]));
     else if (size <= MAX_SMALL_SIZE)
-        m = &c->cls[CLASS128_OF(size)];
+        m = (gm_mclass *)((char *)c + LOAD_RELAXED(&class128_offset[(size - GM_SC_SMALL_SIZE_MAX + GM_SC_LARGE_SIZE_DIV - 1) /
+                                                                     GM_SC_LARGE_SIZE_DIV]));
     else
         return malloc_slow(size, false);
     gm_freeobj *p = m->head;
@@ -246,12 +269,24 @@ static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
         errno = ENOMEM;
         return NULL;
     }
+    s->sampled = 0;
     if (zero && s->needzero)
         memset((void *)s->startAddr, 0, size);
     return (void *)s->startAddr;
 }
 
+static void *malloc_slow_inner(size_t size, bool zero);
+
+/* While the heap profile samples, every malloc comes here (see
+ * gm_profile_route), and counts its bytes towards the thread's next sample. */
 static GM_NOINLINE void *malloc_slow(size_t size, bool zero) {
+    void *p = malloc_slow_inner(size, zero);
+    if (unlikely(LOAD_RELAXED(&gm_opt.profile_rate) != 0) && p != NULL && gm_profile_due(gm_tls_mcache, size))
+        gm_profile_alloc(p, size);
+    return p;
+}
+
+GM_INLINE void *malloc_slow_inner(size_t size, bool zero) {
     gm_ensure_init();
     gm_mcache *c = gm_tls_mcache;
     if (c == &gm_nocache && (c = gm_mcache_create()) == NULL) {
@@ -342,8 +377,9 @@ GM_INLINE int free_fast(void *p, bool checked) {
     return free_slow(p, checked);
 }
 
-/* Everything free_fast did not finish: NULL, large objects, frees on a
- * thread without a cache, suspected double frees, and bad pointers. */
+/* Everything free_fast did not finish: NULL, large objects, objects in the
+ * heap profile, frees on a thread without a cache, suspected double frees,
+ * and bad pointers. */
 static GM_NOINLINE int free_slow(void *p, bool checked) {
     if (p == NULL)
         return GM_OK;
@@ -354,12 +390,20 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
     gm_mspan *s = gm_span_of(a);
     uint8_t sc = s->sizeclass;
     if (sc == 0) {
+        if (unlikely(LOAD_RELAXED(&s->sampled))) {
+            STORE_RELAXED(&s->sampled, 0);
+            gm_profile_free(p);
+        }
         code = gm_heap_free_large(s, a);
         if (code != GM_OK)
             return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
         return GM_OK;
     }
     uint8_t *st = &s->objstate[gm_span_index(s, a)];
+    if (*st == OBJ_SAMPLED) { /* in the heap profile: out of it, then freed as any */
+        gm_profile_free(p);
+        gm_set_objstate(st, OBJ_LIVE);
+    }
     gm_mcache *c = gm_tls_mcache;
     if (c == &gm_nocache) {
         /* A thread whose cache is gone (exiting): straight to the span. */
@@ -395,7 +439,8 @@ int gm_check(const void *p) {
     uintptr_t i = gm_span_index(s, a);
     if (i >= s->nelems || !gm_span_is_slot(s, a))
         return GM_ERR_INTERIOR;
-    return gm_objstate(s, i) == OBJ_LIVE ? GM_OK : GM_ERR_NOT_ALLOCATED;
+    uint8_t st = gm_objstate(s, i);
+    return st == OBJ_LIVE || st == OBJ_SAMPLED ? GM_OK : GM_ERR_NOT_ALLOCATED;
 }
 
 /* ---- the rest of the family ------------------------------------------------ */
@@ -469,6 +514,7 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
         errno = ENOMEM;
         return NULL;
     }
+    s->sampled = 0;
     return (void *)s->startAddr;
 }
 

@@ -332,7 +332,7 @@ int gm_span_check(const gm_mspan *s, bool cached) {
     for (uintptr_t i = 0; i <= s->nelems; i++) {
         uint8_t st = gm_objstate(s, i);
         bool taken = i < s->freeindex || gm_bit(s->allocBits, i);
-        if (st > OBJ_CACHED || (i == s->nelems && st != OBJ_FREE)) {
+        if (st > OBJ_SAMPLED || (i == s->nelems && st != OBJ_FREE)) {
             gm_warn_check("bad object state byte", s);
             bad++;
             break;

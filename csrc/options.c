@@ -19,21 +19,23 @@ struct option_def {
     const char *name;
     long long *value;
     long long def, min, max;
+    void (*changed)(long long value); /* called after a change at run time, if set */
 };
 
 static const struct option_def table[] = {
-    {"abort_on_error", &gm_opt.abort_on_error, 1, 0, 1},
-    {"madv_free", &gm_opt.madv_free, 0, 0, 1},
-    {"thp", &gm_opt.thp, 0, 0, 1},
-    {"check_heap", &gm_opt.check_heap, 0, 0, 1},
-    {"print_stats", &gm_opt.print_stats, 0, 0, 1},
-    {"tcache_bytes", &gm_opt.tcache_bytes, 32 << 10, 0, 1 << 24},
-    {"scavenger", &gm_opt.scavenger, 1, 0, 1},
-    {"decay_ms", &gm_opt.decay_ms, 1000, 0, 3600 * 1000},
-    {"retain_percent", &gm_opt.retain_percent, 10, 0, 10000},
-    {"memory_limit", &gm_opt.memory_limit, 0, 0, (long long)1 << 48},
-    {"hard_limit", &gm_opt.hard_limit, 0, 0, (long long)1 << 48},
-    {"fault_on_free", &gm_opt.fault_on_free, 0, 0, 2},
+    {"abort_on_error", &gm_opt.abort_on_error, 1, 0, 1, NULL},
+    {"madv_free", &gm_opt.madv_free, 0, 0, 1, NULL},
+    {"thp", &gm_opt.thp, 0, 0, 1, NULL},
+    {"check_heap", &gm_opt.check_heap, 0, 0, 1, NULL},
+    {"print_stats", &gm_opt.print_stats, 0, 0, 1, NULL},
+    {"tcache_bytes", &gm_opt.tcache_bytes, 32 << 10, 0, 1 << 24, NULL},
+    {"scavenger", &gm_opt.scavenger, 1, 0, 1, NULL},
+    {"decay_ms", &gm_opt.decay_ms, 1000, 0, 3600 * 1000, NULL},
+    {"retain_percent", &gm_opt.retain_percent, 10, 0, 10000, NULL},
+    {"memory_limit", &gm_opt.memory_limit, 0, 0, (long long)1 << 48, NULL},
+    {"hard_limit", &gm_opt.hard_limit, 0, 0, (long long)1 << 48, NULL},
+    {"fault_on_free", &gm_opt.fault_on_free, 0, 0, 2, NULL},
+    {"profile_rate", &gm_opt.profile_rate, 0, 0, (long long)1 << 40, gm_profile_set_rate},
 };
 #define NOPTIONS ((int)(sizeof table / sizeof table[0]))
 
@@ -92,6 +94,8 @@ int gm_option_set(const char *name, long long value) {
     if (o == NULL || value < o->min || value > o->max)
         return EINVAL;
     STORE_RELAXED(o->value, value); /* read by the scavenger thread */
+    if (o->changed != NULL)
+        o->changed(value);
     return 0;
 }
 

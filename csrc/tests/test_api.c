@@ -871,6 +871,109 @@ TEST(stats_consistency) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* ---- heap profile ---------------------------------------------------------- */
+
+#define PROF_N 300
+static void *prof_objs[PROF_N + 1];
+
+/* Allocates from a call site of its own, so that its records can be found. */
+static __attribute__((noinline)) void profile_site(void) {
+    for (int i = 0; i < PROF_N; i++)
+        prof_objs[i] = gm_malloc(100);
+    prof_objs[PROF_N] = gm_malloc(100 << 10); /* a large object */
+    __asm__ volatile("" ::: "memory");
+}
+
+/* The record whose stack has a return address inside profile_site (a small
+ * function: its code lies within 512 bytes of its address). */
+static int profile_site_record(struct gm_profile_record *recs, int n, int want_large) {
+    for (int i = 0; i < n; i++)
+        for (uint32_t f = 0; f < recs[i].nstack; f++) {
+            uintptr_t pc = (uintptr_t)recs[i].stack[f];
+            if (pc > (uintptr_t)&profile_site && pc < (uintptr_t)&profile_site + 512 &&
+                (recs[i].alloc_bytes > 64 * 1024) == want_large)
+                return i;
+        }
+    return -1;
+}
+
+TEST(heap_profile_samples_and_forgets) {
+    static struct gm_profile_record recs[4096];
+    CHECK_EQ(gm_profile_read(NULL, 0) >= 0, 1);
+    CHECK_EQ(gm_option_set("profile_rate", 1), 0); /* every allocation */
+    profile_site();
+    int n = gm_profile_read(recs, 4096);
+    CHECK(n >= 2 && n <= 4096);
+    int small = profile_site_record(recs, n, 0), large = profile_site_record(recs, n, 1);
+    CHECK(small >= 0 && large >= 0);
+    if (small < 0 || large < 0)
+        return;
+    CHECK_EQ(recs[small].alloc_objects, PROF_N);
+    CHECK_EQ(recs[small].alloc_bytes, (uint64_t)PROF_N * gm_usable_size(prof_objs[0]));
+    CHECK_EQ(recs[small].free_objects, 0);
+    CHECK_EQ(recs[large].alloc_objects, 1);
+    CHECK_EQ(recs[large].alloc_bytes, gm_usable_size(prof_objs[PROF_N]));
+    char sym[256];
+    CHECK(gm_profile_symbol(recs[small].stack[0], sym, sizeof sym) == sym && sym[0] != 0);
+    /* Sampled objects are live objects like any: checked, and the heap check
+     * knows their state. */
+    CHECK_EQ(gm_check(prof_objs[0]), GM_OK);
+    CHECK_EQ(gm_check_heap(), 0);
+    /* Frees take them out of the profile, large ones included; a double
+     * free of a sampled object is still caught. */
+    CHECK_EQ(gm_option_set("abort_on_error", 0), 0);
+    for (int i = 0; i < PROF_N; i += 2)
+        gm_free(prof_objs[i]);
+    CHECK_EQ(gm_free_checked(prof_objs[0]), GM_ERR_NOT_ALLOCATED);
+    CHECK_EQ(gm_option_set("abort_on_error", 1), 0);
+    gm_free(prof_objs[PROF_N]);
+    n = gm_profile_read(recs, 4096);
+    small = profile_site_record(recs, n, 0);
+    large = profile_site_record(recs, n, 1);
+    CHECK(small >= 0 && large >= 0);
+    if (small < 0 || large < 0)
+        return;
+    CHECK_EQ(recs[small].free_objects, PROF_N / 2);
+    CHECK_EQ(recs[large].free_objects, 1);
+    CHECK_EQ(recs[large].free_bytes, recs[large].alloc_bytes);
+    for (int i = 1; i < PROF_N; i += 2)
+        gm_free(prof_objs[i]);
+    CHECK_EQ(gm_option_set("profile_rate", 0), 0);
+    n = gm_profile_read(recs, 4096);
+    small = profile_site_record(recs, n, 0);
+    CHECK(small >= 0 && recs[small].free_objects == PROF_N && recs[small].free_bytes == recs[small].alloc_bytes);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
+/* With rate R, about (bytes allocated) / R samples. */
+TEST(heap_profile_rate) {
+    static struct gm_profile_record recs[4096];
+    const int rate = 8192, count = 64 * 1024, size = 64; /* 4 MiB: 512 samples expected */
+    int n0 = gm_profile_read(recs, 4096);
+    uint64_t before = 0;
+    for (int i = 0; i < n0 && i < 4096; i++)
+        before += recs[i].alloc_objects;
+    CHECK_EQ(gm_option_set("profile_rate", rate), 0);
+    void **objs = gm_malloc(count * sizeof(void *));
+    for (int i = 0; i < count; i++)
+        objs[i] = gm_malloc(size);
+    CHECK_EQ(gm_option_set("profile_rate", 0), 0);
+    int n = gm_profile_read(recs, 4096);
+    uint64_t after = 0;
+    for (int i = 0; i < n && i < 4096; i++)
+        after += recs[i].alloc_objects;
+    uint64_t samples = after - before, expect = (uint64_t)count * size / rate;
+    /* Poisson: sd = sqrt(512) ~ 23; 25% is more than 5 sd. */
+    CHECK(samples > expect * 3 / 4 && samples < expect * 5 / 4);
+    if (!(samples > expect * 3 / 4 && samples < expect * 5 / 4))
+        fprintf(stderr, "%llu samples, expected about %llu\n", (unsigned long long)samples,
+                (unsigned long long)expect);
+    for (int i = 0; i < count; i++)
+        gm_free(objs[i]);
+    gm_free(objs);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 int main(void) {
     /* No background scavenger: stats_consistency compares exact figures. */
     gm_option_set("scavenger", 0);
@@ -900,5 +1003,7 @@ int main(void) {
     RUN(options);
     RUN(strerror);
     RUN(stats_consistency);
+    RUN(heap_profile_samples_and_forgets);
+    RUN(heap_profile_rate);
     return gmtest_summary();
 }

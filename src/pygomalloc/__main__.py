@@ -77,6 +77,17 @@ def format_stats(st: pygomalloc.Stats) -> str:
     return "\n".join(lines)
 
 
+def format_profile(records: Sequence[pygomalloc.ProfileRecord], rate: int, top: int = 10) -> str:
+    """The call sites with the most sampled bytes in use."""
+    lines = [f"\nheap profile: 1 sample per {rate:,} bytes on average, {len(records)} call sites; "
+             f"top {min(top, len(records))} by sampled bytes in use"]
+    for r in records[:top]:
+        lines.append(f"  in use {r.inuse_objects:,} samples / {_human(r.inuse_bytes)}, "
+                     f"allocated {r.alloc_objects:,} / {_human(r.alloc_bytes)}")
+        lines += [f"      {frame}" for frame in r.stack[:6]]
+    return "\n".join(lines)
+
+
 def _stats(args: argparse.Namespace) -> int:
     _demo_workload(args.objects, args.seed)
     st = pygomalloc.stats()
@@ -99,6 +110,8 @@ def _run(args: argparse.Namespace) -> int:
     env["LD_PRELOAD"] = f"{preload} {env['LD_PRELOAD']}" if env.get("LD_PRELOAD") else preload
     if not args.no_stats:
         env["GOMALLOC_PRINT_STATS"] = "1"
+    if args.profile:
+        env["GOMALLOC_PROFILE_RATE"] = str(args.profile)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -118,6 +131,8 @@ def _pyrun(args: argparse.Namespace) -> int:
         return 2
     domains = [d for d in args.domains.split(",") if d]
     try:
+        if args.profile:
+            pygomalloc.set_option("profile_rate", args.profile)
         pygomalloc.install(domains)
     except (ValueError, RuntimeError) as e:
         print(f"pygomalloc pyrun: {e}", file=sys.stderr)
@@ -138,13 +153,21 @@ def _pyrun(args: argparse.Namespace) -> int:
             print(code, file=sys.stderr)
     finally:
         st = pygomalloc.stats()
+        profile = pygomalloc.heap_profile() if args.profile else []
         if args.json:
+            doc = dataclasses.asdict(st)
+            if args.profile:
+                doc["heap_profile"] = [
+                    dict(dataclasses.asdict(r), inuse_objects=r.inuse_objects,
+                         inuse_bytes=r.inuse_bytes) for r in profile]
             with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(dataclasses.asdict(st), f, indent=2)
+                json.dump(doc, f, indent=2)
         if not args.no_stats:
             print(f"\npygomalloc pyrun: {' '.join(target)} (domains {','.join(sorted(domains))})",
                   file=sys.stderr)
             print(format_stats(st), file=sys.stderr)
+            if args.profile:
+                print(format_profile(profile, args.profile), file=sys.stderr)
     return status
 
 
@@ -182,9 +205,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Run COMMAND with LD_PRELOAD set to pygomalloc's preload library "
         "and GOMALLOC_PRINT_STATS=1, so that it prints its statistics at exit. "
         "Other GOMALLOC_<OPTION> variables in the environment are passed on.",
-        usage="python -m pygomalloc run [--no-stats] -- COMMAND [ARG ...]",
+        usage="python -m pygomalloc run [--no-stats] [--profile BYTES] -- COMMAND [ARG ...]",
     )
     run.add_argument("--no-stats", action="store_true", help="do not set GOMALLOC_PRINT_STATS")
+    run.add_argument("--profile", type=int, metavar="BYTES", default=0,
+                     help="sample the heap, one allocation per BYTES on average "
+                     "(GOMALLOC_PROFILE_RATE); the top call sites are printed with the statistics")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     run.set_defaults(func=_run)
 
@@ -195,13 +221,16 @@ def _parser() -> argparse.ArgumentParser:
         "(pygomalloc.install: PyMem_Malloc and PyObject_Malloc by default), run SCRIPT "
         "(or -m MODULE) as __main__ in this process, and print the allocator's statistics "
         "to stderr when it ends; the exit status is the script's.",
-        usage="python -m pygomalloc pyrun [--domains D,..] [--json FILE] [--no-stats] "
+        usage="python -m pygomalloc pyrun [--domains D,..] [--json FILE] [--no-stats] [--profile BYTES] "
         "[--] SCRIPT|-m MODULE [ARG ...]",
     )
     pyrun.add_argument("--domains", default="mem,obj",
                        help="allocator domains to install (raw, mem, obj; default: %(default)s)")
     pyrun.add_argument("--json", metavar="FILE", help="also write the statistics as JSON")
     pyrun.add_argument("--no-stats", action="store_true", help="do not print the statistics")
+    pyrun.add_argument("--profile", type=int, metavar="BYTES", default=0,
+                       help="sample the heap, one allocation per BYTES on average, and print "
+                       "the top call sites (C stacks) at the end")
     pyrun.add_argument("target", nargs="*", help="SCRIPT or -m MODULE, then its arguments")
     pyrun.set_defaults(func=_pyrun)
     return parser
@@ -213,9 +242,9 @@ def _split_pyrun(argv: list[str]) -> tuple[list[str], list[str]]:
     i = 1
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--domains", "--json"):
+        if arg in ("--domains", "--json", "--profile"):
             i += 2
-        elif arg.startswith(("--domains=", "--json=")) or arg in ("--no-stats", "-h", "--help"):
+        elif arg.startswith(("--domains=", "--json=", "--profile=")) or arg in ("--no-stats", "-h", "--help"):
             i += 1
         else:
             break

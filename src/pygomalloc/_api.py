@@ -35,6 +35,8 @@ __all__ = [
     "get_library",
     "get_option",
     "get_preload_library",
+    "heap_profile",
+    "ProfileRecord",
     "install",
     "installed",
     "malloc",
@@ -443,6 +445,66 @@ def get_library() -> str:
 def get_preload_library() -> str:
     """Path of ``libgomalloc_preload.so``, which replaces malloc under ``LD_PRELOAD``."""
     return _library("libgomalloc_preload.so")
+
+
+# --------------------------------------------------------------------------
+# The heap profile (option profile_rate)
+
+
+@dataclass(frozen=True, **_SLOTS)
+class ProfileRecord:
+    """The sampled allocations made from one call stack (Go's MemProfileRecord).
+
+    With ``profile_rate`` R, one allocation per R bytes on average is
+    sampled; the counts are of samples, and ``bytes`` of their size classes.
+    """
+
+    #: The call stack, the allocation's caller first: ``object(symbol+0x..)``.
+    stack: tuple[str, ...]
+    #: The same frames as return addresses.
+    addresses: tuple[int, ...]
+    alloc_objects: int
+    alloc_bytes: int
+    free_objects: int
+    free_bytes: int
+
+    @property
+    def inuse_objects(self) -> int:
+        return self.alloc_objects - self.free_objects
+
+    @property
+    def inuse_bytes(self) -> int:
+        return self.alloc_bytes - self.free_bytes
+
+
+def heap_profile() -> list[ProfileRecord]:
+    """Every call site the heap profile has sampled, most bytes in use first.
+
+    Empty until the option ``profile_rate`` is set above 0
+    (``set_option("profile_rate", 512 * 1024)`` samples, as Go does by
+    default, one allocation per 512 KiB; 1 samples every allocation).
+    """
+    n = lib.gm_profile_read(ffi.NULL, 0)
+    while True:
+        recs = ffi.new("struct gm_profile_record[]", max(n, 1))
+        got = lib.gm_profile_read(recs, len(recs))
+        if got <= len(recs):
+            break
+        n = got  # more call sites appeared meanwhile
+    buf = ffi.new("char[]", 512)
+    symbols: dict[int, str] = {}
+    out = []
+    for i in range(got):
+        r = recs[i]
+        addrs = tuple(int(ffi.cast("uintptr_t", r.stack[f])) for f in range(r.nstack))
+        for a in addrs:
+            if a not in symbols:
+                symbols[a] = ffi.string(lib.gm_profile_symbol(ffi.cast("void *", a), buf, len(buf))).decode(
+                    "utf-8", "replace")
+        out.append(ProfileRecord(tuple(symbols[a] for a in addrs), addrs, int(r.alloc_objects),
+                                 int(r.alloc_bytes), int(r.free_objects), int(r.free_bytes)))
+    out.sort(key=lambda r: (-r.inuse_bytes, -r.alloc_bytes))
+    return out
 
 
 # --------------------------------------------------------------------------

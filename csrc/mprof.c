@@ -1,0 +1,343 @@
+/*
+ * mprof.c: the sampled heap profile (mprof.go; malloc.go: MemProfileRate,
+ * nextSample, fastexprand).
+ *
+ * With the option profile_rate = R > 0, malloc samples one allocation per R
+ * bytes on average: each thread counts down a number of bytes drawn from an
+ * exponential distribution of mean R (so every byte is equally likely to be
+ * the one sampled, whatever the sizes), and the allocation that crosses zero
+ * is recorded with its call stack.  Records are kept per distinct stack (a
+ * bucket, Go's bucket/memRecord): sampled allocations and bytes, and how
+ * many of them were freed since, so a reader sees what is in use and what
+ * was allocated, per call site.
+ *
+ * Costs.  Off (the default), nothing: the fast paths are untouched.  On,
+ * every small malloc takes the slow path (the class-offset tables of
+ * malloc.c route them there), about twice the instructions of the fast
+ * path, and each sample costs a stack walk (backtrace(), the libgcc
+ * unwinder: correct without frame pointers) and a lock.  free() pays
+ * nothing for objects not sampled: a sampled object's state byte says
+ * OBJ_SAMPLED (a large one's span says so), which sends its free() to the
+ * slow path, which takes it out of the profile.
+ *
+ * All metadata comes from fixalloc/persistentalloc, never from malloc; a
+ * malloc made while this thread records a sample (backtrace's first call
+ * loads libgcc and allocates) is not sampled.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <execinfo.h>
+#include <link.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gm_internal.h"
+
+#define BUCKET_TABLE 1024  /* chains of buckets, by stack hash */
+#define ADDR_TABLE 4096    /* chains of sampled live objects, by address */
+
+typedef struct gm_bucket {
+    struct gm_bucket *next;   /* hash chain. Under prof_lock. */
+    struct gm_bucket *allnext; /* every bucket, newest first. Immutable once linked. */
+    uint64_t hash;            /* of the stack. Immutable. */
+    uint32_t nstack;          /* frames in stack. Immutable. */
+    const void *stack[GM_PROFILE_DEPTH]; /* return addresses, innermost first. Immutable. */
+    uint64_t alloc_objects, alloc_bytes, free_objects, free_bytes; /* Under prof_lock. */
+} gm_bucket;
+
+typedef struct gm_sampled {
+    struct gm_sampled *next; /* hash chain. Under prof_lock. */
+    uintptr_t addr;          /* the live sampled object */
+    uint64_t bytes;          /* its size as recorded */
+    gm_bucket *b;            /* its bucket */
+} gm_sampled;
+
+static pthread_mutex_t prof_lock = PTHREAD_MUTEX_INITIALIZER;
+static gm_bucket *buckets[BUCKET_TABLE]; /* Under prof_lock. */
+static gm_bucket *allbuckets;             /* Under prof_lock. */
+static uint32_t nbuckets;                 /* Under prof_lock. */
+static gm_sampled *sampled[ADDR_TABLE];   /* Under prof_lock. */
+static gm_fixalloc bucketalloc, sampledalloc; /* Under prof_lock. */
+static bool prof_inited;                  /* Under prof_lock. */
+static uintptr_t own_base;                /* load address of this library (its frames are skipped); 1 if it is the program; 0 until known. Relaxed. */
+static __thread int in_profile;           /* this thread is recording a sample */
+
+/* ---- the sampling interval (fastexprand) ---------------------------------- */
+
+static uint64_t xorshift(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+/* -ln(u) for u uniform in (0, 1]: an exponential variate of mean 1.  ln by
+ * exponent and mantissa, ln(m) = 2 atanh((m-1)/(m+1)) to the 7th power
+ * (relative error below 1e-5, ample for sampling), so no libm is needed. */
+static double exp_variate(uint64_t r) {
+    double u = (double)((r >> 11) + 1) * 0x1.0p-53;
+    uint64_t bits;
+    memcpy(&bits, &u, sizeof bits);
+    int e = (int)((bits >> 52) & 0x7ff) - 1023;
+    bits = (bits & ((UINT64_C(1) << 52) - 1)) | (UINT64_C(1023) << 52);
+    double m;
+    memcpy(&m, &bits, sizeof m);
+    double t = (m - 1) / (m + 1), t2 = t * t;
+    double lnm = 2 * t * (1 + t2 * (1.0 / 3 + t2 * (1.0 / 5 + t2 * (1.0 / 7))));
+    return -(lnm + e * 0.69314718055994531);
+}
+
+static int64_t next_interval(gm_mcache *c, long long rate) {
+    if (c->rand == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        c->rand = ((uint64_t)(uintptr_t)c * 0x9E3779B97F4A7C15u) ^ (uint64_t)ts.tv_nsec ^ 1;
+    }
+    if (rate == 1)
+        return 0; /* every allocation */
+    double v = exp_variate(xorshift(&c->rand)) * (double)rate;
+    return v > 9e18 ? INT64_MAX : (int64_t)v;
+}
+
+bool gm_profile_due(gm_mcache *c, size_t size) {
+    long long rate = LOAD_RELAXED(&gm_opt.profile_rate);
+    if (rate <= 0 || in_profile || c == &gm_nocache)
+        return false;
+    if (c->next_sample > (int64_t)size) {
+        c->next_sample -= (int64_t)size;
+        return false;
+    }
+    c->next_sample = next_interval(c, rate);
+    return true;
+}
+
+/* ---- records ---------------------------------------------------------------- */
+
+static void prof_init_locked(void) {
+    if (prof_inited)
+        return;
+    gm_fixalloc_init(&bucketalloc, sizeof(gm_bucket), &gm_heap.other_sys);
+    gm_fixalloc_init(&sampledalloc, sizeof(gm_sampled), &gm_heap.other_sys);
+    prof_inited = true;
+}
+
+/* Is pc in the allocator's own shared library?  When the allocator is
+ * linked into the program itself (the C tests), nothing is skipped: its
+ * frames cannot be told from the program's. */
+/* dl_iterate_phdr visits the program first: its lowest mapped address. */
+static int program_base(struct dl_phdr_info *info, size_t size, void *out) {
+    (void)size;
+    uintptr_t low = UINTPTR_MAX;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_LOAD && info->dlpi_phdr[i].p_vaddr < low)
+            low = info->dlpi_phdr[i].p_vaddr;
+    *(uintptr_t *)out = info->dlpi_addr + (low == UINTPTR_MAX ? 0 : low);
+    return 1;
+}
+
+static bool own_frame(const void *pc) {
+    uintptr_t base = LOAD_RELAXED(&own_base);
+    Dl_info info;
+    if (base == 0 && dladdr((const void *)&gm_profile_alloc, &info) != 0) {
+        uintptr_t program = 0;
+        dl_iterate_phdr(program_base, &program);
+        base = (uintptr_t)info.dli_fbase == program ? 1 : (uintptr_t)info.dli_fbase;
+        STORE_RELAXED(&own_base, base);
+    }
+    return base > 1 && dladdr(pc, &info) != 0 && (uintptr_t)info.dli_fbase == base;
+}
+
+static uint64_t stack_hash(const void *const *stk, uint32_t n) {
+    uint64_t h = 0xcbf29ce484222325u;
+    for (uint32_t i = 0; i < n; i++)
+        h = (h ^ (uint64_t)(uintptr_t)stk[i]) * 0x100000001b3u;
+    return h ^ n;
+}
+
+static gm_bucket *find_bucket(const void *const *stk, uint32_t n) {
+    uint64_t h = stack_hash(stk, n);
+    gm_bucket **chain = &buckets[h % BUCKET_TABLE];
+    for (gm_bucket *b = *chain; b != NULL; b = b->next)
+        if (b->hash == h && b->nstack == n && memcmp(b->stack, stk, n * sizeof stk[0]) == 0)
+            return b;
+    gm_bucket *b = gm_fixalloc_alloc(&bucketalloc);
+    if (b == NULL)
+        return NULL;
+    b->hash = h;
+    b->nstack = n;
+    memcpy(b->stack, stk, n * sizeof stk[0]);
+    b->next = *chain;
+    *chain = b;
+    b->allnext = allbuckets;
+    allbuckets = b;
+    nbuckets++;
+    return b;
+}
+
+static gm_sampled **addr_chain(uintptr_t a) { return &sampled[(a >> 4) * 0x9E3779B97F4A7C15u >> 52]; }
+
+void gm_profile_alloc(void *p, size_t size) {
+    (void)size;
+    if (p == NULL)
+        return;
+    void *frames[GM_PROFILE_DEPTH + 8];
+    in_profile = 1; /* backtrace() may allocate (its first call loads libgcc) */
+    int n = backtrace(frames, GM_PROFILE_DEPTH + 8);
+    in_profile = 0;
+    uintptr_t a = (uintptr_t)p;
+    gm_mspan *s = gm_span_of(a);
+    if (s == NULL)
+        return;
+    uint64_t bytes = s->sizeclass != 0 ? s->elemsize : s->npages * PAGE_SIZE;
+    /* The allocator's own frames go: the stack starts at its caller.  (Not
+     * under prof_lock: dladdr takes the loader's lock, which a thread in
+     * dlopen may hold while it mallocs.) */
+    int skip = 0;
+    while (skip < n && own_frame(frames[skip]))
+        skip++;
+    pthread_mutex_lock(&prof_lock);
+    prof_init_locked();
+    uint32_t depth = (uint32_t)(n - skip < GM_PROFILE_DEPTH ? n - skip : GM_PROFILE_DEPTH);
+    gm_bucket *b = find_bucket((const void *const *)&frames[skip], depth);
+    gm_sampled *r = b != NULL ? gm_fixalloc_alloc(&sampledalloc) : NULL;
+    if (r != NULL) {
+        b->alloc_objects++;
+        b->alloc_bytes += bytes;
+        r->addr = a;
+        r->bytes = bytes;
+        r->b = b;
+        gm_sampled **chain = addr_chain(a);
+        r->next = *chain;
+        *chain = r;
+        /* Marked under the lock, so that a free() of p on another thread
+         * finds the record once it sees the mark. */
+        if (s->sizeclass != 0)
+            gm_set_objstate(&s->objstate[gm_span_index(s, a)], OBJ_SAMPLED);
+        else
+            STORE_RELAXED(&s->sampled, 1);
+    }
+    pthread_mutex_unlock(&prof_lock);
+}
+
+void gm_profile_free(const void *p) {
+    uintptr_t a = (uintptr_t)p;
+    pthread_mutex_lock(&prof_lock);
+    for (gm_sampled **pp = addr_chain(a); *pp != NULL; pp = &(*pp)->next) {
+        gm_sampled *r = *pp;
+        if (r->addr == a) {
+            r->b->free_objects++;
+            r->b->free_bytes += r->bytes;
+            *pp = r->next;
+            gm_fixalloc_free(&sampledalloc, r);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&prof_lock);
+}
+
+void gm_profile_set_rate(long long rate) {
+    if (rate > 0) {
+        /* Load the unwinder now rather than inside a malloc. */
+        void *frame[2];
+        in_profile = 1;
+        (void)backtrace(frame, 2);
+        in_profile = 0;
+    }
+    gm_profile_route(rate > 0);
+}
+
+/* ---- reading --------------------------------------------------------------- */
+
+int gm_profile_read(struct gm_profile_record *out, int n) {
+    gm_ensure_init();
+    pthread_mutex_lock(&prof_lock);
+    int i = 0;
+    for (gm_bucket *b = allbuckets; b != NULL; b = b->allnext, i++) {
+        if (i >= n || out == NULL)
+            continue;
+        struct gm_profile_record *r = &out[i];
+        r->alloc_objects = b->alloc_objects;
+        r->alloc_bytes = b->alloc_bytes;
+        r->free_objects = b->free_objects;
+        r->free_bytes = b->free_bytes;
+        r->nstack = b->nstack;
+        memset(r->stack, 0, sizeof r->stack);
+        memcpy(r->stack, b->stack, b->nstack * sizeof b->stack[0]);
+    }
+    pthread_mutex_unlock(&prof_lock);
+    return i;
+}
+
+const char *gm_profile_symbol(const void *pc, char *buf, size_t len) {
+    Dl_info info;
+    if (buf == NULL || len == 0)
+        return buf;
+    if (dladdr(pc, &info) == 0 || info.dli_fname == NULL) {
+        snprintf(buf, len, "%p", pc);
+    } else {
+        const char *obj = strrchr(info.dli_fname, '/');
+        obj = obj != NULL ? obj + 1 : info.dli_fname;
+        if (info.dli_sname != NULL)
+            snprintf(buf, len, "%s(%s+0x%lx)", obj, info.dli_sname,
+                     (unsigned long)((uintptr_t)pc - (uintptr_t)info.dli_saddr));
+        else
+            snprintf(buf, len, "%s(+0x%lx)", obj, (unsigned long)((uintptr_t)pc - (uintptr_t)info.dli_fbase));
+    }
+    return buf;
+}
+
+/* The top sites by bytes in use, for print_stats at exit.  No allocation;
+ * symbols are looked up after the lock is dropped (dladdr takes the
+ * loader's lock, which a thread in dlopen may hold while it mallocs). */
+#define PRINT_TOP 16
+void gm_profile_print(int fd, int top) {
+    struct {
+        uint64_t objs, bytes, allocs, alloc_bytes;
+        uint32_t nstack;
+        const void *stack[4];
+    } best[PRINT_TOP];
+    int nbest = 0;
+    if (top > PRINT_TOP)
+        top = PRINT_TOP;
+    pthread_mutex_lock(&prof_lock);
+    uint32_t sites = nbuckets;
+    for (const gm_bucket *b = allbuckets; b != NULL; b = b->allnext) {
+        uint64_t bytes = b->alloc_bytes - b->free_bytes;
+        int at = nbest;
+        while (at > 0 && best[at - 1].bytes < bytes)
+            at--;
+        if (at >= top)
+            continue;
+        if (nbest < top)
+            nbest++;
+        memmove(&best[at + 1], &best[at], (size_t)(nbest - 1 - at) * sizeof best[0]);
+        best[at].objs = b->alloc_objects - b->free_objects;
+        best[at].bytes = bytes;
+        best[at].allocs = b->alloc_objects;
+        best[at].alloc_bytes = b->alloc_bytes;
+        best[at].nstack = b->nstack < 4 ? b->nstack : 4;
+        memcpy(best[at].stack, b->stack, best[at].nstack * sizeof b->stack[0]);
+    }
+    pthread_mutex_unlock(&prof_lock);
+    char line[1200], sym[256];
+    int n = snprintf(line, sizeof line, "pygomalloc: heap profile, 1 sample per %lld bytes on average, %u call sites\n",
+                     LOAD_RELAXED(&gm_opt.profile_rate), sites);
+    (void)!write(fd, line, (size_t)n);
+    for (int k = 0; k < nbest; k++) {
+        n = snprintf(line, sizeof line, "  in use %llu samples / %llu bytes, allocated %llu / %llu:",
+                     (unsigned long long)best[k].objs, (unsigned long long)best[k].bytes,
+                     (unsigned long long)best[k].allocs, (unsigned long long)best[k].alloc_bytes);
+        for (uint32_t f = 0; f < best[k].nstack && n < (int)sizeof line - 300; f++)
+            n += snprintf(line + n, sizeof line - (size_t)n, " %s", gm_profile_symbol(best[k].stack[f], sym, sizeof sym));
+        line[n++] = '\n';
+        (void)!write(fd, line, (size_t)n);
+    }
+}
+
+/* fork(): the child must not inherit the lock held. */
+void gm_profile_fork_prepare(void) { pthread_mutex_lock(&prof_lock); }
+void gm_profile_fork_parent(void) { pthread_mutex_unlock(&prof_lock); }
+void gm_profile_fork_child(void) { pthread_mutex_init(&prof_lock, NULL); }
