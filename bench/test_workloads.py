@@ -67,6 +67,39 @@ def allocators():
     return {c.name: c for c in found}, skipped
 
 
+def _time_driver(benchmark, workload, cand, args, drivers, label):
+    """Run the driver ROUNDS times under cand as the timed body; check that
+    every run and every allocator agree on the checksum; keep the driver's
+    own figures in extra_info."""
+    runs = []
+
+    def run_driver():
+        r = bench.run_once(drivers, workload.driver, args, cand, TIMEOUT)
+        if not r.ok:  # stop at once rather than repeat a crash or a hang
+            raise AssertionError(f"{workload.name} under {label}: {r.error}")
+        runs.append(r)
+        return r
+
+    benchmark.pedantic(run_driver, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+
+    checksums = {r.checksum for r in runs}
+    assert len(checksums) == 1, f"checksum differs between runs: {sorted(checksums)}"
+    checksum = checksums.pop()
+    benchmark.extra_info.update(
+        allocator=label,
+        preload=cand.preload,
+        args=" ".join(args),
+        driver_seconds_median=statistics.median(r.seconds for r in runs),
+        peak_rss_mib=max(r.maxrss_kib for r in runs) / 1024.0,
+        ops=runs[0].ops,
+        checksum=checksum,
+    )
+    ref = _reference_checksums.setdefault(workload.name, (label, checksum))
+    assert checksum == ref[1], (
+        f"{workload.name}: checksum {checksum} under {label} differs from "
+        f"{ref[1]} under {ref[0]}")
+
+
 @pytest.mark.parametrize("allocator", bench.ALLOCATORS)
 @pytest.mark.parametrize(
     "workload",
@@ -78,35 +111,7 @@ def test_workload(benchmark, workload, allocator, drivers, allocators):
     if allocator not in found:
         reason = next((s for s in skipped if s.startswith(allocator + ":")), "not available")
         pytest.skip(reason)
-    cand = found[allocator]
-    args = workload.args()
-    runs = []
-
-    def run_driver():
-        r = bench.run_once(drivers, workload.driver, args, cand, TIMEOUT)
-        if not r.ok:  # stop at once rather than repeat a crash or a hang
-            raise AssertionError(f"{workload.name} under {allocator}: {r.error}")
-        runs.append(r)
-        return r
-
-    benchmark.pedantic(run_driver, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-
-    checksums = {r.checksum for r in runs}
-    assert len(checksums) == 1, f"checksum differs between runs: {sorted(checksums)}"
-    checksum = checksums.pop()
-    benchmark.extra_info.update(
-        allocator=allocator,
-        preload=cand.preload,
-        args=" ".join(args),
-        driver_seconds_median=statistics.median(r.seconds for r in runs),
-        peak_rss_mib=max(r.maxrss_kib for r in runs) / 1024.0,
-        ops=runs[0].ops,
-        checksum=checksum,
-    )
-    ref = _reference_checksums.setdefault(workload.name, (allocator, checksum))
-    assert checksum == ref[1], (
-        f"{workload.name}: checksum {checksum} under {allocator} differs from "
-        f"{ref[1]} under {ref[0]}")
+    _time_driver(benchmark, workload, found[allocator], workload.args(), drivers, allocator)
 
 
 @pytest.mark.parametrize(
@@ -118,23 +123,5 @@ def test_floor(benchmark, workload, drivers):
     """The workload with malloc/free taken out of its loop (bench.FLOOR), in
     the workload's group: how close to no allocator at all each one comes."""
     cand = bench.Candidate(bench.FLOOR, None, "no allocator in the loop")
-    args = workload.args() + list(workload.floor)
-    runs = []
-
-    def run_driver():
-        r = bench.run_once(drivers, workload.driver, args, cand, TIMEOUT)
-        if not r.ok:
-            raise AssertionError(f"{workload.name} floor: {r.error}")
-        runs.append(r)
-        return r
-
-    benchmark.pedantic(run_driver, rounds=ROUNDS, iterations=1, warmup_rounds=0)
-    checksums = {r.checksum for r in runs}
-    assert len(checksums) == 1, f"checksum differs between runs: {sorted(checksums)}"
-    checksum = checksums.pop()
-    benchmark.extra_info.update(allocator=bench.FLOOR, args=" ".join(args),
-                                driver_seconds_median=statistics.median(r.seconds for r in runs),
-                                checksum=checksum)
-    ref = _reference_checksums.setdefault(workload.name, (bench.FLOOR, checksum))
-    assert checksum == ref[1], (
-        f"{workload.name}: floor checksum {checksum} differs from {ref[1]} under {ref[0]}")
+    _time_driver(benchmark, workload, cand, workload.args() + list(workload.floor), drivers,
+                 bench.FLOOR)
