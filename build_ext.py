@@ -152,7 +152,7 @@ static const struct gm_capi pgm_capi = {
     GM_CAPI_VERSION, sizeof(struct gm_capi),
     gm_malloc, gm_calloc, gm_realloc, gm_free, gm_free_checked, gm_aligned_alloc,
     gm_usable_size, gm_owns, gm_check, gm_strerror, gm_release, gm_thread_flush,
-    gm_read_stats, gm_option_get, gm_option_set, gm_profile_read,
+    gm_read_stats, gm_option_get, gm_option_set, gm_profile_read, gm_free_owned,
 };
 static const char pgm_capi_name[] = GM_CAPI_NAME;
 
@@ -202,11 +202,7 @@ static void *pgm_py_realloc(void *ctx, void *p, size_t n)
 static void pgm_py_free(void *ctx, void *p)
 {
     PyMemAllocatorEx *prev = ctx;
-    if (p == NULL)
-        return;
-    if (gm_owns(p))
-        gm_free(p);
-    else
+    if (p != NULL && !gm_free_owned(p))
         prev->free(prev->ctx, p);
 }
 

@@ -62,6 +62,10 @@ GM_API int gm_posix_memalign(void **out, size_t alignment, size_t size);
 GM_API size_t gm_usable_size(const void *ptr);
 /* 1 if ptr lies in memory pygomalloc manages (any address may be asked), else 0. O(1). */
 GM_API int gm_owns(const void *ptr);
+/* For an allocator that wraps another: if ptr lies in pygomalloc's arenas,
+ * free it as gm_free does and return 1; else leave it alone and return 0
+ * (the caller gives it to the allocator it came from).  NULL: 0. */
+GM_API int gm_free_owned(void *ptr);
 /* Flush the calling thread's cache and the transfer caches, and return
  * every free page to the OS.  Returns the number of bytes released by this
  * call. */
@@ -201,6 +205,7 @@ struct gm_capi {
     int (*option_get)(const char *name, long long *value);
     int (*option_set)(const char *name, long long value);
     int (*profile_read)(struct gm_profile_record *out, int n);
+    int (*free_owned)(void *ptr);
 };
 
 #ifdef Py_PYTHON_H

@@ -424,6 +424,15 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
 
 void gm_free(void *p) { (void)free_fast(p, false); }
 
+/* For allocators that wrap another (pygomalloc.install): one lookup decides
+ * whose p is. */
+int gm_free_owned(void *p) {
+    if (gm_arena_map_load((uintptr_t)p) == 0)
+        return 0;
+    (void)free_fast(p, false);
+    return 1;
+}
+
 int gm_free_checked(void *p) { return free_fast(p, true); }
 
 /* Is p the start of a live object? */

@@ -871,6 +871,24 @@ TEST(stats_consistency) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+TEST(free_owned_tells_ours_from_foreign) {
+    struct gm_stats s0 = stats();
+    void *ours = gm_malloc(40), *big = gm_malloc(200000);
+    static char foreign[64];
+    void *libc = malloc(40);
+    CHECK_EQ(gm_free_owned(foreign), 0);
+    CHECK_EQ(gm_free_owned(libc), 0);
+    CHECK_EQ(gm_free_owned(NULL), 0);
+    free(libc);
+    CHECK_EQ(gm_free_owned(ours), 1);
+    CHECK_EQ(gm_free_owned(big), 1);
+    CHECK_EQ(gm_check(ours), GM_ERR_NOT_ALLOCATED);
+    CHECK_EQ(gm_check(big), GM_ERR_NOT_ALLOCATED);
+    struct gm_stats s1 = stats();
+    CHECK_EQ(s1.heap_objects, s0.heap_objects);
+    CHECK_EQ(s1.bad_frees, s0.bad_frees);
+}
+
 /* ---- heap profile ---------------------------------------------------------- */
 
 #define PROF_N 300
@@ -1003,6 +1021,7 @@ int main(void) {
     RUN(options);
     RUN(strerror);
     RUN(stats_consistency);
+    RUN(free_owned_tells_ours_from_foreign);
     RUN(heap_profile_samples_and_forgets);
     RUN(heap_profile_rate);
     return gmtest_summary();
