@@ -423,8 +423,11 @@ static void *consumer(void *arg) {
     return NULL;
 }
 
-TEST(producer_consumer_cross_thread_frees) {
+static void run_producer_consumer(void) {
     gm_thread_flush();
+    atomic_store(&consumed, 0);
+    atomic_store(&corrupt, 0);
+    atomic_store(&extra_mallocs, 0);
     struct gm_stats s0 = stats();
     q.producers_left = NPRODUCERS;
     pthread_t t[NPRODUCERS + NCONSUMERS];
@@ -445,9 +448,34 @@ TEST(producer_consumer_cross_thread_frees) {
     CHECK_EQ(s1.heap_objects, s0.heap_objects);
     CHECK_EQ(s1.num_threads, s0.num_threads);
     CHECK_EQ(s1.cached_bytes, 0);
+    CHECK_EQ(s1.transfer_bytes, 0);
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+TEST(producer_consumer_cross_thread_frees) { run_producer_consumer(); }
+
+/* The same with the heap profile sampling on every thread: objects sampled
+ * on producers are taken out of the profile by the consumers' frees. */
+static void profile_totals(uint64_t *allocs, uint64_t *frees) {
+    static struct gm_profile_record recs[4096];
+    int n = gm_profile_read(recs, 4096);
+    *allocs = *frees = 0;
+    for (int i = 0; i < n && i < 4096; i++) {
+        *allocs += recs[i].alloc_objects;
+        *frees += recs[i].free_objects;
+    }
+}
+
+TEST(producer_consumer_profiled) {
+    uint64_t a0, f0, a1, f1;
+    profile_totals(&a0, &f0);
+    CHECK_EQ(gm_option_set("profile_rate", 2048), 0);
+    run_producer_consumer();
+    CHECK_EQ(gm_option_set("profile_rate", 0), 0);
+    profile_totals(&a1, &f1);
+    CHECK(a1 - a0 > 100);
+    CHECK_EQ(a1 - a0, f1 - f0); /* everything sampled was freed, and counted so */
+}
 /* ---- fork while other threads allocate --------------------------------------- */
 
 static atomic_int stop_churn;
@@ -554,6 +582,7 @@ int main(void) {
     RUN(free_only_thread);
     RUN(transfer_cache_hands_batches_between_threads);
     RUN(producer_consumer_cross_thread_frees);
+    RUN(producer_consumer_profiled);
     RUN(fork_while_threads_allocate);
     return gmtest_summary();
 }
