@@ -270,6 +270,8 @@ struct gm_size_class_stats {
     uint64_t npages;
     uint64_t mallocs;
     uint64_t frees;
+    uint64_t spans;
+    uint64_t capacity;
     ...;
 };
 

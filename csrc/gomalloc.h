@@ -80,6 +80,9 @@ struct gm_size_class_stats {
     uint64_t npages;  /* pages per span of this class */
     uint64_t mallocs; /* objects handed out */
     uint64_t frees;   /* objects given back */
+    uint64_t spans;   /* spans of this class in use (class 0: one per large object) */
+    uint64_t capacity; /* objects those spans hold when full: capacity - (mallocs - frees)
+                        * slots hold no live object (free in spans, or cached on lists) */
 };
 
 /*

@@ -48,6 +48,8 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
         b->npages = gm_class_to_allocnpages[sc];
         b->mallocs = nmalloc[sc];
         b->frees = nfree[sc];
+        b->spans = RACY(gm_central[sc].nspans);
+        b->capacity = b->spans * gm_class_to_nelems[sc];
         st->mallocs += nmalloc[sc];
         st->frees += nfree[sc];
         st->total_alloc += nmalloc[sc] * b->size;
@@ -58,6 +60,7 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
     st->mallocs += st->by_size[0].mallocs;
     st->frees += st->by_size[0].frees;
     st->large_objects = st->by_size[0].mallocs - st->by_size[0].frees;
+    st->by_size[0].spans = st->by_size[0].capacity = st->large_objects;
     st->total_alloc += LOAD_RELAXED(&gm_heap.large_bytes_alloc);
     st->heap_alloc += large_live_bytes;
     st->heap_objects = st->mallocs - st->frees;

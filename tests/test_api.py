@@ -343,6 +343,11 @@ def check_consistent(st: gm.Stats) -> None:
     assert sum(row.frees for row in st.by_size) == st.frees
     assert st.by_size[0].live == st.large_objects
     assert all(row.live >= 0 for row in st.by_size)
+    assert all(row.idle_slots >= 0 for row in st.by_size)
+    assert all(row.capacity == row.spans * (row.npages * 8192 // row.size)
+               for row in st.by_size[1:])
+    assert st.by_size[0].spans == st.by_size[0].capacity == st.large_objects
+    assert sum(row.spans * row.npages for row in st.by_size[1:]) * 8192 <= st.heap_inuse
 
 
 def test_stats_are_consistent_under_a_mixed_workload() -> None:

@@ -738,21 +738,28 @@ static void check_stats_consistent(const struct gm_stats *st) {
     CHECK(st->mcache_inuse <= st->mcache_sys);
     CHECK(st->total_alloc >= st->heap_alloc);
     CHECK(st->cached_bytes + st->transfer_bytes <= st->heap_inuse - st->heap_alloc);
-    uint64_t m = 0, f = 0, alloc = 0;
+    uint64_t m = 0, f = 0, alloc = 0, spanpages = 0;
     for (int c = 0; c < NUM_CLASSES; c++) {
         const struct gm_size_class_stats *b = &st->by_size[c];
         CHECK(b->frees <= b->mallocs);
         m += b->mallocs;
         f += b->frees;
         alloc += (b->mallocs - b->frees) * b->size;
+        /* Live objects sit in the class's spans (which also hold the free
+         * and cached ones). */
+        CHECK(b->capacity >= b->mallocs - b->frees);
         if (c > 0) {
             CHECK_EQ(b->size, gm_class_to_size[c]);
             CHECK_EQ(b->npages, gm_class_to_allocnpages[c]);
+            CHECK_EQ(b->capacity, b->spans * gm_class_to_nelems[c]);
+            spanpages += b->spans * b->npages;
         }
     }
+    CHECK(spanpages * PAGE_SIZE <= st->heap_inuse);
     CHECK_EQ(m, st->mallocs);
     CHECK_EQ(f, st->frees);
     CHECK_EQ(st->by_size[0].mallocs - st->by_size[0].frees, st->large_objects);
+    CHECK_EQ(st->by_size[0].spans, st->large_objects);
     CHECK(alloc <= st->heap_alloc); /* plus the large objects' bytes */
     CHECK(st->phys_page_size >= 4096 && (st->phys_page_size & (st->phys_page_size - 1)) == 0);
 }

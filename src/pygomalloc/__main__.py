@@ -66,13 +66,15 @@ def format_stats(st: pygomalloc.Stats) -> str:
             lines.append(f"{field.name:>18}  {value:>14,}  {_human(value)}")
     lines += [
         "",
-        f"{'class':>5} {'size':>7} {'pages':>5} {'mallocs':>12} {'frees':>12} {'live':>10}",
+        f"{'class':>5} {'size':>7} {'pages':>5} {'mallocs':>12} {'frees':>12} {'live':>10} "
+        f"{'spans':>7} {'idle slots':>10} {'idle bytes':>11}",
     ]
     for row in st.by_size:
         if row.mallocs:
             lines.append(
                 f"{row.size_class:>5} {row.size:>7} {row.npages:>5} "
-                f"{row.mallocs:>12,} {row.frees:>12,} {row.live:>10,}"
+                f"{row.mallocs:>12,} {row.frees:>12,} {row.live:>10,} "
+                f"{row.spans:>7,} {row.idle_slots:>10,} {_human(row.idle_slots * row.size):>11}"
             )
     return "\n".join(lines)
 

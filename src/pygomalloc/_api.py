@@ -264,11 +264,22 @@ class SizeClassStats:
     mallocs: int
     #: Objects given back, ever.
     frees: int
+    #: Spans of this class in use (class 0: one per large object).
+    spans: int
+    #: Objects those spans hold when full.
+    capacity: int
 
     @property
     def live(self) -> int:
         """Objects of this class allocated now."""
         return self.mallocs - self.frees
+
+    @property
+    def idle_slots(self) -> int:
+        """Slots of this class's spans that hold no live object: free in their
+        span or cached on a free list.  Times ``size``, the bytes the class
+        holds beyond its live objects (its fragmentation)."""
+        return self.capacity - self.live
 
 
 @dataclass(frozen=True, **_SLOTS)
@@ -372,7 +383,7 @@ def stats() -> Stats:
     st = ffi.new("struct gm_stats *")
     lib.gm_read_stats(st)
     by_size = tuple(
-        SizeClassStats(i, row.size, row.npages, row.mallocs, row.frees)
+        SizeClassStats(i, row.size, row.npages, row.mallocs, row.frees, row.spans, row.capacity)
         for i, row in enumerate(st.by_size)
     )
     return Stats(**{name: getattr(st, name) for name in _STATS_FIELDS}, by_size=by_size)
