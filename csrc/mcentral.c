@@ -202,22 +202,21 @@ uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
 
 /* ---- the transfer cache ------------------------------------------------------- */
 
-/* Unlink the k oldest batches of mc's transfer cache, as one list.  Under
- * lock. */
-static gm_freeobj *unlink_oldest(gm_mcentral *mc, uint32_t k) {
-    gm_freeobj *all = NULL;
+/* Unlink the k oldest batches of mc's transfer cache into heads[0..k).
+ * Under lock; the caller sends them to the spans after dropping it. */
+static void unlink_oldest(gm_mcentral *mc, uint32_t k, gm_freeobj **heads) {
     for (uint32_t i = 0; i < k; i++) {
-        gm_freeobj *last = mc->tc[i].head;
-        while (last->next != NULL)
-            last = last->next;
-        last->next = all;
-        all = mc->tc[i].head;
+        heads[i] = mc->tc[i].head;
         mc->tc_objects -= mc->tc[i].n;
     }
     memmove(&mc->tc[0], &mc->tc[k], (mc->ntc - k) * sizeof mc->tc[0]);
     memset(&mc->tc[mc->ntc - k], 0, k * sizeof mc->tc[0]);
     STORE_RELAXED(&mc->ntc, mc->ntc - k);
-    return all;
+}
+
+static void free_batches(uint8_t sc, gm_freeobj **heads, uint32_t k) {
+    for (uint32_t i = 0; i < k; i++)
+        gm_mcentral_freeList(sc, heads[i]);
 }
 
 void gm_mcentral_freeBatch(uint8_t sc, gm_freeobj *head, uint32_t n) {
@@ -230,17 +229,17 @@ void gm_mcentral_freeBatch(uint8_t sc, gm_freeobj *head, uint32_t n) {
     /* Room is made by sending the oldest batches to the spans: under a
      * steady flow the cache holds the newest batches, none goes stale. */
     uint64_t now = gm_now_ms();
+    gm_freeobj *old[TC_BATCHES];
     pthread_mutex_lock(&mc->lock);
     uint32_t k = 0, objects = mc->tc_objects;
     while (k < mc->ntc && (mc->ntc - k == TC_BATCHES || (objects + n) * size > TC_BYTES))
         objects -= mc->tc[k++].n;
-    gm_freeobj *old = k != 0 ? unlink_oldest(mc, k) : NULL;
+    unlink_oldest(mc, k, old);
     mc->tc[mc->ntc] = (gm_tcbatch){.head = head, .n = n, .since = now};
     mc->tc_objects += n;
     STORE_RELAXED(&mc->ntc, mc->ntc + 1);
     pthread_mutex_unlock(&mc->lock);
-    if (old != NULL)
-        gm_mcentral_freeList(sc, old);
+    free_batches(sc, old, k);
 }
 
 gm_freeobj *gm_mcentral_takeBatch(uint8_t sc, uint32_t max, uint32_t *n) {
@@ -266,18 +265,18 @@ bool gm_mcentral_drainAged(uint64_t age_ms, uint64_t *oldest) {
         gm_mcentral *mc = &gm_central[sc];
         if (LOAD_RELAXED(&mc->ntc) == 0)
             continue;
+        gm_freeobj *old[TC_BATCHES];
         pthread_mutex_lock(&mc->lock);
         uint32_t k = 0;
         while (k < mc->ntc && now - mc->tc[k].since >= age_ms)
             k++;
-        gm_freeobj *old = k != 0 ? unlink_oldest(mc, k) : NULL;
+        unlink_oldest(mc, k, old);
         if (mc->ntc != 0 && (!left || mc->tc[0].since < *oldest)) {
             *oldest = mc->tc[0].since;
             left = true;
         }
         pthread_mutex_unlock(&mc->lock);
-        if (old != NULL)
-            gm_mcentral_freeList((uint8_t)sc, old);
+        free_batches((uint8_t)sc, old, k);
     }
     return left;
 }
@@ -287,11 +286,12 @@ void gm_mcentral_drainAll(void) {
         gm_mcentral *mc = &gm_central[sc];
         if (LOAD_RELAXED(&mc->ntc) == 0)
             continue;
+        gm_freeobj *old[TC_BATCHES];
         pthread_mutex_lock(&mc->lock);
-        gm_freeobj *all = mc->ntc != 0 ? unlink_oldest(mc, mc->ntc) : NULL;
+        uint32_t k = mc->ntc;
+        unlink_oldest(mc, k, old);
         pthread_mutex_unlock(&mc->lock);
-        if (all != NULL)
-            gm_mcentral_freeList((uint8_t)sc, all);
+        free_batches((uint8_t)sc, old, k);
     }
 }
 
