@@ -109,3 +109,19 @@ def test_run_profile_prints_sites_at_exit() -> None:
     assert result.returncode == 0, result.stderr
     assert "pygomalloc: heap profile, 1 sample per 100000 bytes" in result.stderr
     assert "allocated" in result.stderr
+
+
+def test_pyrun_tracemalloc_names_the_scripts_lines(tmp_path: Path) -> None:
+    script = tmp_path / "hog.py"
+    script.write_text("keep = []\n"
+                      "for i in range(20000):\n"
+                      "    keep.append('x' * 100 + str(i))\n")
+    out = tmp_path / "st.json"
+    result = run_cli("pyrun", "--tracemalloc", "1", "--json", str(out), str(script))
+    assert result.returncode == 0, result.stderr
+    report = result.stderr[result.stderr.index("tracemalloc:"):]
+    first_site = report.splitlines()[1:3]
+    assert "in 20,0" in first_site[0] and f"{script}:3" in first_site[1], report
+    # The statistics describe the heap as the script left it: its 20000
+    # strings are still live, in pygomalloc.
+    assert json.loads(out.read_text())["heap_objects"] >= 20000

@@ -9,6 +9,7 @@ import os
 import random
 import runpy
 import sys
+import tracemalloc
 from collections.abc import Sequence
 
 import pygomalloc
@@ -90,6 +91,18 @@ def format_profile(records: Sequence[pygomalloc.ProfileRecord], rate: int, top: 
     return "\n".join(lines)
 
 
+def format_tracemalloc(snapshot: tracemalloc.Snapshot, top: int = 10) -> str:
+    """The Python lines holding the most memory at the end, by tracemalloc."""
+    stats = snapshot.statistics("traceback")
+    total = sum(s.size for s in stats)
+    lines = [f"\ntracemalloc: {len(stats)} Python allocation sites hold {_human(total)} at the end; "
+             f"top {min(top, len(stats))}"]
+    for s in stats[:top]:
+        lines.append(f"  {_human(s.size)} in {s.count:,} blocks")
+        lines += [f"      {frame.filename}:{frame.lineno}" for frame in s.traceback]
+    return "\n".join(lines)
+
+
 def _stats(args: argparse.Namespace) -> int:
     _demo_workload(args.objects, args.seed)
     st = pygomalloc.stats()
@@ -140,20 +153,28 @@ def _pyrun(args: argparse.Namespace) -> int:
         print(f"pygomalloc pyrun: {e}", file=sys.stderr)
         return 2
     status = 0
+    if args.tracemalloc:
+        tracemalloc.start(args.tracemalloc)  # wraps pygomalloc's allocator in turn
+    # The script's globals, kept until the report, so that it describes the
+    # heap as the script left it (runpy returns a copy of them).
+    script_globals: dict[str, object] = {}
     try:
         if target[0] == "-m":
             sys.argv = [target[1], *target[2:]]
-            runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+            script_globals = runpy.run_module(target[1], run_name="__main__", alter_sys=True)
         else:
             sys.argv = list(target)
             sys.path.insert(0, os.path.dirname(os.path.abspath(target[0])))
-            runpy.run_path(target[0], run_name="__main__")
+            script_globals = runpy.run_path(target[0], run_name="__main__")
     except SystemExit as e:
         code = e.code
         status = code if isinstance(code, int) else (0 if code is None else 1)
         if code is not None and not isinstance(code, int):
             print(code, file=sys.stderr)
     finally:
+        snapshot = tracemalloc.take_snapshot() if args.tracemalloc else None
+        if args.tracemalloc:
+            tracemalloc.stop()
         st = pygomalloc.stats()
         profile = pygomalloc.heap_profile() if args.profile else []
         if args.json:
@@ -170,6 +191,9 @@ def _pyrun(args: argparse.Namespace) -> int:
             print(format_stats(st), file=sys.stderr)
             if args.profile:
                 print(format_profile(profile, args.profile), file=sys.stderr)
+            if snapshot is not None:
+                print(format_tracemalloc(snapshot), file=sys.stderr)
+        script_globals.clear()
     return status
 
 
@@ -224,6 +248,7 @@ def _parser() -> argparse.ArgumentParser:
         "(or -m MODULE) as __main__ in this process, and print the allocator's statistics "
         "to stderr when it ends; the exit status is the script's.",
         usage="python -m pygomalloc pyrun [--domains D,..] [--json FILE] [--no-stats] [--profile BYTES] "
+        "[--tracemalloc FRAMES] "
         "[--] SCRIPT|-m MODULE [ARG ...]",
     )
     pyrun.add_argument("--domains", default="mem,obj",
@@ -233,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     pyrun.add_argument("--profile", type=int, metavar="BYTES", default=0,
                        help="sample the heap, one allocation per BYTES on average, and print "
                        "the top call sites (C stacks) at the end")
+    pyrun.add_argument("--tracemalloc", type=int, metavar="FRAMES", default=0,
+                       help="also trace Python allocations (tracemalloc, FRAMES frames deep) "
+                       "and print the Python lines holding the most memory at the end")
     pyrun.add_argument("target", nargs="*", help="SCRIPT or -m MODULE, then its arguments")
     pyrun.set_defaults(func=_pyrun)
     return parser
@@ -244,9 +272,10 @@ def _split_pyrun(argv: list[str]) -> tuple[list[str], list[str]]:
     i = 1
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--domains", "--json", "--profile"):
+        if arg in ("--domains", "--json", "--profile", "--tracemalloc"):
             i += 2
-        elif arg.startswith(("--domains=", "--json=", "--profile=")) or arg in ("--no-stats", "-h", "--help"):
+        elif arg.startswith(("--domains=", "--json=", "--profile=", "--tracemalloc=")) or \
+                arg in ("--no-stats", "-h", "--help"):
             i += 1
         else:
             break
