@@ -305,6 +305,8 @@ struct gm_stats {
     uint64_t scavenged_bytes;
     uint64_t phys_page_size;
     uint64_t huge_page_size;
+    uint64_t tiny_mallocs;
+    uint64_t tiny_frees;
     struct gm_size_class_stats by_size[...];
     ...;
 };

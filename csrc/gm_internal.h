@@ -81,6 +81,8 @@
  *   OBJ_CACHED   freed by the program, waiting on some thread's free list.
  *   OBJ_SAMPLED  handed out, and in the heap profile (mprof.c): live, but
  *                free() takes the slow path, which takes it out again.
+ *   OBJ_TINY     a 16-byte block of tiny objects (tiny.c), live while any
+ *                of them is or its owner still allocates from it.
  *
  * A state byte is written only by the thread that owns the object at that
  * moment (the thread handing it out, the program thread freeing it, the
@@ -93,7 +95,7 @@
  * live without looking its span up.  Hence no object is smaller than 16
  * bytes (GM_SC_MIN_ALLOC_SIZE).
  */
-enum obj_state { OBJ_FREE = 0, OBJ_LIVE = 1, OBJ_CACHED = 2, OBJ_SAMPLED = 3 };
+enum obj_state { OBJ_FREE = 0, OBJ_LIVE = 1, OBJ_CACHED = 2, OBJ_SAMPLED = 3, OBJ_TINY = 4 };
 
 typedef struct gm_freeobj {
     struct gm_freeobj *next;
@@ -162,6 +164,10 @@ typedef struct gm_mspan {
      * line the fast paths read). */
     uint32_t allocCount;      /* see invariants above. Under mcentral.lock. */
     uint8_t sampled;          /* large spans: 1 if the object is in the heap profile. Set by its allocator, cleared by its freer. */
+    /* Spans of the 16-byte class that have hosted tiny blocks: a word per
+     * slot (tiny.c).  Set once, under the class lock (read acquire);
+     * returned with the span. */
+    uint32_t *tinywords;
     struct gm_mcache *cachedBy; /* owning mcache, or NULL. Under mcentral.lock. */
     uint64_t unusedsince;     /* free runs: ms timestamp when the newest page became free. Under mheap.lock. */
     uintptr_t nreleased;      /* free runs: pages released to the OS (scavenged bits set). Under mheap.lock. */
@@ -258,6 +264,10 @@ typedef struct gm_mcache {
     gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
     int nspancache;
     int64_t next_sample;            /* bytes to allocate before the next heap profile sample. Owner only. */
+    uintptr_t tinyblock[4];         /* current tiny block per slot size 1, 2, 4, 8 (0: none). Owner only. */
+    uint32_t *tinyword[4];          /* its word (tiny.c). Owner only. */
+    uint8_t tinynext[4];            /* its next slot to hand out. Owner only. */
+    uint64_t tiny_mallocs, tiny_frees; /* tiny objects allocated / freed on this thread, ever. Owner writes, others read racily. */
     uint64_t rand;                  /* xorshift state for the sampling intervals. Owner only. */
     bool linked;                    /* on the registry list. Under registry lock. */
     struct gm_mcache *next, *prev;  /* registry list. Under registry lock. */
@@ -301,6 +311,7 @@ typedef struct gm_mcentral {
     uint64_t nspans;   /* in-use spans of this class, cached or not. Under lock. */
     gm_fixalloc statealloc; /* objstate arrays of this class's spans. Under lock. */
     gm_tcbatch tc[TC_BATCHES]; /* tc[0..ntc) hold batches, oldest first. Under lock. */
+    gm_fixalloc tinywordalloc; /* tinywords arrays of this class's spans (the 16-byte class only). Under lock. */
     uint32_t ntc;      /* Under lock; read racily by malloc to skip the lock when 0. */
     uint32_t tc_objects; /* objects in tc, at most TC_BYTES of them. Under lock. */
     char pad[64];
@@ -565,9 +576,30 @@ struct gm_options {
     long long memory_limit;    /* soft limit on retained heap bytes: release all free pages above it (0: none) */
     long long hard_limit;      /* allocations fail rather than push heap_inuse above it (0: none) */
     long long profile_rate;    /* heap profile: one sample per this many bytes on average (0: off) */
+    long long tiny;            /* 1: objects of 1 to 8 bytes share 16-byte blocks (tiny.c) */
 };
 extern GM_HIDDEN struct gm_options gm_opt;
 GM_HIDDEN void gm_options_init(void);
+
+/* ---- tiny.c: the tiny allocator ---------------------------------------------- */
+
+#define TINY_MAX 8       /* largest size the tiny allocator serves */
+#define TINY_CLASS 2     /* the size class of its blocks: 16 bytes */
+GM_HIDDEN void *gm_tiny_alloc(gm_mcache *c, size_t size, bool zero);
+/* p lies in the tiny block in slot i of s: GM_OK if p is a live tiny object. */
+GM_HIDDEN int gm_tiny_check(const gm_mspan *s, uintptr_t i, uintptr_t p);
+/* Free the tiny object p (checked live), on a thread with cache c (or gm_nocache). */
+GM_HIDDEN int gm_tiny_free(gm_mcache *c, gm_mspan *s, uintptr_t i, uintptr_t p);
+GM_HIDDEN size_t gm_tiny_usable(const gm_mspan *s, uintptr_t i);
+/* c stops allocating from its tiny blocks (thread exit, gm_thread_flush). */
+GM_HIDDEN void gm_tiny_retire_all(gm_mcache *c);
+GM_HIDDEN int gm_tiny_check_block(const gm_mspan *s, uintptr_t i);
+extern GM_HIDDEN uint64_t gm_dead_tiny_mallocs, gm_dead_tiny_frees;
+/* malloc.c: a small object of size bytes, never sampled (tiny blocks). */
+GM_HIDDEN void *gm_malloc_small_unsampled(gm_mcache *c, size_t size);
+/* The class-offset tables, for the options that route mallocs to the slow
+ * path (profile_rate, tiny). */
+GM_HIDDEN void gm_route_update(void);
 
 /* ---- mprof.c: the heap profile ---------------------------------------------- */
 
@@ -581,7 +613,6 @@ GM_HIDDEN void gm_profile_alloc(void *p, size_t size);
 GM_HIDDEN void gm_profile_free(const void *p);
 /* The option changed: route small mallocs through the slow path or not. */
 GM_HIDDEN void gm_profile_set_rate(long long rate);
-GM_HIDDEN void gm_profile_route(bool on);
 GM_HIDDEN void gm_profile_print(int fd, int top);
 GM_HIDDEN void gm_profile_fork_prepare(void);
 GM_HIDDEN void gm_profile_fork_parent(void);

@@ -123,6 +123,10 @@ struct gm_stats {
     uint64_t scavenged_bytes;   /* bytes returned to the OS, ever */
     uint64_t phys_page_size;    /* physical page size read at start-up */
     uint64_t huge_page_size;    /* transparent huge page size (0 if none) */
+    /* The tiny allocator (option tiny): objects of 1 to 8 bytes in shared
+     * 16-byte blocks, which count as objects of the 16-byte class above. */
+    uint64_t tiny_mallocs;      /* tiny objects allocated, ever */
+    uint64_t tiny_frees;        /* tiny objects freed, ever */
     struct gm_size_class_stats by_size[GM_NUM_SIZE_CLASSES];
 };
 

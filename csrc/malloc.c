@@ -197,7 +197,7 @@ GM_INLINE uint8_t size_to_class(size_t size) {
  * every size up to GM_SC_SMALL_SIZE_MAX, indexed by the size itself (2 KiB:
  * no rounding on the way in), and of the larger small sizes by 128-byte
  * steps.  Until start-up fills them, and while the heap profile samples
- * (gm_profile_route), every entry is the offset of class 0, whose list is
+ * (gm_route_update), every entry is the offset of class 0, whose list is
  * always empty and whose span is gm_emptyspan: malloc takes the slow path,
  * which starts the allocator, or counts bytes towards the next sample.
  * Written rarely, read relaxed. */
@@ -205,19 +205,23 @@ static uint16_t size_offset[GM_SC_SMALL_SIZE_MAX + 1];
 static uint16_t class128_offset[(MAX_SMALL_SIZE - GM_SC_SMALL_SIZE_MAX) / GM_SC_LARGE_SIZE_DIV + 1];
 #define CLASS0_OFFSET ((uint16_t)offsetof(gm_mcache, cls))
 
-static void init_class_offsets(void) { gm_profile_route(gm_opt.profile_rate > 0); }
+static void init_class_offsets(void) { gm_route_update(); }
 
-/* Route every small malloc to the slow path (on) or not (off). */
-void gm_profile_route(bool on) {
+/* Fill the tables from the options: while the heap profile samples, every
+ * small malloc goes to the slow path; with the tiny allocator on, those of
+ * 1 to TINY_MAX bytes do. */
+void gm_route_update(void) {
     static pthread_mutex_t route_lock = PTHREAD_MUTEX_INITIALIZER;
     pthread_mutex_lock(&route_lock);
+    bool profile = LOAD_RELAXED(&gm_opt.profile_rate) > 0, tiny = LOAD_RELAXED(&gm_opt.tiny) != 0;
     for (size_t i = 0; i <= GM_SC_SMALL_SIZE_MAX; i++)
-        STORE_RELAXED(&size_offset[i], on ? CLASS0_OFFSET
-                                          : (uint16_t)(CLASS0_OFFSET + size_to_class(i) * sizeof(gm_mclass)));
+        STORE_RELAXED(&size_offset[i], profile || (tiny && i - 1 < TINY_MAX)
+                                           ? CLASS0_OFFSET
+                                           : (uint16_t)(CLASS0_OFFSET + size_to_class(i) * sizeof(gm_mclass)));
     for (size_t i = 0; i < sizeof class128_offset / sizeof class128_offset[0]; i++)
         STORE_RELAXED(&class128_offset[i],
-                      on ? CLASS0_OFFSET
-                         : (uint16_t)(CLASS0_OFFSET + gm_size_to_class128[i] * sizeof(gm_mclass)));
+                      profile ? CLASS0_OFFSET
+                              : (uint16_t)(CLASS0_OFFSET + gm_size_to_class128[i] * sizeof(gm_mclass)));
     pthread_mutex_unlock(&route_lock);
 }
 
@@ -278,12 +282,19 @@ static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
 static void *malloc_slow_inner(size_t size, bool zero);
 
 /* While the heap profile samples, every malloc comes here (see
- * gm_profile_route), and counts its bytes towards the thread's next sample. */
+ * gm_route_update), and counts its bytes towards the thread's next sample;
+ * with the tiny allocator on, so do mallocs of 1 to TINY_MAX bytes. */
 static GM_NOINLINE void *malloc_slow(size_t size, bool zero) {
     void *p = malloc_slow_inner(size, zero);
-    if (unlikely(LOAD_RELAXED(&gm_opt.profile_rate) != 0) && p != NULL && gm_profile_due(gm_tls_mcache, size))
+    if (unlikely(LOAD_RELAXED(&gm_opt.profile_rate) != 0) && p != NULL &&
+        !(size - 1 < TINY_MAX && LOAD_RELAXED(&gm_opt.tiny)) && gm_profile_due(gm_tls_mcache, size))
         gm_profile_alloc(p, size);
     return p;
+}
+
+void *gm_malloc_small_unsampled(gm_mcache *c, size_t size) {
+    (void)c;
+    return malloc_slow_inner(size, false);
 }
 
 GM_INLINE void *malloc_slow_inner(size_t size, bool zero) {
@@ -295,6 +306,8 @@ GM_INLINE void *malloc_slow_inner(size_t size, bool zero) {
     }
     if (size > MAX_SMALL_SIZE)
         return large_alloc(c, size, zero);
+    if (size - 1 < TINY_MAX && LOAD_RELAXED(&gm_opt.tiny))
+        return gm_tiny_alloc(c, size, zero);
     /* size 0 gets the 16-byte class: a distinct pointer per malloc(0). */
     uint8_t sc = size_to_class(size);
     gm_mclass *m = &c->cls[sc];
@@ -399,7 +412,14 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
             return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
         return GM_OK;
     }
-    uint8_t *st = &s->objstate[gm_span_index(s, a)];
+    uintptr_t idx = gm_span_index(s, a);
+    uint8_t *st = &s->objstate[idx];
+    if (*st == OBJ_TINY) { /* a tiny object: its block goes when it empties */
+        code = gm_tiny_free(gm_tls_mcache, s, idx, a);
+        if (code != GM_OK)
+            return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
+        return GM_OK;
+    }
     if (*st == OBJ_SAMPLED) { /* in the heap profile: out of it, then freed as any */
         gm_profile_free(p);
         gm_set_objstate(st, OBJ_LIVE);
@@ -446,9 +466,13 @@ int gm_check(const void *p) {
     if (s->sizeclass == 0)
         return a == s->startAddr ? GM_OK : GM_ERR_INTERIOR;
     uintptr_t i = gm_span_index(s, a);
-    if (i >= s->nelems || !gm_span_is_slot(s, a))
+    if (i >= s->nelems)
         return GM_ERR_INTERIOR;
     uint8_t st = gm_objstate(s, i);
+    if (st == OBJ_TINY) /* p may be any slot of the block */
+        return gm_tiny_check(s, i, a);
+    if (!gm_span_is_slot(s, a))
+        return GM_ERR_INTERIOR;
     return st == OBJ_LIVE || st == OBJ_SAMPLED ? GM_OK : GM_ERR_NOT_ALLOCATED;
 }
 
@@ -457,7 +481,13 @@ int gm_check(const void *p) {
 size_t gm_usable_size(const void *p) {
     if (gm_check(p) != GM_OK)
         return 0;
-    return gm_span_of((uintptr_t)p)->elemsize;
+    gm_mspan *s = gm_span_of((uintptr_t)p);
+    if (s->sizeclass == TINY_CLASS) {
+        uintptr_t i = gm_span_index(s, (uintptr_t)p);
+        if (gm_objstate(s, i) == OBJ_TINY)
+            return gm_tiny_usable(s, i);
+    }
+    return s->elemsize;
 }
 
 void *gm_realloc(void *p, size_t size) {
@@ -473,8 +503,11 @@ void *gm_realloc(void *p, size_t size) {
         return NULL;
     }
     gm_mspan *s = gm_span_of((uintptr_t)p);
-    size_t old = s->elemsize;
-    if (s->sizeclass != 0) {
+    size_t old = gm_usable_size(p);
+    if (old < s->elemsize) { /* a tiny object: in place while it fits its slot */
+        if (size <= old)
+            return p;
+    } else if (s->sizeclass != 0) {
         /* In place when the new size has the same class. */
         if (size <= MAX_SMALL_SIZE && size_to_class(size) == s->sizeclass)
             return p;
@@ -500,8 +533,8 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
     }
     if (size == 0)
         size = 1; /* a distinct object, as malloc(0) */
-    if (alignment <= 8)
-        return gm_malloc(size);
+    if (alignment <= 8) /* a tiny object's slot is aligned to its size */
+        return gm_malloc(size < alignment ? alignment : size);
     if (alignment <= PAGE_SIZE) {
         /* Objects of a class whose size is a multiple of alignment are
          * aligned: spans start on 8 KiB boundaries. */

@@ -117,6 +117,9 @@ static void mcache_release(gm_mcache *c) {
 
 /* Counters of an mcache that goes away.  Under registry_lock. */
 void gm_stats_fold_mcache(gm_mcache *c) {
+    ATOMIC_ADD(&gm_dead_tiny_mallocs, c->tiny_mallocs);
+    ATOMIC_ADD(&gm_dead_tiny_frees, c->tiny_frees);
+    c->tiny_mallocs = c->tiny_frees = 0;
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
         gm_mclass *m = &c->cls[sc];
         ATOMIC_ADD(&gm_dead_nmalloc[sc], m->limit - c->listmax[sc] - c->nflush[sc] + c->nrecv[sc] + c->nspan[sc]);
@@ -202,6 +205,7 @@ bool gm_mcache_receive(gm_mcache *c, uint8_t sc) {
 
 /* Everything back to the spans and the heap (thread exit, gm_release). */
 void gm_mcache_flushAll(gm_mcache *c) {
+    gm_tiny_retire_all(c); /* first: empty blocks land on the lists flushed below */
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         uint32_t n;
         gm_freeobj *all = take_older(c, (uint8_t)sc, 0, &n);

@@ -35,6 +35,8 @@ void gm_mcentral_init(void) {
         /* nelems + 1 bytes: free() may read the byte of the slot just past
          * the last object (a pointer to the span's tail). */
         gm_fixalloc_init(&gm_central[i].statealloc, (size_t)gm_class_to_nelems[i] + 1u, &gm_heap.other_sys);
+        gm_fixalloc_init(&gm_central[i].tinywordalloc, (size_t)gm_class_to_nelems[i] * sizeof(uint32_t),
+                         &gm_heap.other_sys);
     }
 }
 
@@ -73,6 +75,10 @@ static uint32_t sweep(gm_mspan *s) {
  * heap, never in neither. */
 static void release_span(gm_mcentral *mc, gm_mspan *s) {
     mc->nspans--;
+    if (s->tinywords != NULL) { /* every block it hosted is gone: the span is empty */
+        gm_fixalloc_free(&mc->tinywordalloc, s->tinywords);
+        s->tinywords = NULL;
+    }
     uint8_t *objstate = s->objstate;
     gm_heap_free(s);
     gm_fixalloc_free(&mc->statealloc, objstate);
@@ -102,6 +108,7 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
             pthread_mutex_unlock(&mc->lock);
             return NULL;
         }
+        s->tinywords = NULL;
         mc->nspans++;
     }
     s->cachedBy = c;
@@ -332,7 +339,8 @@ int gm_span_check(const gm_mspan *s, bool cached) {
     for (uintptr_t i = 0; i <= s->nelems; i++) {
         uint8_t st = gm_objstate(s, i);
         bool taken = i < s->freeindex || gm_bit(s->allocBits, i);
-        if (st > OBJ_SAMPLED || (i == s->nelems && st != OBJ_FREE)) {
+        if (st > OBJ_TINY || (i == s->nelems && st != OBJ_FREE) ||
+            (st == OBJ_TINY && (s->sizeclass != TINY_CLASS || gm_tiny_check_block(s, i)))) {
             gm_warn_check("bad object state byte", s);
             bad++;
             break;

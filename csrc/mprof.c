@@ -13,7 +13,7 @@
  *
  * Costs.  Off (the default), nothing: the fast paths are untouched.  On,
  * every small malloc takes the slow path (the class-offset tables of
- * malloc.c route them there), about twice the instructions of the fast
+ * malloc.c route them there: gm_route_update), about twice the instructions of the fast
  * path, and each sample costs a stack walk (backtrace(), the libgcc
  * unwinder: correct without frame pointers) and a lock.  free() pays
  * nothing for objects not sampled: a sampled object's state byte says
@@ -246,7 +246,8 @@ void gm_profile_set_rate(long long rate) {
         (void)backtrace(frame, 2);
         in_profile = 0;
     }
-    gm_profile_route(rate > 0);
+    (void)rate;
+    gm_route_update();
 }
 
 /* ---- reading --------------------------------------------------------------- */

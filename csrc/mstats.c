@@ -22,7 +22,7 @@
 GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
     memset(st, 0, sizeof *st);
     gm_ensure_init();
-    uint64_t nmalloc[NUM_CLASSES], nfree[NUM_CLASSES], cached = 0, nthreads = 0;
+    uint64_t nmalloc[NUM_CLASSES], nfree[NUM_CLASSES], cached = 0, nthreads = 0, tiny_mallocs = 0, tiny_frees = 0;
     gm_registry_lock();
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
         nmalloc[sc] = LOAD_RELAXED(&gm_dead_nmalloc[sc]);
@@ -30,6 +30,8 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
     }
     for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {
         nthreads++;
+        tiny_mallocs += RACY(c->tiny_mallocs);
+        tiny_frees += RACY(c->tiny_frees);
         for (int sc = 0; sc < NUM_CLASSES; sc++) {
             gm_mclass *m = &c->cls[sc];
             uint64_t npush = RACY(m->npush), limit = RACY(m->limit), len = gm_list_len(npush, limit, c->listmax[sc]);
@@ -88,6 +90,8 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
         (&st->n_sys_reserve)[op] = LOAD_RELAXED(&gm_sysstats.n[op]);
         (&st->bytes_sys_reserve)[op] = LOAD_RELAXED(&gm_sysstats.bytes[op]);
     }
+    st->tiny_mallocs = LOAD_RELAXED(&gm_dead_tiny_mallocs) + tiny_mallocs;
+    st->tiny_frees = LOAD_RELAXED(&gm_dead_tiny_frees) + tiny_frees;
     st->phys_page_size = gm_phys_page_size;
     st->huge_page_size = gm_huge_page_size;
     return 0;

@@ -15,6 +15,11 @@
 
 struct gm_options gm_opt;
 
+static void tiny_changed(long long value) {
+    (void)value;
+    gm_route_update();
+}
+
 struct option_def {
     const char *name;
     long long *value;
@@ -36,6 +41,7 @@ static const struct option_def table[] = {
     {"hard_limit", &gm_opt.hard_limit, 0, 0, (long long)1 << 48, NULL},
     {"fault_on_free", &gm_opt.fault_on_free, 0, 0, 2, NULL},
     {"profile_rate", &gm_opt.profile_rate, 0, 0, (long long)1 << 40, gm_profile_set_rate},
+    {"tiny", &gm_opt.tiny, 0, 0, 1, tiny_changed},
 };
 #define NOPTIONS ((int)(sizeof table / sizeof table[0]))
 

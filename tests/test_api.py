@@ -561,3 +561,27 @@ def test_option_value_out_of_range_raises_value_error(value: int) -> None:
     with pytest.raises(ValueError):
         gm.set_option("abort_on_error", value)
     assert gm.get_option("abort_on_error") == original
+
+
+def test_tiny_option_packs_small_objects() -> None:
+    gm.set_option("tiny", 1)
+    try:
+        before = gm.stats()
+        addrs = [gm.malloc(n) for n in (1, 2, 3, 4, 5, 8) * 100]
+        mid = gm.stats()
+        assert mid.tiny_mallocs - before.tiny_mallocs == 600
+        assert all(gm.usable_size(a) in (1, 2, 4, 8) for a in addrs)
+        assert len(set(addrs)) == 600
+        with pytest.raises(gm.InteriorPointerError):
+            gm.free(addrs[1] + 1)  # inside a 2-byte slot
+        for a in addrs:
+            gm.free(a)
+        with pytest.raises(gm.NotAllocatedError):
+            gm.free(addrs[0])
+        gm.thread_flush()
+        after = gm.stats()
+        assert after.tiny_frees - before.tiny_frees == 600
+        assert after.heap_objects == before.heap_objects
+        gm.check_heap()
+    finally:
+        gm.set_option("tiny", 0)

@@ -896,6 +896,82 @@ TEST(free_owned_tells_ours_from_foreign) {
     CHECK_EQ(s1.bad_frees, s0.bad_frees);
 }
 
+/* ---- the tiny allocator ------------------------------------------------------ */
+
+#define TINY_N 4000
+
+TEST(tiny_objects_share_blocks) {
+    CHECK_EQ(gm_option_set("tiny", 1), 0);
+    gm_thread_flush();
+    struct gm_stats s0 = stats();
+    static unsigned char *objs[TINY_N];
+    static size_t sizes[TINY_N];
+    for (int i = 0; i < TINY_N; i++) {
+        sizes[i] = (size_t)(i % 8) + 1;
+        objs[i] = gm_malloc(sizes[i]);
+        CHECK(objs[i] != NULL);
+        if (objs[i] == NULL)
+            return;
+        /* The alignment C requires for the size: the largest power of two
+         * not above it. */
+        size_t align = sizes[i] >= 8 ? 8 : sizes[i] >= 4 ? 4 : sizes[i] >= 2 ? 2 : 1;
+        CHECK_EQ((uintptr_t)objs[i] % align, 0);
+        CHECK(gm_usable_size(objs[i]) >= sizes[i] && gm_usable_size(objs[i]) <= 8);
+        CHECK_EQ(gm_check(objs[i]), GM_OK);
+        memset(objs[i], i & 0xff, sizes[i]);
+    }
+    for (int i = 0; i < TINY_N; i++)
+        for (size_t b = 0; b < sizes[i]; b++)
+            if (objs[i][b] != (unsigned char)(i & 0xff)) {
+                CHECK(!"tiny objects overlap");
+                i = TINY_N;
+                break;
+            }
+    struct gm_stats s1 = stats();
+    CHECK_EQ(s1.tiny_mallocs - s0.tiny_mallocs, TINY_N);
+    /* 500 of each size: 1-byte objects sixteen to a block, 2-byte ones
+     * eight, 3- and 4-byte ones four, the rest two: 32 + 63 + 250 + 1000
+     * blocks of 16 bytes for 4000 objects (the 16-byte class would take
+     * 4000 slots). */
+    CHECK_EQ(s1.heap_objects - s0.heap_objects, 32 + 63 + 250 + 1000);
+    CHECK_EQ(gm_check_heap(), 0);
+    /* A pointer between slots is interior; a tiny double free is caught. */
+    unsigned char *two = gm_malloc(2);
+    CHECK_EQ(gm_check(two + 1), GM_ERR_INTERIOR);
+    CHECK_EQ(gm_option_set("abort_on_error", 0), 0);
+    CHECK_EQ(gm_free_checked(two + 1), GM_ERR_INTERIOR);
+    CHECK_EQ(gm_free_checked(two), GM_OK);
+    CHECK_EQ(gm_free_checked(two), GM_ERR_NOT_ALLOCATED);
+    CHECK_EQ(gm_option_set("abort_on_error", 1), 0);
+    /* calloc zeroes the slot; realloc keeps the bytes, in place while they fit. */
+    unsigned char *z = gm_calloc(1, 3);
+    CHECK(z != NULL && z[0] == 0 && z[1] == 0 && z[2] == 0);
+    z[0] = 7;
+    CHECK(gm_realloc(z, 4) == z);
+    unsigned char *big = gm_realloc(z, 100);
+    CHECK(big != NULL && big[0] == 7 && gm_usable_size(big) >= 100);
+    gm_free(big);
+    /* posix_memalign(8, 1) gets 8-byte alignment, not a 1-byte slot. */
+    void *al = NULL;
+    CHECK_EQ(gm_posix_memalign(&al, 8, 1), 0);
+    CHECK_EQ((uintptr_t)al % 8, 0);
+    gm_free(al);
+    /* Everything freed: every block goes back as a 16-byte object. */
+    for (int i = 0; i < TINY_N; i++)
+        gm_free(objs[i]);
+    gm_thread_flush(); /* retires the current blocks */
+    struct gm_stats s2 = stats();
+    CHECK_EQ(s2.heap_objects, s0.heap_objects);
+    CHECK_EQ(s2.tiny_mallocs - s2.tiny_frees, s0.tiny_mallocs - s0.tiny_frees);
+    CHECK_EQ(gm_check_heap(), 0);
+    for (int i = 0; i < TINY_N; i++)
+        CHECK(gm_check(objs[i]) != GM_OK);
+    CHECK_EQ(gm_option_set("tiny", 0), 0);
+    void *p = gm_malloc(3);
+    CHECK_EQ(gm_usable_size(p), 16); /* off again: the 16-byte class */
+    gm_free(p);
+}
+
 /* ---- heap profile ---------------------------------------------------------- */
 
 #define PROF_N 300
@@ -1029,6 +1105,7 @@ int main(void) {
     RUN(strerror);
     RUN(stats_consistency);
     RUN(free_owned_tells_ours_from_foreign);
+    RUN(tiny_objects_share_blocks);
     RUN(heap_profile_samples_and_forgets);
     RUN(heap_profile_rate);
     return gmtest_summary();

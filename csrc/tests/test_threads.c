@@ -454,6 +454,101 @@ static void run_producer_consumer(void) {
 
 TEST(producer_consumer_cross_thread_frees) { run_producer_consumer(); }
 
+/* Tiny objects across threads: producers allocate 1 to 8 bytes from their
+ * current blocks while consumers free earlier objects of the same blocks,
+ * racing on the blocks' words. */
+static void q_put(void *p, size_t word) {
+    pthread_mutex_lock(&q.lock);
+    while (q.count == QCAP)
+        pthread_cond_wait(&q.nonfull, &q.lock);
+    int slot = (q.head + q.count) % QCAP;
+    q.items[slot] = p;
+    q.sizes[slot] = word;
+    q.count++;
+    pthread_cond_signal(&q.nonempty);
+    pthread_mutex_unlock(&q.lock);
+}
+
+static int q_get(void **p, size_t *word) {
+    pthread_mutex_lock(&q.lock);
+    while (q.count == 0 && q.producers_left > 0)
+        pthread_cond_wait(&q.nonempty, &q.lock);
+    if (q.count == 0) {
+        pthread_mutex_unlock(&q.lock);
+        return 0;
+    }
+    *p = q.items[q.head];
+    *word = q.sizes[q.head];
+    q.head = (q.head + 1) % QCAP;
+    q.count--;
+    pthread_cond_signal(&q.nonfull);
+    pthread_mutex_unlock(&q.lock);
+    return 1;
+}
+
+static void *tiny_producer(void *arg) {
+    int id = (int)(intptr_t)arg;
+    for (int i = 0; i < ITEMS; i++) {
+        size_t n = (size_t)(i % 8) + 1;
+        unsigned char *p = gm_malloc(n);
+        if (p == NULL) {
+            atomic_fetch_add(&corrupt, 1);
+            continue;
+        }
+        unsigned char tag = (unsigned char)(i * 7 + id);
+        memset(p, tag, n);
+        q_put(p, n | (size_t)tag << 8);
+    }
+    pthread_mutex_lock(&q.lock);
+    q.producers_left--;
+    pthread_cond_broadcast(&q.nonempty);
+    pthread_mutex_unlock(&q.lock);
+    return NULL;
+}
+
+static void *tiny_consumer(void *arg) {
+    (void)arg;
+    void *p;
+    size_t word;
+    while (q_get(&p, &word)) {
+        size_t n = word & 0xff;
+        unsigned char tag = (unsigned char)(word >> 8), *b = p;
+        for (size_t k = 0; k < n; k++)
+            if (b[k] != tag)
+                atomic_fetch_add(&corrupt, 1);
+        if (gm_check(p) != GM_OK || gm_usable_size(p) < n)
+            atomic_fetch_add(&corrupt, 1);
+        gm_free(p);
+        atomic_fetch_add(&consumed, 1);
+    }
+    return NULL;
+}
+
+TEST(tiny_objects_freed_across_threads) {
+    CHECK_EQ(gm_option_set("tiny", 1), 0);
+    gm_thread_flush();
+    atomic_store(&consumed, 0);
+    atomic_store(&corrupt, 0);
+    struct gm_stats s0 = stats();
+    q.producers_left = NPRODUCERS;
+    pthread_t t[NPRODUCERS + NCONSUMERS];
+    for (int i = 0; i < NPRODUCERS; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, tiny_producer, (void *)(intptr_t)i), 0);
+    for (int i = 0; i < NCONSUMERS; i++)
+        CHECK_EQ(pthread_create(&t[NPRODUCERS + i], NULL, tiny_consumer, (void *)(intptr_t)i), 0);
+    for (int i = 0; i < NPRODUCERS + NCONSUMERS; i++)
+        CHECK_EQ(pthread_join(t[i], NULL), 0);
+    CHECK_EQ(gm_option_set("tiny", 0), 0);
+    CHECK_EQ(atomic_load(&corrupt), 0);
+    CHECK_EQ(atomic_load(&consumed), (uint64_t)NPRODUCERS * ITEMS);
+    gm_thread_flush();
+    struct gm_stats s1 = stats();
+    CHECK_EQ(s1.tiny_mallocs - s0.tiny_mallocs, (uint64_t)NPRODUCERS * ITEMS);
+    CHECK_EQ(s1.tiny_frees - s0.tiny_frees, (uint64_t)NPRODUCERS * ITEMS);
+    CHECK_EQ(s1.heap_objects, s0.heap_objects); /* every block went back */
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 /* The same with the heap profile sampling on every thread: objects sampled
  * on producers are taken out of the profile by the consumers' frees. */
 static void profile_totals(uint64_t *allocs, uint64_t *frees) {
@@ -583,6 +678,7 @@ int main(void) {
     RUN(transfer_cache_hands_batches_between_threads);
     RUN(producer_consumer_cross_thread_frees);
     RUN(producer_consumer_profiled);
+    RUN(tiny_objects_freed_across_threads);
     RUN(fork_while_threads_allocate);
     return gmtest_summary();
 }

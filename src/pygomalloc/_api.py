@@ -371,6 +371,11 @@ class Stats:
     phys_page_size: int
     #: Transparent huge page size (0 if none).
     huge_page_size: int
+    #: Tiny objects (option ``tiny``: 1 to 8 bytes in shared 16-byte blocks,
+    #: which count as objects of the 16-byte class) allocated, ever.
+    tiny_mallocs: int
+    #: Tiny objects freed, ever.
+    tiny_frees: int
     #: One row per size class, indexed by class; class 0 is large objects.
     by_size: tuple[SizeClassStats, ...]
 
