@@ -625,6 +625,7 @@ GM_HIDDEN void gm_stats_fold_mcache(gm_mcache *c);
 /* ---- scavenger.c -------------------------------------------------------- */
 
 GM_HIDDEN void gm_scavenger_notify(void);
+GM_HIDDEN void gm_scavenger_threads_gone(void);
 GM_HIDDEN uintptr_t gm_scavenge_excess(uintptr_t coming);
 GM_HIDDEN void gm_scavenger_fork_prepare(void);
 GM_HIDDEN void gm_scavenger_fork_parent(void);

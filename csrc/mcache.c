@@ -112,7 +112,10 @@ static void mcache_release(gm_mcache *c) {
         c->linked = false;
     }
     gm_fixalloc_free(&gm_heap.cachealloc, c);
+    bool last = registry == NULL;
     pthread_mutex_unlock(&registry_lock);
+    if (last)
+        gm_scavenger_threads_gone();
 }
 
 /* Counters of an mcache that goes away.  Under registry_lock. */

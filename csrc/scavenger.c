@@ -32,7 +32,8 @@
  * release (the kernel's work of freeing pages, mostly), and each pass
  * releases at most 64 MiB under the heap lock.
  * After fork() the child has no scavenger thread; the next free that
- * returns pages starts one.
+ * returns pages starts one.  When the last thread with a cache exits, the
+ * scavenger exits too, so that the process can end (gm_scavenger_threads_gone).
  *
  * gm_release() (scavengeAll, debug.FreeOSMemory) releases everything at
  * once on the calling thread.
@@ -52,6 +53,7 @@ static pthread_cond_t scav_cond;     /* CLOCK_MONOTONIC; initialised with the th
 static atomic_bool scav_started;     /* a start was attempted; set under scav_lock */
 static atomic_bool scav_sleeping;    /* the thread waits for frees, without a timeout; under scav_lock */
 static atomic_bool scav_waiting;     /* the thread waits, with or without a timeout; under scav_lock */
+static atomic_bool scav_quit;        /* the program's threads are gone: the thread exits; under scav_lock */
 
 static bool over_memory_limit(uint64_t retained) {
     long long limit = LOAD_RELAXED(&gm_opt.memory_limit);
@@ -127,6 +129,8 @@ static void *scavenger_main(void *arg) {
                 wait_ms = due;
         }
         pthread_mutex_lock(&scav_lock);
+        if (atomic_load(&scav_quit))
+            break;
         atomic_store(&scav_waiting, true);
         if (wait_ms == 0) {
             atomic_store(&scav_sleeping, true);
@@ -144,9 +148,35 @@ static void *scavenger_main(void *arg) {
             pthread_cond_timedwait(&scav_cond, &scav_lock, &ts);
         }
         atomic_store(&scav_waiting, false);
+        if (atomic_load(&scav_quit))
+            break;
         pthread_mutex_unlock(&scav_lock);
     }
+    /* Under scav_lock: the next notify starts a new thread. */
+    atomic_store(&scav_quit, false);
+    atomic_store(&scav_started, false);
+    pthread_mutex_unlock(&scav_lock);
     return NULL;
+}
+
+/*
+ * The last thread with a cache has exited (mcache.c).  A process ends when
+ * its last thread does; were the scavenger to stay, a program whose
+ * threads all call pthread_exit (a fork child whose only thread returns, a
+ * main() that ends in pthread_exit) would never end.  So it goes too; a
+ * later free that returns pages (from a thread that never had a cache)
+ * starts a new one.
+ */
+void gm_scavenger_threads_gone(void) {
+    if (!atomic_load_explicit(&scav_started, memory_order_relaxed))
+        return;
+    pthread_mutex_lock(&scav_lock);
+    if (atomic_load(&scav_started)) {
+        atomic_store(&scav_quit, true);
+        atomic_store(&scav_sleeping, false);
+        pthread_cond_signal(&scav_cond);
+    }
+    pthread_mutex_unlock(&scav_lock);
 }
 
 static void start_thread(void) {
@@ -207,4 +237,5 @@ void gm_scavenger_fork_child(void) {
     atomic_store(&scav_started, false);
     atomic_store(&scav_sleeping, false);
     atomic_store(&scav_waiting, false);
+    atomic_store(&scav_quit, false);
 }

@@ -669,6 +669,55 @@ TEST(fork_while_threads_allocate) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* A process ends when its last thread does, scavenger or not: a fork child
+ * whose only thread (which had started the scavenger) calls pthread_exit
+ * must end, not linger with the scavenger as its last thread. */
+static int count_threads(void) {
+    FILE *f = fopen("/proc/self/stat", "r");
+    int n = -1;
+    if (f != NULL) {
+        /* Field 20 is num_threads; the command (field 2) has no spaces here. */
+        if (fscanf(f, "%*d %*s %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %d", &n) != 1)
+            n = -1;
+        fclose(f);
+    }
+    return n;
+}
+
+TEST(scavenger_lets_the_process_end) {
+    if (UNDER_TSAN) {
+        printf("(TSan build: fork test skipped)\n");
+        return;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        gm_option_set("scavenger", 1); /* off in the rest of these tests */
+        gm_free(gm_malloc(8 << 20)); /* pages back to the heap: the scavenger starts */
+        for (int i = 0; i < 200 && count_threads() < 2; i++)
+            usleep(5000);
+        if (count_threads() != 2)
+            _exit(3);
+        pthread_exit(NULL); /* the last program thread: the process must end */
+    }
+    int status = 0;
+    pid_t got = 0;
+    for (int i = 0; i < 1000 && got == 0; i++) { /* up to 10 s */
+        got = waitpid(pid, &status, WNOHANG);
+        if (got == 0)
+            usleep(10000);
+    }
+    if (got == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    CHECK(got == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+        fprintf(stderr, "child status %#x\n", status);
+}
+
 int main(void) {
     /* No background scavenger thread: these tests count threads and caches. */
     gm_option_set("scavenger", 0);
@@ -679,6 +728,7 @@ int main(void) {
     RUN(producer_consumer_cross_thread_frees);
     RUN(producer_consumer_profiled);
     RUN(tiny_objects_freed_across_threads);
+    RUN(scavenger_lets_the_process_end);
     RUN(fork_while_threads_allocate);
     return gmtest_summary();
 }
