@@ -319,6 +319,23 @@ static BENCH_UNUSED void *bench_private_lines(long n)
     return p;
 }
 
+/* The probes' loop: iters times, allocate a size-byte object (or, with
+ * use_malloc 0, take the thread's private buffer), scribble on it, free it.
+ * Returns the sum of what the scribbles read back. */
+static BENCH_UNUSED uint64_t bench_probe_loop(long iters, long size, long writes, int use_malloc)
+{
+    uint64_t sum = 0;
+    void *own = use_malloc ? NULL : bench_private_lines(size);
+    for (long i = 0; i < iters; i++) {
+        void *p = use_malloc ? bench_xmalloc((size_t)size) : own;
+        sum += bench_scribble(p, size, writes);
+        if (use_malloc)
+            free(p);
+    }
+    free(own);
+    return sum;
+}
+
 /* Per-thread argument slots are padded to a cache line pair so that the
  * drivers' own bookkeeping does not false-share. */
 #define BENCH_PAD 128

@@ -26,23 +26,12 @@ struct worker {
 static void *run(void *arg)
 {
     struct worker *w = (struct worker *)arg;
-    uint64_t sum = 0;
-    if (use_malloc) {
-        sum = bench_scribble(w->handed, w->size, w->writes);
-        free(w->handed);
-    }
-    void *own = use_malloc ? NULL : bench_private_lines(w->size);
-    if (!use_malloc)
-        sum = bench_scribble(own, w->size, w->writes); /* in place of the handed object */
-    for (long i = 0; i < w->iters; i++) {
-        void *p = use_malloc ? bench_xmalloc((size_t)w->size) : own;
-        sum += bench_scribble(p, w->size, w->writes);
-        if (use_malloc)
-            free(p);
-    }
-    free(own);
+    /* The handed object first (for the floor, a private buffer in its place). */
+    void *first = use_malloc ? w->handed : bench_private_lines(w->size);
+    uint64_t sum = bench_scribble(first, w->size, w->writes);
+    free(first);
+    w->checksum = sum + bench_probe_loop(w->iters, w->size, w->writes, (int)use_malloc);
     w->ops = (uint64_t)w->iters;
-    w->checksum = sum;
     return NULL;
 }
 

@@ -21,17 +21,8 @@ struct worker {
 static void *run(void *arg)
 {
     struct worker *w = (struct worker *)arg;
-    uint64_t sum = 0;
-    void *own = use_malloc ? NULL : bench_private_lines(w->size);
-    for (long i = 0; i < w->iters; i++) {
-        void *p = use_malloc ? bench_xmalloc((size_t)w->size) : own;
-        sum += bench_scribble(p, w->size, w->writes);
-        if (use_malloc)
-            free(p);
-    }
-    free(own);
+    w->checksum = bench_probe_loop(w->iters, w->size, w->writes, (int)use_malloc);
     w->ops = (uint64_t)w->iters;
-    w->checksum = sum;
     return NULL;
 }
 
