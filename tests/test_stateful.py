@@ -3,7 +3,8 @@
 The model maps each live address to the bytes written there.  Every block is
 filled with its own pattern, checked on realloc and free; live blocks never
 overlap; bad frees are refused without harm; at the end everything is freed
-and the count of live objects is back where it started.
+and the count of live objects is back where it started.  The tiny allocator
+and the heap profile are switched on and off along the way.
 """
 
 from __future__ import annotations
@@ -131,6 +132,18 @@ class AllocatorMachine(RuleBasedStateMachine):
     def thread_flush(self) -> None:
         gm.thread_flush()
 
+    @rule(on=st.booleans())
+    def tiny_allocator(self, on: bool) -> None:
+        """Blocks of either kind stay valid when the option flips."""
+        gm.set_option("tiny", int(on))
+
+    @rule(rate=st.sampled_from([0, 1, 512]))
+    def heap_profile(self, rate: int) -> None:
+        """Sampled objects are live objects like any other."""
+        gm.set_option("profile_rate", rate)
+        recs = gm.heap_profile()
+        assert all(r.free_objects <= r.alloc_objects for r in recs)
+
     @rule()
     def check_heap(self) -> None:
         gm.check_heap()
@@ -147,6 +160,8 @@ class AllocatorMachine(RuleBasedStateMachine):
             assert ctypes.string_at(address, len(data)) == data
 
     def teardown(self) -> None:
+        gm.set_option("tiny", 0)
+        gm.set_option("profile_rate", 0)
         for address in list(self.model):
             self.check_contents(address)
             gm.free(address)
