@@ -249,7 +249,13 @@ def test_background_scavenger_returns_a_freed_gib_by_itself() -> None:
     program does nothing but sleep."""
     r = child_result(WORKLOAD + '''
 limit = base + RSS_SLACK
-took = wait_for(lambda: rss() <= limit, 5.0)
+def settled():
+    # RSS back, and no more than 4 MiB of free pages left unreleased: the
+    # transfer caches' batches go back to their spans after the decay, and
+    # their pages a little after that.
+    st = gm.stats()
+    return rss() <= limit and st.heap_sys - st.heap_released - st.heap_inuse <= 4 * MiB
+took = wait_for(settled, 5.0)
 st = gm.stats()
 report(base=base, peak=peak, after=rss(), took=took, heap_sys=st.heap_sys,
        heap_released=st.heap_released, heap_inuse=st.heap_inuse,
@@ -258,7 +264,8 @@ report(base=base, peak=peak, after=rss(), took=took, heap_sys=st.heap_sys,
     figures = (f"base={mib(r['base'])} peak={mib(r['peak'])} after={mib(r['after'])} "
                f"took={r['took']} scavenged={mib(r['scavenged'])} cycles={r['cycles']}")
     assert r["peak"] - r["base"] >= 0.95 * GiB, figures
-    assert r["took"] is not None, "RSS not back within 16 MiB after 5 s: " + figures
+    assert r["took"] is not None, ("RSS not back within 16 MiB, or over 4 MiB of free pages "
+                                   "unreleased, after 5 s: " + figures)
     assert r["after"] - r["base"] <= RSS_SLACK, figures
     assert r["scavenged"] >= 0.95 * GiB and r["cycles"] >= 1, figures
     assert r["heap_sys"] - r["heap_released"] - r["heap_inuse"] <= 4 * MiB, figures
