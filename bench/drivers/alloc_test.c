@@ -115,18 +115,16 @@ int main(int argc, char **argv)
     if (min_size > max_size)
         bench_die("need min-size <= max-size");
 
-    struct worker *ws = (struct worker *)calloc((size_t)threads, sizeof *ws);
-    if (ws == NULL)
-        bench_die("calloc failed");
-    for (long t = 0; t < threads; t++) {
-        ws[t].id = t;
-        ws[t].iters = iters;
-        ws[t].live = live;
-        ws[t].min_size = min_size;
-        ws[t].max_size = max_size;
-        ws[t].realloc_pct = realloc_pct;
-        ws[t].seed = (uint64_t)seed;
-    }
+    const struct worker proto = {
+        .iters = iters,
+        .live = live,
+        .min_size = min_size,
+        .max_size = max_size,
+        .realloc_pct = realloc_pct,
+        .seed = (uint64_t)seed,
+    };
+    struct worker *ws =
+        (struct worker *)bench_workers(threads, sizeof proto, &proto, offsetof(struct worker, id));
 
     BENCH_RUN_AND_REPORT("alloc_test", threads, run, ws);
     free(ws);

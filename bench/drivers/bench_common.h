@@ -336,6 +336,23 @@ static BENCH_UNUSED uint64_t bench_probe_loop(long iters, long size, long writes
     return sum;
 }
 
+/* The drivers' per-thread argument slots: n copies of the worker struct
+ * *proto of size bytes, the index of each in its long at id_offset (none if
+ * id_offset is BENCH_NO_ID).  Freed with free(). */
+#define BENCH_NO_ID ((size_t)-1)
+static BENCH_UNUSED void *bench_workers(long n, size_t size, const void *proto, size_t id_offset)
+{
+    char *ws = (char *)calloc((size_t)n, size);
+    if (ws == NULL)
+        bench_die("calloc failed");
+    for (long t = 0; t < n; t++) {
+        memcpy(ws + (size_t)t * size, proto, size);
+        if (id_offset != BENCH_NO_ID)
+            memcpy(ws + (size_t)t * size + id_offset, &t, sizeof t);
+    }
+    return ws;
+}
+
 /* Per-thread argument slots are padded to a cache line pair so that the
  * drivers' own bookkeeping does not false-share. */
 #define BENCH_PAD 128

@@ -49,15 +49,10 @@ int main(int argc, char **argv)
     bench_parse(argc, argv, "cache_scratch", "Passive false sharing: objects handed out by the "
                 "main thread, freed and reallocated by workers.", opts, sizeof opts / sizeof opts[0]);
 
-    struct worker *ws = (struct worker *)calloc((size_t)threads, sizeof *ws);
-    if (ws == NULL)
-        bench_die("calloc failed");
-    for (long t = 0; t < threads; t++) {
+    const struct worker proto = {.iters = iters, .size = size, .writes = writes};
+    struct worker *ws = (struct worker *)bench_workers(threads, sizeof proto, &proto, BENCH_NO_ID);
+    for (long t = 0; t < threads; t++) /* back to back, from one thread */
         ws[t].handed = use_malloc ? bench_xmalloc((size_t)size) : NULL;
-        ws[t].iters = iters;
-        ws[t].size = size;
-        ws[t].writes = writes;
-    }
 
     BENCH_RUN_AND_REPORT("cache_scratch", threads, run, ws);
     free(ws);

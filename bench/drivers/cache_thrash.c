@@ -40,14 +40,8 @@ int main(int argc, char **argv)
     bench_parse(argc, argv, "cache_thrash", "Active false sharing: every thread allocates, "
                 "writes and frees its own small objects.", opts, sizeof opts / sizeof opts[0]);
 
-    struct worker *ws = (struct worker *)calloc((size_t)threads, sizeof *ws);
-    if (ws == NULL)
-        bench_die("calloc failed");
-    for (long t = 0; t < threads; t++) {
-        ws[t].iters = iters;
-        ws[t].size = size;
-        ws[t].writes = writes;
-    }
+    const struct worker proto = {.iters = iters, .size = size, .writes = writes};
+    struct worker *ws = (struct worker *)bench_workers(threads, sizeof proto, &proto, BENCH_NO_ID);
 
     BENCH_RUN_AND_REPORT("cache_thrash", threads, run, ws);
     free(ws);

@@ -103,17 +103,15 @@ int main(int argc, char **argv)
     long ps = sysconf(_SC_PAGESIZE);
     page_size = ps > 0 ? (size_t)ps : 4096;
 
-    struct worker *ws = (struct worker *)calloc((size_t)threads, sizeof *ws);
-    if (ws == NULL)
-        bench_die("calloc failed");
-    for (long t = 0; t < threads; t++) {
-        ws[t].id = t;
-        ws[t].iters = iters;
-        ws[t].live = live;
-        ws[t].min_size = min_size;
-        ws[t].max_size = max_size;
-        ws[t].seed = (uint64_t)seed;
-    }
+    const struct worker proto = {
+        .iters = iters,
+        .live = live,
+        .min_size = min_size,
+        .max_size = max_size,
+        .seed = (uint64_t)seed,
+    };
+    struct worker *ws =
+        (struct worker *)bench_workers(threads, sizeof proto, &proto, offsetof(struct worker, id));
 
     BENCH_RUN_AND_REPORT("malloc_large", threads, run, ws);
     free(ws);

@@ -160,17 +160,15 @@ int main(int argc, char **argv)
     if ((wheel & (wheel - 1)) != 0)
         bench_die("--wheel must be a power of two");
 
-    struct worker *ws = (struct worker *)calloc((size_t)threads, sizeof *ws);
-    if (ws == NULL)
-        bench_die("calloc failed");
-    for (long t = 0; t < threads; t++) {
-        ws[t].id = t;
-        ws[t].iters = iters;
-        ws[t].wheel = wheel;
-        ws[t].live = live;
-        ws[t].long_permille = long_permille;
-        ws[t].seed = (uint64_t)seed;
-    }
+    const struct worker proto = {
+        .iters = iters,
+        .wheel = wheel,
+        .live = live,
+        .long_permille = long_permille,
+        .seed = (uint64_t)seed,
+    };
+    struct worker *ws =
+        (struct worker *)bench_workers(threads, sizeof proto, &proto, offsetof(struct worker, id));
 
     BENCH_RUN_AND_REPORT("pyprofile", threads, run, ws);
     free(ws);

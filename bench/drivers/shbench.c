@@ -88,17 +88,15 @@ int main(int argc, char **argv)
     if (min_size > max_size || max_size - min_size >= (1L << 32))
         bench_die("need min-size <= max-size (and a range below 4 GiB)");
 
-    struct worker *ws = (struct worker *)calloc((size_t)threads, sizeof *ws);
-    if (ws == NULL)
-        bench_die("calloc failed");
-    for (long t = 0; t < threads; t++) {
-        ws[t].id = t;
-        ws[t].iters = iters;
-        ws[t].batch = batch;
-        ws[t].min_size = min_size;
-        ws[t].max_size = max_size;
-        ws[t].seed = (uint64_t)seed;
-    }
+    const struct worker proto = {
+        .iters = iters,
+        .batch = batch,
+        .min_size = min_size,
+        .max_size = max_size,
+        .seed = (uint64_t)seed,
+    };
+    struct worker *ws =
+        (struct worker *)bench_workers(threads, sizeof proto, &proto, offsetof(struct worker, id));
 
     BENCH_RUN_AND_REPORT("shbench", threads, run, ws);
     free(ws);
