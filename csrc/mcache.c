@@ -97,20 +97,24 @@ gm_mcache *gm_mcache_create(void) {
     return c;
 }
 
+/* Take c off the registry list.  Under registry_lock. */
+static void registry_unlink(gm_mcache *c) {
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        registry = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    c->linked = false;
+}
+
 /* Flush everything and recycle c.  c's owner is gone (or is us, leaving). */
 static void mcache_release(gm_mcache *c) {
     gm_mcache_flushAll(c);
     pthread_mutex_lock(&registry_lock);
     gm_stats_fold_mcache(c);
-    if (c->linked) {
-        if (c->prev != NULL)
-            c->prev->next = c->next;
-        else
-            registry = c->next;
-        if (c->next != NULL)
-            c->next->prev = c->prev;
-        c->linked = false;
-    }
+    if (c->linked)
+        registry_unlink(c);
     gm_fixalloc_free(&gm_heap.cachealloc, c);
     bool last = registry == NULL;
     pthread_mutex_unlock(&registry_lock);
@@ -268,13 +272,7 @@ void gm_mcache_fork_child(void) {
         gm_mcache *next = c->next;
         if (c != gm_tls_mcache) {
             gm_stats_fold_mcache(c);
-            if (c->prev != NULL)
-                c->prev->next = c->next;
-            else
-                registry = c->next;
-            if (c->next != NULL)
-                c->next->prev = c->prev;
-            c->linked = false;
+            registry_unlink(c);
             c->next = orphans;
             orphans = c;
             gm_fork_orphans = true;
