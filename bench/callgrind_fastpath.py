@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import importlib.util
 import json
 import os
 import shutil
@@ -38,25 +37,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_bench():
-    """The runner module, from this checkout (without importing the package,
-    whose compiled extension may not be built), else from an installed one."""
-    path = ROOT / "src" / "pygomalloc" / "_bench.py"
-    if path.is_file():
-        spec = importlib.util.spec_from_file_location("_pygomalloc_bench", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # dataclasses look their module up here
-        spec.loader.exec_module(mod)
-        return mod
-    from pygomalloc import _bench  # type: ignore[import-not-found]
-
-    return _bench
-
-
-bench = load_bench()
+from runner import bench  # bench/runner.py
 
 
 def parse_callgrind(path: str) -> Tuple[int, Dict[str, int]]:

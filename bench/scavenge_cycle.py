@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import signal
@@ -54,28 +53,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from runner import bench  # bench/runner.py
+
 DRIVER = "scavenge_cycle"
 MiB = 1 << 20
-
-
-def _load_bench():
-    """The runner module, loaded by path (as bench/test_workloads.py does) so
-    that a source checkout works whether or not the package is installed."""
-    path = ROOT / "src" / "pygomalloc" / "_bench.py"
-    if path.is_file():
-        spec = importlib.util.spec_from_file_location("_pygomalloc_bench", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # dataclasses look their module up here
-        spec.loader.exec_module(mod)
-        return mod
-    from pygomalloc import _bench  # type: ignore[import-not-found]
-
-    return _bench
-
-
-bench = _load_bench()
-
 
 @dataclasses.dataclass(frozen=True)
 class Config:

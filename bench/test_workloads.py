@@ -20,34 +20,15 @@ deterministic checksum.
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from runner import bench  # bench/runner.py
+
 ROUNDS = 3
 TIMEOUT = 60.0  # seconds for one driver run in quick mode
-
-
-def _load_bench():
-    """The runner module, loaded by path so that the package (whose compiled
-    extension may not be built) is not imported."""
-    path = ROOT / "src" / "pygomalloc" / "_bench.py"
-    if path.is_file():
-        spec = importlib.util.spec_from_file_location("_pygomalloc_bench", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod  # dataclasses look their module up here
-        spec.loader.exec_module(mod)
-        return mod
-    from pygomalloc import _bench  # type: ignore[import-not-found]
-
-    return _bench
-
-
-bench = _load_bench()
 
 # workload name -> (allocator, checksum) of the first successful run seen
 _reference_checksums: dict = {}
