@@ -47,6 +47,15 @@ PRELUDE = textwrap.dedent(
     def report(**figures):
         print("RESULT " + json.dumps(figures), flush=True)
 
+    def wait_threads_gone():
+        """Thread.join() returns before the OS thread has run its TLS
+        destructors, which hand its pygomalloc cache back; the heap check
+        wants a quiescent heap."""
+        import time
+        deadline = time.monotonic() + 10
+        while gm.stats().num_threads > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def churn(n):
         """Python objects of many sizes, made and dropped."""
         keep = []
@@ -96,6 +105,7 @@ del old_list, old_bytes
 threads = [threading.Thread(target=churn, args=(20000,)) for _ in range(4)]
 for t in threads: t.start()
 for t in threads: t.join()
+wait_threads_gone()
 # Python's rules for the domains: size 0 gives distinct blocks, realloc to 0
 # keeps one, calloc overflows to NULL.
 zero = [api.PyMem_Malloc(0), api.PyMem_Malloc(0), api.PyObject_Malloc(0)]
@@ -171,6 +181,7 @@ api.PyMem_RawFree(p)
 api.PyMem_RawFree(q)
 t = threading.Thread(target=churn, args=(5000,))  # thread start-up uses the raw domain
 t.start(); t.join()
+wait_threads_gone()
 gm.check_heap()
 report(routed=routed, ours=ours, zeroed=zeroed, foreign_kept=foreign_kept,
        mem_untouched=not gm.owns(api.PyMem_Malloc(8)), bad_frees=gm.stats().bad_frees)
