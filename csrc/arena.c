@@ -4,31 +4,72 @@
  *
  * The heap lives in 64 MiB arenas aligned to 64 MiB.  Address space is
  * reserved PROT_NONE an arena (or several contiguous arenas, for a huge
- * object) at a time, at hint addresses starting at 0x00c0<<32 and going up,
- * as Go does: the heap then sits in a range that rarely collides with
- * anything else, and its addresses are easy to recognise in a debugger.
- * When a hint is taken, we try the next; after enough failures we take any
- * 64 MiB-aligned range the kernel offers.
+ * object) at a time, at hint addresses going up from 0x00c0<<32 as in Go,
+ * plus a random multiple of 64 MiB chosen once per process (up to 4 TiB;
+ * option random_heap, on by default: a program's heap addresses differ from
+ * run to run, so an attacker cannot aim at them without a leak).  When a
+ * hint is taken, we try the next; after enough failures we take any 64
+ * MiB-aligned range the kernel offers.
  *
  * Reserved space is mapped (Reserved -> Prepared) a 4 MiB chunk at a time as
  * the page heap needs it, so /proc/self/maps shows each arena as a
  * read-write part followed by a PROT_NONE part.
  *
- * The arena map takes any address to its heapArena record in one load: the
- * L2 array has an entry per 64 MiB of the 48-bit address space.  With the
- * record, the span of any page is one more load (heapArena.spans).
+ * Each arena with mapped memory has one metadata mapping of its own: its
+ * state map (a byte per 16-byte granule, gm_internal.h "Object states"),
+ * then its heapArena record.  The arena map takes any address to that
+ * mapping in one load: the L2 array has an entry per 64 MiB of the 48-bit
+ * address space, the state map biased by the arena's first granule, so that
+ * the entry plus the address shifted right by 4 is the address's state byte.
+ * The mapping is read/write and MAP_NORESERVE: only the parts under small
+ * spans are ever touched, and other_sys counts a sixteenth of the mapped
+ * heap for it.
  */
+#define _GNU_SOURCE
 #include <string.h>
+#include <sys/auxv.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "gm_internal.h"
 
 #define HINT_TRIES 64
+#define HINT_RANDOM_ARENAS ((uint64_t)1 << 16) /* random offsets: 0 .. 4 TiB in 64 MiB steps */
 
 /* Not counted in sys: address space faulted in one page per 512 arenas
  * used.  Go does not count its arena map either. */
 uintptr_t gm_arena_map[ARENA_L2_ENTRIES];
+uint64_t gm_secret;
 
-void gm_arena_init(void) { gm_heap.arenaHint = ARENA_HINT_BASE; }
+#define ARENA_META_BYTES (STATEMAP_BYTES + ((sizeof(gm_heap_arena) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)))
+
+/* 64 random bits: getrandom, else the kernel's AT_RANDOM bytes mixed with
+ * the clock and the pid (never 0). */
+static uint64_t random64(void) {
+    uint64_t x = 0;
+    if (getrandom(&x, sizeof x, GRND_NONBLOCK) != (ssize_t)sizeof x) {
+        const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 32) ^ ((uint64_t)getpid() << 16);
+        if (r != NULL)
+            for (int i = 0; i < 16; i++)
+                x = (x ^ r[i]) * 0x100000001b3ULL;
+        x ^= x >> 29;
+        x *= 0xbf58476d1ce4e5b9ULL;
+        x ^= x >> 32;
+    }
+    return x != 0 ? x : 0x9e3779b97f4a7c15ULL;
+}
+
+void gm_arena_init(void) {
+    gm_secret = random64();
+    uintptr_t offset = 0;
+    if (gm_opt.random_heap)
+        offset = (uintptr_t)((random64() % HINT_RANDOM_ARENAS) << ARENA_SHIFT);
+    gm_heap.arenaHint = ARENA_HINT_BASE + offset;
+}
 
 /* Reserve n bytes (a multiple of ARENA_SIZE) of arena space, at the hint if
  * possible.  Returns the base or 0. */
@@ -52,27 +93,34 @@ static uintptr_t reserve(uintptr_t n) {
     return (uintptr_t)p;
 }
 
-/* Create the heapArena records missing for the arenas that [base, base+n)
- * touches: only arenas with mapped memory get one (66 KiB each). */
+/* Create the metadata missing for the arenas that [base, base+n) touches:
+ * only arenas with mapped memory get some. */
 static bool register_arenas(uintptr_t base, uintptr_t n) {
     for (uintptr_t a = base & ~(ARENA_SIZE - 1); a < base + n; a += ARENA_SIZE) {
         if (gm_arena_map[a >> ARENA_SHIFT] != 0)
             continue;
-        gm_heap_arena *ha;
-        do {
-            /* The entry must not be 0 (no arena): should the record fall
-             * exactly where that happens, it is left unused. */
-            ha = gm_persistentalloc(sizeof(gm_heap_arena), 64, &gm_heap.other_sys);
-            if (ha == NULL)
+        uintptr_t meta = (uintptr_t)gm_sysAlloc(ARENA_META_BYTES);
+        if (meta == 0)
+            return false;
+        if (gm_arena_map_entry(meta, a) == 0) {
+            /* The entry would read as "no arena": take another mapping
+             * (the kernel never hands out the same address twice while
+             * the first is held). */
+            uintptr_t other = (uintptr_t)gm_sysAlloc(ARENA_META_BYTES);
+            gm_sysFree((void *)meta, ARENA_META_BYTES);
+            if (other == 0)
                 return false;
-            ha->base = a;
-        } while (gm_arena_map_entry(ha) == 0);
+            meta = other;
+        }
+        gm_heap_arena *ha = (gm_heap_arena *)(meta + STATEMAP_BYTES);
+        ha->base = a;
         ha->zeroedBase = 0;
         for (uintptr_t i = 0; i < PAGES_PER_ARENA; i++)
             ha->spans[i] = &gm_nospan;
+        ATOMIC_ADD(&gm_heap.other_sys, sizeof(gm_heap_arena));
         /* Publish after the record is complete: free() on another thread
          * may look the arena up without a lock. */
-        __atomic_store_n(&gm_arena_map[a >> ARENA_SHIFT], gm_arena_map_entry(ha), __ATOMIC_RELEASE);
+        __atomic_store_n(&gm_arena_map[a >> ARENA_SHIFT], gm_arena_map_entry(meta, a), __ATOMIC_RELEASE);
         gm_heap.num_arenas++;
     }
     return true;
@@ -124,12 +172,13 @@ uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
         gm_heap.heap_reserved += rn;
     gm_heap.curArenaBase += ask;
     ATOMIC_ADD(&gm_heap.heap_sys, ask); /* read by the scavenger without the lock */
+    ATOMIC_ADD(&gm_heap.other_sys, ask >> STATE_SHIFT); /* the part of the state maps that can be used */
     *got = ask;
     return v;
 }
 
 /* A span that covers nothing: what the span map holds for pages no span
- * covers.  divMul 0 makes free()'s slot test fail. */
+ * covers.  divMul 0 makes the slot test fail. */
 gm_mspan gm_nospan = {.state = SPAN_DEAD};
 
 /* Point spans[] of every page in [base, base+npages*PAGE_SIZE) at v (NULL:

@@ -37,6 +37,19 @@
 #define GM_INLINE static inline __attribute__((always_inline))
 #define GM_HIDDEN __attribute__((visibility("hidden")))
 
+/* Assertions (mimalloc-style levels).  GM_ASSERT checks an invariant at the
+ * line that could break it, in debug builds (GM_DEBUG: the debug and
+ * sanitizer builds of the C tests); release builds compile it away.  The
+ * cheap consistency checks that stay on in release call gm_throw directly. */
+#ifdef GM_DEBUG
+#define GM_STR2(x) #x
+#define GM_STR(x) GM_STR2(x)
+#define GM_ASSERT(c) ((c) ? (void)0 : gm_throw(__FILE__ ":" GM_STR(__LINE__) ": assertion failed: " #c))
+#else
+#define GM_ASSERT(c) ((void)0)
+#endif
+GM_HIDDEN _Noreturn void gm_throw(const char *msg);
+
 /* Relaxed atomics for fields written by one thread and read by others (stats,
  * bitmaps read by the free fast path).  On x86-64 they compile to plain moves. */
 #define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
@@ -71,35 +84,58 @@
 #define MAX_NELEMS GM_SC_MAX_OBJECTS
 #define BITMAP_WORDS ((MAX_NELEMS + 63) / 64)
 
-/* ---- Object states ------------------------------------------------------ */
+/* ---- Object states and the state map ------------------------------------ */
 /*
- * Every object of a small span has a state byte (mspan.objstate), the truth
- * about the object that free() checks:
+ * Every 16-byte granule of an arena has a state byte in its arena's state
+ * map (one byte per granule: 4 MiB per 64 MiB arena, allocated beside the
+ * heapArena record and touched only where small spans are).  The byte of
+ * the granule where an object of a small span starts is the truth about
+ * that object, which free() checks; every other byte is 0.  Every size
+ * class malloc uses is a multiple of 16 bytes (the 8-byte class exists in
+ * Go's table but never holds objects here), so objects start on distinct
+ * granules and C's 16-byte alignment holds.
  *
- *   OBJ_FREE     free in its span: never handed out, or returned by a flush.
- *   OBJ_LIVE     handed out to the program.
- *   OBJ_CACHED   freed by the program, waiting on some thread's free list.
- *   OBJ_SAMPLED  handed out, and in the heap profile (mprof.c): live, but
- *                free() takes the slow path, which takes it out again.
- *   OBJ_TINY     a 16-byte block of tiny objects (tiny.c), live while any
- *                of them is or its owner still allocates from it.
+ *   OBJ_FREE          0: free in its span, never handed out or given back
+ *                     by a flush; or not the start of an object.
+ *   OBJ_LIVE(c)       c (1 .. NUM_CLASSES-1): handed out to the program,
+ *                     of size class c.  free() reads the class from it.
+ *   OBJ_CACHED        freed by the program, held in some thread's free
+ *                     list or a transfer cache.
+ *   OBJ_TINY          a 16-byte block of tiny objects (tiny.c).
+ *   OBJ_SAMPLED       live, and in the heap profile (mprof.c): free() takes
+ *                     the slow path, which takes it out again.
  *
- * A state byte is written only by the thread that owns the object at that
- * moment (the thread handing it out, the program thread freeing it, the
- * list owner popping it, or a flush under the mcentral lock), so plain byte
- * stores suffice: no atomic read-modify-write on any path.  Bytes, not bits,
- * because neighbouring objects change state on different threads.
+ * Transitions.  LIVE -> CACHED is the only one two threads can attempt at
+ * once (two frees of one object: a double free racing with itself), so
+ * free() makes it with one compare-and-swap: exactly one free wins, the
+ * other is reported.  Every other transition is made by the one thread
+ * that owns the object at that moment (the thread handing it out, the owner
+ * of the list it is on, a flush under the class lock), with plain stores.
  *
- * While on a free list an object holds two words: the next object on the
- * list, and the address of its own state byte, so that malloc can mark it
- * live without looking its span up.  Hence no object is smaller than 16
- * bytes (GM_SC_MIN_ALLOC_SIZE).
+ * What a freed object holds: nothing the allocator reads.  Free lists are
+ * arrays of (object, state byte) pairs in the allocator's own metadata
+ * (gm_mclass), out of the program's reach: a program that writes into
+ * memory it freed, or overflows into a freed neighbour, cannot steer
+ * malloc.  With the option free_check (default on), free() writes a keyed
+ * canary into the object's first word and malloc checks it before handing
+ * the object out again, so that such writes are reported
+ * (gm_report_corruption) instead of going unnoticed; malloc clears it.
  */
-enum obj_state { OBJ_FREE = 0, OBJ_LIVE = 1, OBJ_CACHED = 2, OBJ_SAMPLED = 3, OBJ_TINY = 4 };
+#define STATE_SHIFT 4 /* bytes per granule: 16 */
+#define STATEMAP_BYTES (ARENA_SIZE >> STATE_SHIFT)
+enum obj_state {
+    OBJ_FREE = 0,
+    OBJ_TINY = 0xfd,
+    OBJ_SAMPLED = 0xfe,
+    OBJ_CACHED = 0xff,
+};
+#define OBJ_LIVE(c) ((uint8_t)(c))
+_Static_assert(NUM_CLASSES <= OBJ_TINY, "state byte values overlap");
 
+/* An entry of a free list: the object and its state byte. */
 typedef struct gm_freeobj {
-    struct gm_freeobj *next;
-    uint8_t *state;
+    void *p;
+    uint8_t *st;
 } gm_freeobj;
 
 /* ---- Spans (mheap.go: mspan) ------------------------------------------------ */
@@ -119,17 +155,17 @@ enum span_list {
 
 /*
  * A span.  For a small-object span of class c, object i lives at
- * startAddr + i*elemsize, for i < nelems.
+ * startAddr + i*elemsize, for i < nelems, and its state byte is
+ * objstate[i*ststep] (the state map, see above).  A small span never
+ * crosses an arena boundary, so all its state bytes are in one state map.
  *
- * objstate[i] is the state of object i (see "Object states" above).
  * allocBits is Go's allocation bitmap, read by nextFreeIndex: a snapshot,
  * taken when the span was last handed to an mcache (the sweep sets bit i iff
- * objstate[i] != OBJ_FREE), of the slots that were not free then.  Objects
+ * object i is not OBJ_FREE), of the slots that were not free then.  Objects
  * freed back while the span is cached wait for the next sweep.
  *
  * Invariants (checked by gm_check_heap):
- *   allocBits bits at and beyond nelems are 0; objstate[nelems] == OBJ_FREE
- *     (the byte free() may read for a pointer at the end of the span);
+ *   allocBits bits at and beyond nelems are 0;
  *   cached: every slot below freeindex, and every slot with its allocBits
  *     bit set, was taken by the owner: allocCount counts every such slot not
  *     flushed back since, plus the slots it has not yet handed out (they are
@@ -141,27 +177,22 @@ enum span_list {
  *   An uncached span with allocCount == 0 does not exist: it goes back to the heap.
  */
 typedef struct gm_mspan {
-    /* The first cache line holds every field the fast paths read: free()
-     * misses on it once, not twice (the span structs are 64-byte aligned). */
+    /* The first cache line holds every field malloc's span path reads
+     * (the span structs are 64-byte aligned); free() reads no span. */
     uintptr_t startAddr;      /* first byte; page aligned. Immutable while in use. */
+    uint64_t allocCache;      /* ~allocBits shifted so bit 0 is slot freeindex. Owner only. */
+    uintptr_t freeindex;      /* slot at which nextFreeIndex resumes scanning, 0..nelems. Owner, or mcentral.lock. */
+    uint8_t *objstate;        /* small spans: the state byte of object 0. Immutable while in use. */
+    uint32_t nelems;          /* objects in the span. Immutable while in use. */
     uint32_t divMul;          /* for offset/elemsize as (offset*divMul)>>32; 0 for large. Immutable. */
-    uint8_t sizeclass;        /* 1..67 for small spans; 0 for large, free and dead spans. Immutable while in use. */
+    uint8_t sizeclass;        /* 1..NUM_CLASSES-1 for small spans; 0 for large, free and dead spans. Immutable while in use. */
     uint8_t state;            /* enum span_state. Written under mheap.lock; read racily only to report bad frees. */
     uint8_t needzero;         /* 1 if any object or page may hold non-zero bytes. Under mcentral lock (small) or owner. */
     uint8_t list;             /* enum span_list: which list the span is on. Under its owner lock. */
-    uint32_t clsOffset;       /* small spans: offset of the gm_mclass of sizeclass in an mcache. Immutable. */
-    uint32_t nelems;          /* objects in the span. Immutable while in use. */
-    /* objstate: nelems+1 state bytes (enum obj_state), from the class's
-     * fixalloc; NULL for large and free spans.  Immutable while in use. */
-    uint8_t *objstate;
+    uint16_t ststep;          /* elemsize / 16: state bytes from one object to the next. Immutable while in use. */
     uintptr_t elemsize;       /* object size; npages*PAGE_SIZE for large. Immutable while in use. */
-    /* Allocation state (mheap.go: freeindex, allocCache).  Written only by the
-     * owning mcache while cached, and under mcentral.lock otherwise. */
-    uintptr_t freeindex;      /* slot at which nextFreeIndex resumes scanning, 0..nelems */
-    uint64_t allocCache;      /* ~allocBits shifted so bit 0 is slot freeindex. Owner only. */
     uintptr_t npages;         /* pages in the span. Under mheap.lock. */
-    /* Second line: fields other threads write under a lock (kept off the
-     * line the fast paths read). */
+    /* Second line: fields other threads write under a lock. */
     uint32_t allocCount;      /* see invariants above. Under mcentral.lock. */
     uint8_t sampled;          /* large spans: 1 if the object is in the heap profile. Set by its allocator, cleared by its freer. */
     /* Spans of the 16-byte class that have hosted tiny blocks: a word per
@@ -177,7 +208,7 @@ typedef struct gm_mspan {
      * no mcache owns the span; read by the owner. */
     uint64_t allocBits[BITMAP_WORDS];
 } __attribute__((aligned(64))) gm_mspan;
-_Static_assert(offsetof(gm_mspan, npages) + sizeof(uintptr_t) == 64, "the fast paths' fields fill one line");
+_Static_assert(offsetof(gm_mspan, npages) + sizeof(uintptr_t) <= 64, "malloc's span fields fill one line");
 
 /* Doubly linked span lists (mcentral partial/full, heap free lists). */
 static inline void gm_list_push(gm_mspan **head, gm_mspan *s) {
@@ -199,13 +230,13 @@ static inline void gm_list_unlink(gm_mspan **head, gm_mspan *s) {
 
 /* ---- Per-arena metadata (mheap.go: heapArena) ------------------------------ */
 
+/* Lives right after its arena's state map, in one mapping (arena.c). */
 typedef struct gm_heap_arena {
     /* spans[i] is the span holding page i of this arena: the in-use span
      * for every page of an in-use span; for a free run only its first and
-     * last page (boundary tags for coalescing); &gm_nospan elsewhere (so
-     * that free() needs no NULL test: gm_nospan fails its slot test).  Written
-     * under mheap.lock (or by the owner of the page cache holding the
-     * pages); read without a lock by free() (relaxed). */
+     * last page (boundary tags for coalescing); &gm_nospan elsewhere.
+     * Written under mheap.lock (or by the owner of the page cache holding
+     * the pages); read without a lock by the slow paths (relaxed). */
     gm_mspan *spans[PAGES_PER_ARENA];
     /* pageInUse: bit i set iff page i is the first page of an in-use span.
      * Under mheap.lock. */
@@ -225,21 +256,34 @@ typedef struct gm_heap_arena {
 
 /* ---- mcache (mcache.go) ---------------------------------------------------- */
 
-/* One size class in an mcache: the fields malloc and free touch, in 32
- * bytes.  Each fast path bumps one counter: free counts pushes, malloc
- * raises the bound the pushes may reach.  With listmax the list's bound
- * (gm_mcache) and nflush the objects flushed from the list, ever:
- *   limit == listmax + (objects malloc popped) + nflush - nrecv, so
- *   list length == npush - limit + listmax, and a push has room iff
- *   npush < limit;
- *   mallocs == (limit - listmax - nflush + nrecv) + nspan, frees == npush.
- * (nrecv: objects the list received whole from the transfer cache.) */
+/*
+ * One size class in an mcache: the fields malloc and free touch, in 32
+ * bytes.  The free list is an array of listmax (object, state byte) pairs
+ * ending at `end`, filled from the bottom, with a NULL pair just below it
+ * (the sentinel that an empty list pops).  Each fast path bumps one
+ * counter: free counts pushes, malloc raises the bound the pushes may
+ * reach.  Both count in LIST_UNIT (the bytes of an entry) per object, so
+ * that their difference is the byte offset of the list's top from `end`.
+ * With nflush the objects flushed from the list, ever, and nrecv those it
+ * received whole from the transfer cache, in objects:
+ *   limit/LIST_UNIT == listmax + (objects malloc popped) + nflush - nrecv, so
+ *   list length == (npush - limit)/LIST_UNIT + listmax, the top entry is at
+ *   (char *)end + npush - limit - LIST_UNIT, and a push has room iff npush < limit;
+ *   mallocs == (limit/LIST_UNIT - listmax - nflush + nrecv) + nspan,
+ *   frees == npush/LIST_UNIT.
+ * The entries of an mcache's cls[] that are not size classes (0, and every
+ * state byte value that is not OBJ_LIVE) have npush == limit == 0 and an
+ * empty list: free() indexes cls[] by the state byte it reads, and any
+ * byte but OBJ_LIVE(c) lands on an entry without room, i.e. the slow path.
+ */
+#define LIST_UNIT ((uint64_t)sizeof(gm_freeobj))
 typedef struct gm_mclass {
-    gm_freeobj *head;    /* objects freed on this thread, LIFO, all OBJ_CACHED. Owner only. */
+    gm_freeobj *end;     /* one past the list's array; end[-listmax-1] is the sentinel. Owner only. */
+    uint64_t npush;      /* LIST_UNIT per object pushed on the list (freed on this thread), ever. Owner writes, others read racily. */
+    uint64_t limit;      /* see above; 0 in the entries that are not classes. Owner writes, others read racily. */
     gm_mspan *span;      /* span being allocated from; &gm_emptyspan when none. Owner only. */
-    uint64_t npush;      /* objects pushed on the list (freed on this thread), ever. Owner writes, others read racily. */
-    uint64_t limit;      /* see above; 0 in gm_nocache, so no push has room. Owner writes, others read racily. */
 } gm_mclass;
+#define MCACHE_CLS 256   /* one entry per state byte value */
 
 /* Per-thread page cache (mpagecache.go): 64 pages taken from the heap in one
  * run, handed out to small spans without the heap lock.  Owner only. */
@@ -248,18 +292,20 @@ typedef struct gm_pagecache {
     uint64_t free;   /* bit i: page base+i*PAGE_SIZE is free in the cache */
     uint64_t scav;   /* bit i: that page is released to the OS (implies free) */
     uint64_t zero;   /* bit i: that page is known to hold only zeros (implies free) */
+    uint64_t nocross; /* bit i: pages i-1 and i are in different arenas (no small span straddles them) */
 } gm_pagecache;
 #define PAGE_CACHE_PAGES 64
-#define PAGE_CACHE_MAX_SPAN (PAGE_CACHE_PAGES / 4) /* smaller spans use the cache */
+#define PAGE_CACHE_MAX_SPAN (PAGE_CACHE_PAGES / 4) /* small spans come from the cache */
 
 #define SPAN_CACHE_MAX 16
 
 typedef struct gm_mcache {
-    gm_mclass cls[NUM_CLASSES];
+    gm_mclass cls[MCACHE_CLS];      /* must come first: malloc's size table holds offsets of cls[c] */
     uint64_t nspan[NUM_CLASSES];    /* objects malloc took from spans, ever. Owner writes, others read racily. */
     uint64_t nflush[NUM_CLASSES];   /* objects taken off the list by flushes, ever. Same. */
     uint64_t nrecv[NUM_CLASSES];    /* objects put on the list from the transfer cache, ever. Same. */
     uint32_t listmax[NUM_CLASSES];  /* bound on each list's length (tcache_bytes). Fixed at creation. */
+    gm_freeobj *lists;              /* the lists' arrays, one block (gm_mcache_lists_bytes). Owner only. */
     gm_pagecache pcache;
     gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
     int nspancache;
@@ -268,16 +314,23 @@ typedef struct gm_mcache {
     uint32_t *tinyword[4];          /* its word (tiny.c). Owner only. */
     uint8_t tinynext[4];            /* its next slot to hand out. Owner only. */
     uint64_t tiny_mallocs, tiny_frees; /* tiny objects allocated / freed on this thread, ever. Owner writes, others read racily. */
+    uint64_t slow_frees;            /* frees of small objects that took free's slow path (full list, sampled...). Owner only. */
     uint64_t rand;                  /* xorshift state for the sampling intervals. Owner only. */
     bool linked;                    /* on the registry list. Under registry lock. */
     struct gm_mcache *next, *prev;  /* registry list. Under registry lock. */
 } gm_mcache;
+_Static_assert(offsetof(gm_mcache, cls) == 0, "malloc finds cls[c] at c * sizeof(gm_mclass)");
 
 /* The length of a list with these counters (see gm_mclass), clamped to
  * 0..listmax so that a racy read by another thread stays in range. */
 static inline uint32_t gm_list_len(uint64_t npush, uint64_t limit, uint32_t listmax) {
-    int64_t len = (int64_t)(npush - limit) + listmax;
+    int64_t len = (int64_t)(npush - limit) / (int64_t)LIST_UNIT + listmax;
     return len < 0 ? 0 : len > listmax ? listmax : (uint32_t)len;
+}
+/* The first entry of a list (the oldest), and the entry a push fills. */
+static inline gm_freeobj *gm_list_base(const gm_mclass *m, uint32_t listmax) { return m->end - listmax; }
+static inline gm_freeobj *gm_list_slot(const gm_mclass *m) {
+    return (gm_freeobj *)((char *)m->end + (int64_t)(m->npush - m->limit));
 }
 
 /* ---- Off-heap metadata (fixalloc.c) ---------------------------------------- */
@@ -295,11 +348,12 @@ typedef struct gm_fixalloc {
 
 /* Transfer cache: a list a thread flushed, kept whole for the next thread
  * whose list runs dry (tcmalloc's transfer cache; Go needs none, its
- * sweeper frees in bulk).  Objects stay OBJ_CACHED, with their links. */
+ * sweeper frees in bulk).  A batch is a copy of the list's entries; the
+ * objects stay OBJ_CACHED. */
 #define TC_BATCHES 4
 #define TC_BYTES (32u << 10) /* bound on the bytes of objects a class holds in batches */
 typedef struct gm_tcbatch {
-    gm_freeobj *head; /* n objects linked through next, NULL-terminated */
+    gm_freeobj *objs; /* n entries; the buffer holds gm_list_cap[class]. Under the class lock. */
     uint32_t n;
     uint64_t since;   /* gm_now_ms() when the batch came in */
 } gm_tcbatch;
@@ -309,8 +363,7 @@ typedef struct gm_mcentral {
     gm_mspan *partial; /* uncached spans with free slots (list == LIST_PARTIAL). */
     gm_mspan *full;    /* uncached spans without free slots (list == LIST_FULL). */
     uint64_t nspans;   /* in-use spans of this class, cached or not. Under lock. */
-    gm_fixalloc statealloc; /* objstate arrays of this class's spans. Under lock. */
-    gm_tcbatch tc[TC_BATCHES]; /* tc[0..ntc) hold batches, oldest first. Under lock. */
+    gm_tcbatch tc[TC_BATCHES]; /* tc[0..ntc) hold batches, oldest first; every tc[i].objs is a buffer once allocated. Under lock. */
     gm_fixalloc tinywordalloc; /* tinywords arrays of this class's spans (the 16-byte class only). Under lock. */
     uint32_t ntc;      /* Under lock; read racily by malloc to skip the lock when 0. */
     uint32_t tc_objects; /* objects in tc, at most TC_BYTES of them. Under lock. */
@@ -382,57 +435,63 @@ GM_HIDDEN void gm_persistent_reinit(void);
 
 /* The L2 arena map (the L1 map has one entry, so it is this array).  An
  * entry is written once, under mheap.lock, when memory in its arena is
- * first mapped, and read without a lock (relaxed; the record is published
- * with a release store).  A static array: 32 MiB of zero-fill address
- * space, touched a page per 512 arenas, and free() needs no load to find it.
+ * first mapped, and read without a lock (relaxed; the arena's metadata is
+ * published with a release store).  A static array: 32 MiB of zero-fill
+ * address space, touched a page per 512 arenas, and free() needs no load to
+ * find it.
  *
- * An entry is 0 for no arena, else the arena's heapArena.spans biased by the
- * arena's first page number (gm_arena_map_entry): indexed by a >> PAGE_SHIFT
- * directly, it gives a's span, and free() saves masking the page number. */
+ * An entry is 0 for no arena, else the arena's state map biased by the
+ * arena's first granule (gm_arena_map_entry): entry + (a >> STATE_SHIFT)
+ * is the state byte of address a, one addition from the address, which is
+ * all free() needs.  The heapArena record follows the state map. */
 extern GM_HIDDEN uintptr_t gm_arena_map[ARENA_L2_ENTRIES];
-_Static_assert(offsetof(gm_heap_arena, spans) == 0, "the arena map points at spans");
 
-GM_INLINE uintptr_t gm_arena_map_entry(const gm_heap_arena *ha) {
-    return (uintptr_t)ha->spans - (ha->base >> PAGE_SHIFT) * sizeof(gm_mspan *);
-}
+GM_INLINE uintptr_t gm_arena_map_entry(uintptr_t statemap, uintptr_t base) { return statemap - (base >> STATE_SHIFT); }
 GM_INLINE uintptr_t gm_arena_map_load(uintptr_t a) {
     uintptr_t i = a >> ARENA_SHIFT;
     if (unlikely(i >= ARENA_L2_ENTRIES))
         return 0;
     return LOAD_RELAXED(&gm_arena_map[i]);
 }
+/* The state byte of address a, whose arena map entry is e (nonzero). */
+GM_INLINE uint8_t *gm_state_at(uintptr_t e, uintptr_t a) { return (uint8_t *)(e + (a >> STATE_SHIFT)); }
 /* The heapArena record of the arena holding address a, or NULL. */
 GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
     uintptr_t e = gm_arena_map_load(a);
     if (unlikely(e == 0))
         return NULL;
-    return (gm_heap_arena *)(e + ((a & ~(ARENA_SIZE - 1)) >> PAGE_SHIFT) * sizeof(gm_mspan *));
+    return (gm_heap_arena *)(e + ((a & ~(ARENA_SIZE - 1)) >> STATE_SHIFT) + STATEMAP_BYTES);
 }
 /* The span map entry for address a: NULL outside the arenas, &gm_nospan
  * for pages of an arena that no span covers. */
 GM_INLINE gm_mspan *gm_span_of_raw(uintptr_t a) {
-    uintptr_t e = gm_arena_map_load(a);
-    if (unlikely(e == 0))
+    gm_heap_arena *ha = gm_arena_of(a);
+    if (unlikely(ha == NULL))
         return NULL;
-    return LOAD_RELAXED((gm_mspan **)(e + (a >> PAGE_SHIFT) * sizeof(gm_mspan *)));
+    return LOAD_RELAXED(&ha->spans[(a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)]);
 }
 /* spanOf: the span holding address a, or NULL.  Any address may be asked. */
 GM_INLINE gm_mspan *gm_span_of(uintptr_t a) {
     gm_mspan *s = gm_span_of_raw(a);
     return s == &gm_nospan ? NULL : s;
 }
+/* The state byte of address a, which lies in an arena. */
+GM_INLINE uint8_t *gm_state_of(uintptr_t a) { return gm_state_at(gm_arena_map_load(a), a); }
 GM_HIDDEN void gm_arena_init(void);
 /* Reserve and map address space for at least n bytes; returns the base of a
  * newly mapped run, or 0.  Called with mheap.lock held. */
 GM_HIDDEN uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got);
 GM_HIDDEN void gm_set_spans(gm_mspan *s, uintptr_t base, uintptr_t npages, gm_mspan *v);
+/* The per-process secret of the free check, never 0 (arena.c, from getrandom). */
+extern GM_HIDDEN uint64_t gm_secret;
 
 /* ---- pagealloc.c: the page heap --------------------------------------------- */
 
 GM_HIDDEN void gm_pages_init(void);
 /* Allocate a span of npages; sizeclass 0 for a large object.  Returns the
- * span in state SPAN_INUSE with needzero set, or NULL when out of memory. */
-GM_HIDDEN gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate);
+ * span in state SPAN_INUSE with needzero set, or NULL when out of memory
+ * or over the hard limit.  Small spans come from c's page cache. */
+GM_HIDDEN gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass);
 /* A large span whose start is aligned to align (a power of two > PAGE_SIZE). */
 GM_HIDDEN gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align);
 GM_HIDDEN void gm_heap_free(gm_mspan *s);
@@ -448,7 +507,7 @@ GM_HIDDEN bool gm_heap_unreleased_free(uint64_t *oldest);
 
 /* ---- mspan.c: span bitmaps --------------------------------------------------- */
 
-GM_HIDDEN void gm_span_init_small(gm_mspan *s, uint8_t sizeclass, uint8_t *objstate);
+GM_HIDDEN void gm_span_init_small(gm_mspan *s, uint8_t sizeclass);
 GM_HIDDEN uintptr_t gm_span_nextFreeIndex(gm_mspan *s);
 GM_HIDDEN void gm_span_refillAllocCache(gm_mspan *s, uintptr_t whichByte);
 GM_INLINE bool gm_bit(const uint64_t *bits, uintptr_t i) {
@@ -464,7 +523,9 @@ GM_INLINE uintptr_t gm_span_index(const gm_mspan *s, uintptr_t a) {
 GM_INLINE bool gm_span_is_slot(const gm_mspan *s, uintptr_t a) {
     return (uint32_t)((uint64_t)(a - s->startAddr) * s->divMul) < s->divMul;
 }
-GM_INLINE uint8_t gm_objstate(const gm_mspan *s, uintptr_t i) { return LOAD_RELAXED(&s->objstate[i]); }
+/* The state byte of object i of small span s. */
+GM_INLINE uint8_t *gm_objstate_ptr(const gm_mspan *s, uintptr_t i) { return s->objstate + i * s->ststep; }
+GM_INLINE uint8_t gm_objstate(const gm_mspan *s, uintptr_t i) { return LOAD_RELAXED(gm_objstate_ptr(s, i)); }
 GM_INLINE void gm_set_objstate(uint8_t *st, uint8_t v) { STORE_RELAXED(st, v); }
 
 /* nextFreeFast (malloc.go): the next free object of the cached span if the
@@ -481,7 +542,7 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
                 return NULL;
             s->allocCache = (cache >> theBit) >> 1;
             s->freeindex = freeidx;
-            gm_set_objstate(&s->objstate[result], OBJ_LIVE);
+            gm_set_objstate(gm_objstate_ptr(s, result), OBJ_LIVE(s->sizeclass));
             return (void *)(s->startAddr + result * s->elemsize);
         }
     }
@@ -495,15 +556,16 @@ GM_HIDDEN void gm_mcentral_init(void);
 GM_HIDDEN gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc);
 /* Give a cached span back (uncacheSpan). */
 GM_HIDDEN void gm_mcentral_uncacheSpan(gm_mspan *s);
-/* Return a list of freed objects of class sc to their spans; returns how
- * many.  Objects that fail validation are reported and dropped. */
-GM_HIDDEN uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head);
-/* A list of n freed objects of class sc leaves an mcache: kept whole in the
+/* Return n freed objects of class sc to their spans (where a freed object
+ * goes); returns how many went back.  Entries that fail validation are
+ * reported and skipped. */
+GM_HIDDEN uint64_t gm_mcentral_freeObjs(uint8_t sc, const gm_freeobj *objs, uint32_t n);
+/* n freed objects of class sc leave an mcache: copied whole into the
  * transfer cache if it has room, else back to the spans. */
-GM_HIDDEN void gm_mcentral_freeBatch(uint8_t sc, gm_freeobj *head, uint32_t n);
-/* The newest batch of the transfer cache of class sc if it holds at most
- * max objects (their number in *n), else NULL. */
-GM_HIDDEN gm_freeobj *gm_mcentral_takeBatch(uint8_t sc, uint32_t max, uint32_t *n);
+GM_HIDDEN void gm_mcentral_freeBatch(uint8_t sc, const gm_freeobj *objs, uint32_t n);
+/* Copy the newest batch of the transfer cache of class sc into out if it
+ * holds at most max objects; returns their number (0: none taken). */
+GM_HIDDEN uint32_t gm_mcentral_takeBatch(uint8_t sc, gm_freeobj *out, uint32_t max);
 /* Empty every transfer cache into the spans (gm_release). */
 GM_HIDDEN void gm_mcentral_drainAll(void);
 /* Move the batches that came in at least age_ms ago to the spans (the
@@ -519,9 +581,13 @@ GM_HIDDEN int gm_mcentral_check_tc(uint64_t *n);
  * mcache owns it.  Returns violations. */
 GM_HIDDEN int gm_span_check(const gm_mspan *s, bool cached);
 GM_HIDDEN int gm_mcentral_check_lists(uint64_t *nuncached);
+/* Is entry f a cached object of class sc (its state byte, its span)? */
+GM_HIDDEN bool gm_freeobj_valid(const gm_freeobj *f, uint8_t sc);
 
 /* ---- mcache.c ------------------------------------------------------------- */
 
+/* The capacity of every mcache's list of class sc (tcache_bytes at start-up). */
+extern GM_HIDDEN uint32_t gm_list_cap[NUM_CLASSES];
 GM_HIDDEN void gm_mcache_init(void);
 GM_HIDDEN gm_mcache *gm_mcache_create(void);
 GM_HIDDEN void *gm_mcache_refill(gm_mcache *c, uint8_t sc);
@@ -545,6 +611,9 @@ extern GM_HIDDEN bool gm_fork_orphans;
 #define GM_TLS_MODEL
 #endif
 extern GM_HIDDEN __thread gm_mcache *gm_tls_mcache GM_TLS_MODEL;
+/* Set on a thread whose cache was handed back at exit: its later frees go
+ * straight to the spans instead of creating a cache that would leak. */
+extern GM_HIDDEN __thread bool gm_tls_exiting;
 
 /* ---- malloc.c: public API and error reporting ------------------------------ */
 
@@ -556,6 +625,10 @@ GM_INLINE void gm_ensure_init(void) {
 }
 /* Report a bad pointer: abort with a message, or count it and return code. */
 GM_HIDDEN int gm_report(int code, const void *p, const char *what);
+/* Report heap corruption found at object p of class sc (what: how it was
+ * found): abort with a message, or (abort_on_error 0) count it in
+ * bad_frees and let the caller drop the object. */
+GM_HIDDEN void gm_report_corruption(const void *p, uint8_t sc, const char *what);
 GM_HIDDEN _Noreturn void gm_throw(const char *msg);
 GM_HIDDEN uint8_t gm_size_to_class(size_t size);
 GM_HIDDEN uint64_t gm_bad_frees(void);
@@ -577,6 +650,8 @@ struct gm_options {
     long long hard_limit;      /* allocations fail rather than push heap_inuse above it (0: none) */
     long long profile_rate;    /* heap profile: one sample per this many bytes on average (0: off) */
     long long tiny;            /* 1: objects of 1 to 8 bytes share 16-byte blocks (tiny.c) */
+    long long free_check;      /* 1: free() leaves a keyed canary in the object, malloc checks it */
+    long long random_heap;     /* 1: arena hints start at a random offset (0: Go's fixed hints) */
 };
 extern GM_HIDDEN struct gm_options gm_opt;
 GM_HIDDEN void gm_options_init(void);
@@ -585,6 +660,7 @@ GM_HIDDEN void gm_options_init(void);
 
 #define TINY_MAX 8       /* largest size the tiny allocator serves */
 #define TINY_CLASS 2     /* the size class of its blocks: 16 bytes */
+_Static_assert(TINY_CLASS == 2, "class 2 is the 16-byte class");
 GM_HIDDEN void *gm_tiny_alloc(gm_mcache *c, size_t size, bool zero);
 /* p lies in the tiny block in slot i of s: GM_OK if p is a live tiny object. */
 GM_HIDDEN int gm_tiny_check(const gm_mspan *s, uintptr_t i, uintptr_t p);
@@ -631,12 +707,5 @@ GM_HIDDEN void gm_scavenger_fork_prepare(void);
 GM_HIDDEN void gm_scavenger_fork_parent(void);
 GM_HIDDEN void gm_scavenger_fork_child(void);
 GM_HIDDEN void gm_warn_check(const char *what, const gm_mspan *s);
-
-/* Debug builds: assertions and heap checks (mimalloc-style levels). */
-#ifdef GM_DEBUG
-#define GM_ASSERT(c) ((c) ? (void)0 : gm_throw("assertion failed: " #c))
-#else
-#define GM_ASSERT(c) ((void)0)
-#endif
 
 #endif /* GM_INTERNAL_H */

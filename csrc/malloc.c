@@ -39,10 +39,15 @@
  * How a freed object travels back (what Go does not have; Go's sweeper
  * finds dead objects by marking instead):
  *
- *   1. free(p) finds p's span in two loads (arena map, then the arena's
- *      span map), checks that p is the start of a live object of a small
- *      span, and pushes p on the calling thread's free list for its class.
- *      No lock, whichever thread allocated p.
+ *   1. free(p) reads p's state byte: one load of the arena map, whose entry
+ *      is the arena's state map biased so that the address shifted right by
+ *      four indexes it, then the byte (gm_internal.h, "Object states").
+ *      OBJ_LIVE(c) says p starts a live object of class c; any other byte
+ *      sends free() to its slow path.  A compare-and-swap makes the byte
+ *      OBJ_CACHED(c), so that of two frees of one object exactly one wins,
+ *      and (p, its state byte) is pushed on the calling thread's list for
+ *      class c: an array in the thread's mcache.  No lock, whichever thread
+ *      allocated p, and no span is read.
  *   2. malloc on that thread pops it again (step 2 above): hot memory.
  *   3. When the list exceeds its bound, its older half leaves in one batch
  *      under the class lock (mcentral.c): into the class's transfer cache,
@@ -61,17 +66,26 @@
  *      page cache; its mcache is recycled.
  *
  * Bad pointers.  free() validates every pointer on the fast path, exactly:
- * its arena and span must exist, it must be the start of an object of a
- * small span (else the slow path deals with large objects and errors), and
- * the object's state byte must say OBJ_LIVE; a double free finds
- * OBJ_CACHED or OBJ_FREE there, whichever thread's list the first free put
- * it on.  What is caught is reported (gm_report) and never reaches the heap.
+ * it must lie in an arena, be 16-byte aligned, and its state byte must say
+ * OBJ_LIVE (only the granule where an object starts has a nonzero byte).
+ * A double free finds OBJ_CACHED or OBJ_FREE there, whichever thread freed
+ * first; two frees racing each other meet in the compare-and-swap.  What is
+ * caught is reported (gm_report) and never reaches the heap.
+ *
+ * Hostile programs.  The free lists live in the allocator's metadata, not
+ * in freed objects: nothing a program writes into freed memory is ever
+ * followed.  free() leaves a canary in the object's first word (its
+ * address xor a per-process secret), and malloc checks it and the state
+ * byte before it hands the object out again: a write after free is
+ * reported (gm_report_corruption), and the word is cleared, so that no
+ * object handed out holds anything of the allocator's.
  */
 #define _GNU_SOURCE
-/* The fast paths' two-word stores to a freed object are faster as two
- * moves than as the vector shuffle gcc's SLP vectorizer builds. */
+/* The fast paths' two-word stores of a list entry are faster as two moves
+ * than as the vector shuffle gcc's SLP vectorizer builds. */
 #pragma GCC optimize("no-tree-slp-vectorize")
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +96,10 @@
 atomic_int gm_inited;
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t bad_frees;
+/* A private duplicate of stderr taken at start-up, for the report at exit:
+ * many programs (ls, grep, sort) close stderr before their exit handlers
+ * run.  -1: none. */
+static int report_fd = -1;
 
 /* ---- start-up (mallocinit) ------------------------------------------------- */
 
@@ -121,10 +139,11 @@ static void print_stats_at_exit(void) {
                          (unsigned long long)st.heap_released, (unsigned long long)st.heap_objects,
                          (unsigned long long)st.mallocs, (unsigned long long)st.frees,
                          (unsigned long long)st.num_arenas);
+        int fd = report_fd >= 0 ? report_fd : 2;
         if (n > 0)
-            (void)!write(2, buf, (size_t)n);
+            (void)!write(fd, buf, (size_t)n);
         if (gm_opt.profile_rate > 0)
-            gm_profile_print(2, 10);
+            gm_profile_print(fd, 10);
     }
 }
 
@@ -141,8 +160,10 @@ void gm_init_slow(void) {
         /* Published before pthread_atfork and atexit, which may allocate. */
         atomic_store_explicit(&gm_inited, 1, memory_order_release);
         pthread_atfork(fork_prepare, fork_parent, fork_child);
-        if (gm_opt.print_stats || gm_opt.check_heap)
+        if (gm_opt.print_stats || gm_opt.check_heap) {
+            report_fd = fcntl(2, F_DUPFD_CLOEXEC, 3);
             atexit(print_stats_at_exit);
+        }
     }
     pthread_mutex_unlock(&init_lock);
 }
@@ -178,6 +199,18 @@ int gm_report(int code, const void *p, const char *what) {
     }
     errno = EINVAL;
     return code;
+}
+
+void gm_report_corruption(const void *p, uint8_t sc, const char *what) {
+    ATOMIC_ADD(&bad_frees, 1);
+    if (gm_opt.abort_on_error) {
+        char buf[256];
+        int n = snprintf(buf, sizeof buf, "pygomalloc: heap corruption: object of size class %u (%u bytes) at %p: %s\n",
+                         sc, sc < NUM_CLASSES ? gm_class_to_size[sc] : 0, p, what);
+        if (n > 0)
+            (void)!write(2, buf, (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+        abort();
+    }
 }
 
 uint64_t gm_bad_frees(void) { return LOAD_RELAXED(&bad_frees); }
@@ -231,33 +264,83 @@ uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
 
 static GM_NOINLINE void *malloc_slow(size_t size, bool zero);
 
+/* The free check's canary, written into the first word of every freed
+ * object: the per-process secret, so that a program cannot write it by
+ * accident, nor an attacker without reading a freed object first (which
+ * would only let him hide a write after free: the free lists are out of
+ * his reach whatever he writes). */
+GM_INLINE uint64_t canary(uintptr_t p) {
+    (void)p;
+    return gm_secret;
+}
+
+/* The object on top of list m is wrong: its state byte does not say
+ * OBJ_CACHED, or its canary was overwritten.  Reports it; returns the
+ * object when it may still be handed out (only its contents were written
+ * after free), else drops the entry and returns NULL. */
+static GM_NOINLINE void *pop_bad(gm_mclass *m, uint8_t sc, gm_freeobj *top) {
+    void *p = top->p;
+    m->limit += LIST_UNIT; /* the entry leaves the list either way */
+    if (LOAD_RELAXED(top->st) != OBJ_CACHED) {
+        gm_report_corruption(p, sc, "its state says it is not on a free list (the allocator's memory was overwritten)");
+        return NULL;
+    }
+    gm_report_corruption(p, sc, "written after it was freed");
+    gm_set_objstate(top->st, OBJ_LIVE(sc));
+    *(uint64_t *)p = 0;
+    return p;
+}
+
+/* Pop the newest object of list m, of class sc, or NULL (empty, or a bad
+ * entry dropped).  The entry below the bottom is a NULL sentinel, so an
+ * empty list needs no test of its own. */
+GM_INLINE void *list_pop(gm_mclass *m, uint8_t sc) {
+    gm_freeobj *top = gm_list_slot(m) - 1;
+    void *p = top->p;
+    if (likely(p != NULL)) {
+        uint8_t *st = top->st;
+        if (unlikely(LOAD_RELAXED(st) != OBJ_CACHED || *(uint64_t *)p != canary((uintptr_t)p)))
+            return pop_bad(m, sc, top);
+        gm_set_objstate(st, OBJ_LIVE(sc));
+        *(uint64_t *)p = 0;
+        m->limit += LIST_UNIT;
+    }
+    return p;
+}
+
 /*
  * The fast path: steps 2 and 3 of the overview.  Measured with callgrind in
  * bench/callgrind_fastpath.py (see README for the instruction counts).
  */
 GM_INLINE void *malloc_fast(size_t size) {
     gm_mcache *c = gm_tls_mcache;
-    gm_mclass *m;
+    uintptr_t off;
     if (likely(size <= GM_SC_SMALL_SIZE_MAX))
-        m = (gm_mclass *)((char *)c + LOAD_RELAXED(&size_offset[size]));
+        off = LOAD_RELAXED(&size_offset[size]);
     else if (size <= MAX_SMALL_SIZE)
-        m = (gm_mclass *)((char *)c + LOAD_RELAXED(&class128_offset[(size - GM_SC_SMALL_SIZE_MAX + GM_SC_LARGE_SIZE_DIV - 1) /
-                                                                     GM_SC_LARGE_SIZE_DIV]));
+        off = LOAD_RELAXED(&class128_offset[(size - GM_SC_SMALL_SIZE_MAX + GM_SC_LARGE_SIZE_DIV - 1) /
+                                            GM_SC_LARGE_SIZE_DIV]);
     else
         return malloc_slow(size, false);
-    gm_freeobj *p = m->head;
+    gm_mclass *m = (gm_mclass *)((char *)c + off);
+    uint8_t sc = (uint8_t)(off / sizeof(gm_mclass));
+    gm_freeobj *top = gm_list_slot(m) - 1;
+    void *p = top->p;
     if (likely(p != NULL)) {
-        gm_freeobj *next = p->next;
-        uint8_t *st = p->state;
-        m->head = next;
-        m->limit++;
-        gm_set_objstate(st, OBJ_LIVE);
+        /* The list_pop of the slow path, with its rare case sent there too
+         * (so that this function needs no stack frame). */
+        uint8_t *st = top->st;
+        if (unlikely(LOAD_RELAXED(st) != OBJ_CACHED || *(uint64_t *)p != canary((uintptr_t)p)))
+            return malloc_slow(size, false);
+        gm_set_objstate(st, OBJ_LIVE(sc));
+        *(uint64_t *)p = 0;
+        m->limit += LIST_UNIT;
         return p;
     }
-    void *q = gm_nextFreeFast(m->span);
-    if (likely(q != NULL)) {
-        c->nspan[m - c->cls]++;
-        return q;
+    p = gm_nextFreeFast(m->span);
+    if (likely(p != NULL)) {
+        c->nspan[sc]++;
+        return p;
     }
     return malloc_slow(size, false);
 }
@@ -268,7 +351,7 @@ static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
         return NULL;
     }
     uintptr_t npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
-    gm_mspan *s = gm_heap_alloc(c, npages, 0, NULL);
+    gm_mspan *s = gm_heap_alloc(c, npages, 0);
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -311,31 +394,29 @@ GM_INLINE void *malloc_slow_inner(size_t size, bool zero) {
     /* size 0 gets the 16-byte class: a distinct pointer per malloc(0). */
     uint8_t sc = size_to_class(size);
     gm_mclass *m = &c->cls[sc];
-    if (m->head == NULL) {
-        /* Steps 3 to 7, with the transfer cache before nextFreeIndex: a
-         * batch another thread flushed is taken whole. */
-        void *p = gm_nextFreeFast(m->span);
-        if (p == NULL && (LOAD_RELAXED(&gm_central[sc].ntc) == 0 || !gm_mcache_receive(c, sc))) {
-            p = gm_mcache_refill(c, sc);
-            if (p == NULL) {
-                errno = ENOMEM;
-                return NULL;
-            }
-        }
+    for (;;) {
+        void *p = list_pop(m, sc);
         if (p != NULL) {
-            c->nspan[sc]++;
-            if (zero && LOAD_RELAXED(&m->span->needzero))
+            if (zero)
                 memset(p, 0, size);
             return p;
         }
+        if (gm_list_len(m->npush, m->limit, c->listmax[sc]) != 0)
+            continue; /* a bad entry was dropped: try the next */
+        /* Steps 3 to 7, with the transfer cache before nextFreeIndex: a
+         * batch another thread flushed is taken whole. */
+        p = gm_nextFreeFast(m->span);
+        if (p == NULL && LOAD_RELAXED(&gm_central[sc].ntc) != 0 && gm_mcache_receive(c, sc))
+            continue;
+        if (p == NULL && (p = gm_mcache_refill(c, sc)) == NULL) {
+            errno = ENOMEM;
+            return NULL;
+        }
+        c->nspan[sc]++;
+        if (zero && LOAD_RELAXED(&m->span->needzero))
+            memset(p, 0, size);
+        return p;
     }
-    gm_freeobj *f = m->head;
-    m->head = f->next;
-    gm_set_objstate(f->state, OBJ_LIVE);
-    m->limit++;
-    if (zero)
-        memset(f, 0, size);
-    return f;
 }
 
 void *gm_malloc(size_t size) { return malloc_fast(size); }
@@ -353,52 +434,64 @@ void *gm_calloc(size_t nmemb, size_t size) {
 
 static GM_NOINLINE int free_slow(void *p, bool checked);
 
-/* Push live object p, whose state byte is st, on list m, which has room
- * (step 1 of the way back). */
-GM_INLINE void free_push(gm_mclass *m, void *p, uint8_t *st) {
-    gm_freeobj *f = p;
-    f->next = m->head;
-    f->state = st;
-    m->head = f;
-    m->npush++;
-    gm_set_objstate(st, OBJ_CACHED);
+/* Push p, whose state byte st the caller just made OBJ_CACHED, on list m,
+ * which has room, as its entry f, npush being m->npush (step 1 of the way
+ * back).  f and npush were read before the compare-and-swap, after which
+ * the compiler would have to read them again. */
+GM_INLINE void free_push(gm_mclass *m, gm_freeobj *f, uint64_t npush, void *p, uint8_t *st) {
+    *(uint64_t *)p = canary((uintptr_t)p);
+    f->p = p;
+    f->st = st;
+    m->npush = npush + LIST_UNIT;
+}
+
+/* The one transition two threads may race for: LIVE(sc) -> CACHED(sc).
+ * Exactly one of two frees of an object succeeds. */
+GM_INLINE bool claim_live(uint8_t *st, uint8_t sc) {
+    uint8_t expect = OBJ_LIVE(sc);
+    return __atomic_compare_exchange_n(st, &expect, OBJ_CACHED, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
 /*
- * The free fast path: p lies in a span (two loads; pages without a span
- * map to gm_nospan), p is the start of a slot of a small span (one
- * multiply, whose high half is the object's index; the test fails for
- * large spans and gm_nospan), the object is live (one byte), and the list
- * has room (gm_nocache's lists never have).
+ * The free fast path: p lies in an arena and is 16-byte aligned (one load
+ * of the arena map), its state byte (one more load) is OBJ_LIVE(c), which
+ * selects the thread's list for class c; any other byte selects an entry
+ * of cls[] without room.  The byte becomes OBJ_CACHED(c) by compare-and-
+ * swap, and p goes on the list.
  */
 GM_INLINE int free_fast(void *p, bool checked) {
     uintptr_t a = (uintptr_t)p;
-    uintptr_t e = gm_arena_map_load(a);
-    if (likely(e != 0)) {
-        gm_mspan *s = LOAD_RELAXED((gm_mspan **)(e + (a >> PAGE_SHIFT) * sizeof(gm_mspan *)));
-        uint64_t prod = (uint64_t)(a - s->startAddr) * s->divMul;
-        if (likely((uint32_t)prod < s->divMul)) { /* gm_span_is_slot */
-            uint8_t *st = &s->objstate[prod >> 32];
-            gm_mclass *m = (gm_mclass *)((char *)gm_tls_mcache + s->clsOffset);
-            /* A plain read: only the object's owner (us) writes its state. */
-            if (likely(*st == OBJ_LIVE && m->npush < m->limit)) {
-                free_push(m, p, st);
-                return GM_OK;
-            }
+    /* One test for both: inside the 48 bits the arena map covers, and on a
+     * 16-byte granule (every object starts on one). */
+    const uintptr_t outside = ~(((uintptr_t)1 << HEAP_ADDR_BITS) - 1) | ((1u << STATE_SHIFT) - 1);
+    uintptr_t e;
+    if (likely((a & outside) == 0 && (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) != 0)) {
+        uint8_t *st = gm_state_at(e, a);
+        uintptr_t b = LOAD_RELAXED(st);
+        gm_mclass *m = (gm_mclass *)((char *)gm_tls_mcache + b * sizeof(gm_mclass));
+        uint64_t npush = m->npush, limit = m->limit;
+        gm_freeobj *f = (gm_freeobj *)((char *)m->end + (int64_t)(npush - limit));
+        if (likely(npush < limit && claim_live(st, (uint8_t)b))) {
+            free_push(m, f, npush, p, st);
+            return GM_OK;
         }
     }
     return free_slow(p, checked);
 }
 
+static int bad_free(int code, void *p, bool checked) {
+    return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
+}
+
 /* Everything free_fast did not finish: NULL, large objects, objects in the
- * heap profile, frees on a thread without a cache, suspected double frees,
- * and bad pointers. */
+ * heap profile, tiny objects, frees on a thread without a cache or with a
+ * full list, and bad pointers. */
 static GM_NOINLINE int free_slow(void *p, bool checked) {
     if (p == NULL)
         return GM_OK;
     int code = gm_check(p);
     if (code != GM_OK)
-        return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
+        return bad_free(code, p, checked);
     uintptr_t a = (uintptr_t)p;
     gm_mspan *s = gm_span_of(a);
     uint8_t sc = s->sizeclass;
@@ -408,37 +501,42 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
             gm_profile_free(p);
         }
         code = gm_heap_free_large(s, a);
-        if (code != GM_OK)
-            return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
-        return GM_OK;
+        return code != GM_OK ? bad_free(code, p, checked) : GM_OK;
     }
     uintptr_t idx = gm_span_index(s, a);
-    uint8_t *st = &s->objstate[idx];
-    if (*st == OBJ_TINY) { /* a tiny object: its block goes when it empties */
+    uint8_t *st = gm_objstate_ptr(s, idx);
+    if (LOAD_RELAXED(st) == OBJ_TINY) { /* a tiny object: its block goes when it empties */
         code = gm_tiny_free(gm_tls_mcache, s, idx, a);
-        if (code != GM_OK)
-            return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
-        return GM_OK;
+        return code != GM_OK ? bad_free(code, p, checked) : GM_OK;
     }
-    if (*st == OBJ_SAMPLED) { /* in the heap profile: out of it, then freed as any */
+    if (LOAD_RELAXED(st) == OBJ_SAMPLED) {
+        /* In the heap profile: out of it, then freed as any.  The racing
+         * double free loses here or at claim_live below. */
+        uint8_t expect = OBJ_SAMPLED;
+        if (!__atomic_compare_exchange_n(st, &expect, OBJ_LIVE(sc), false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
         gm_profile_free(p);
-        gm_set_objstate(st, OBJ_LIVE);
     }
     gm_mcache *c = gm_tls_mcache;
-    if (c == &gm_nocache) {
-        /* A thread whose cache is gone (exiting): straight to the span. */
-        gm_freeobj *f = p;
-        gm_set_objstate(st, OBJ_CACHED);
-        f->next = NULL;
-        f->state = st;
+    if (c == &gm_nocache && !gm_tls_exiting)
+        c = gm_mcache_create(); /* a thread that only frees gets a cache too */
+    if (c == NULL || c == &gm_nocache) {
+        /* A thread whose cache is gone (exiting), or none could be had:
+         * straight to the span. */
+        if (!claim_live(st, sc))
+            return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
+        gm_freeobj f = {p, st};
         ATOMIC_ADD(&gm_dead_nfree[sc], 1);
-        gm_mcentral_freeList(sc, f);
+        gm_mcentral_freeObjs(sc, &f, 1);
         return GM_OK;
     }
     gm_mclass *m = &c->cls[sc];
+    c->slow_frees++;
     if (m->npush >= m->limit)
         gm_mcache_flushClass(c, sc, c->listmax[sc] / 2);
-    free_push(m, p, st);
+    if (!claim_live(st, sc))
+        return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
+    free_push(m, gm_list_slot(m), m->npush, p, st);
     return GM_OK;
 }
 
@@ -458,7 +556,7 @@ int gm_free_checked(void *p) { return free_fast(p, true); }
 /* Is p the start of a live object? */
 int gm_check(const void *p) {
     uintptr_t a = (uintptr_t)p;
-    if (p == NULL || !atomic_load_explicit(&gm_inited, memory_order_acquire) || gm_arena_of(a) == NULL)
+    if (p == NULL || !atomic_load_explicit(&gm_inited, memory_order_acquire) || gm_arena_map_load(a) == 0)
         return GM_ERR_NOT_OURS;
     gm_mspan *s = gm_span_of(a);
     if (s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE)
@@ -473,7 +571,7 @@ int gm_check(const void *p) {
         return gm_tiny_check(s, i, a);
     if (!gm_span_is_slot(s, a))
         return GM_ERR_INTERIOR;
-    return st == OBJ_LIVE || st == OBJ_SAMPLED ? GM_OK : GM_ERR_NOT_ALLOCATED;
+    return st == OBJ_LIVE(s->sizeclass) || st == OBJ_SAMPLED ? GM_OK : GM_ERR_NOT_ALLOCATED;
 }
 
 /* ---- the rest of the family ------------------------------------------------ */

@@ -34,12 +34,23 @@
  * it (allocCache == 0), so no NULL check is needed on the fast path. */
 gm_mspan gm_emptyspan;
 
+/* The sentinel pair that every empty list pops, for the entries of cls[]
+ * that are not classes: their `end` is one past it, and npush == limit. */
+static gm_freeobj sentinel[1];
+
+#define NO_LIST {.end = &sentinel[1], .npush = 0, .limit = 0, .span = &gm_emptyspan}
+
 /* The mcache of a thread that has none (yet, or any more): every list is
  * empty and has no room (limit 0), every span is gm_emptyspan, so both fast
  * paths fall through to the slow paths, which know it.  Never written. */
-gm_mcache gm_nocache = {.cls = {[0 ... NUM_CLASSES - 1] = {.span = &gm_emptyspan}}};
+gm_mcache gm_nocache = {.cls = {[0 ... MCACHE_CLS - 1] = NO_LIST}};
 
 __thread gm_mcache *gm_tls_mcache GM_TLS_MODEL = &gm_nocache;
+__thread bool gm_tls_exiting;
+
+uint32_t gm_list_cap[NUM_CLASSES];
+static size_t lists_entries;    /* entries of a lists block: the arrays and their sentinels */
+static gm_freeobj *free_lists;  /* recycled lists blocks, linked through entry 0's p. Under registry_lock. */
 
 static pthread_key_t mcache_key;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -50,19 +61,17 @@ static void mcache_release(gm_mcache *c);
 
 static void mcache_destructor(void *arg) {
     gm_mcache *c = arg;
+    gm_tls_exiting = true;
     if (gm_tls_mcache == c)
         gm_tls_mcache = &gm_nocache;
     mcache_release(c);
 }
 
-void gm_mcache_init(void) {
-    if (pthread_key_create(&mcache_key, mcache_destructor) != 0)
-        gm_throw("pthread_key_create failed");
-    gm_fixalloc_init(&gm_heap.cachealloc, sizeof(gm_mcache), &gm_heap.mcache_sys);
-}
-
-static uint32_t list_bound(uint8_t sc) {
-    long long b = gm_opt.tcache_bytes / gm_class_to_size[sc];
+/* Objects of class sc a list holds for tcache_bytes: 8 to 512. */
+static uint32_t list_bound(uint8_t sc, long long tcache_bytes) {
+    if (gm_class_to_size[sc] < 16)
+        return 0; /* the 8-byte class holds no objects (see "Object states") */
+    long long b = tcache_bytes / gm_class_to_size[sc];
     if (b < 8)
         b = 8;
     if (b > 512)
@@ -70,20 +79,56 @@ static uint32_t list_bound(uint8_t sc) {
     return (uint32_t)b;
 }
 
+void gm_mcache_init(void) {
+    if (pthread_key_create(&mcache_key, mcache_destructor) != 0)
+        gm_throw("pthread_key_create failed");
+    gm_fixalloc_init(&gm_heap.cachealloc, sizeof(gm_mcache), &gm_heap.mcache_sys);
+    /* The lists are arrays sized once, from tcache_bytes at start-up. */
+    lists_entries = 0;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        gm_list_cap[sc] = list_bound((uint8_t)sc, gm_opt.tcache_bytes);
+        lists_entries += gm_list_cap[sc] != 0 ? gm_list_cap[sc] + 1 : 0;
+    }
+}
+
+/* A lists block: recycled, or fresh (zero) from persistentalloc.  Only
+ * its sentinels need to be NULL; the entries above a list's top are never
+ * read.  Under registry_lock. */
+static gm_freeobj *lists_alloc(void) {
+    gm_freeobj *l = free_lists;
+    if (l != NULL) {
+        free_lists = l[0].p;
+        l[0].p = NULL;
+        return l;
+    }
+    return gm_persistentalloc(lists_entries * sizeof(gm_freeobj), 64, &gm_heap.mcache_sys);
+}
+
 gm_mcache *gm_mcache_create(void) {
     pthread_mutex_lock(&registry_lock);
     gm_mcache *c = gm_fixalloc_alloc(&gm_heap.cachealloc);
-    if (c == NULL) {
+    gm_freeobj *lists = c != NULL ? lists_alloc() : NULL;
+    if (lists == NULL) {
+        if (c != NULL)
+            gm_fixalloc_free(&gm_heap.cachealloc, c);
         pthread_mutex_unlock(&registry_lock);
         return NULL;
     }
-    for (int sc = 0; sc < NUM_CLASSES; sc++) {
-        c->cls[sc].head = NULL;
-        c->cls[sc].span = &gm_emptyspan;
-        c->listmax[sc] = sc ? list_bound((uint8_t)sc) : 0;
-        c->cls[sc].npush = 0;
-        c->cls[sc].limit = c->listmax[sc];
+    c->lists = lists;
+    long long tcache_bytes = LOAD_RELAXED(&gm_opt.tcache_bytes);
+    for (int i = 0; i < MCACHE_CLS; i++)
+        c->cls[i] = (gm_mclass)NO_LIST;
+    gm_freeobj *pos = lists;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        uint32_t cap = gm_list_cap[sc], max = list_bound((uint8_t)sc, tcache_bytes);
+        c->listmax[sc] = max < cap ? max : cap;
         c->nspan[sc] = c->nflush[sc] = c->nrecv[sc] = 0;
+        if (cap == 0)
+            continue;
+        pos[0] = (gm_freeobj){NULL, NULL}; /* the sentinel */
+        c->cls[sc].end = pos + 1 + c->listmax[sc];
+        c->cls[sc].limit = c->listmax[sc] * LIST_UNIT;
+        pos += cap + 1;
     }
     c->prev = NULL;
     c->next = registry;
@@ -115,6 +160,9 @@ static void mcache_release(gm_mcache *c) {
     gm_stats_fold_mcache(c);
     if (c->linked)
         registry_unlink(c);
+    c->lists[0].p = free_lists;
+    free_lists = c->lists;
+    c->lists = NULL;
     gm_fixalloc_free(&gm_heap.cachealloc, c);
     bool last = registry == NULL;
     pthread_mutex_unlock(&registry_lock);
@@ -129,11 +177,11 @@ void gm_stats_fold_mcache(gm_mcache *c) {
     c->tiny_mallocs = c->tiny_frees = 0;
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
         gm_mclass *m = &c->cls[sc];
-        ATOMIC_ADD(&gm_dead_nmalloc[sc], m->limit - c->listmax[sc] - c->nflush[sc] + c->nrecv[sc] + c->nspan[sc]);
-        ATOMIC_ADD(&gm_dead_nfree[sc], m->npush);
+        ATOMIC_ADD(&gm_dead_nmalloc[sc], m->limit / LIST_UNIT - c->listmax[sc] - c->nflush[sc] + c->nrecv[sc] + c->nspan[sc]);
+        ATOMIC_ADD(&gm_dead_nfree[sc], m->npush / LIST_UNIT);
         /* The list is empty (flushed), or lost with an orphan. */
         m->npush = 0;
-        m->limit = c->listmax[sc];
+        m->limit = c->listmax[sc] * LIST_UNIT;
         c->nspan[sc] = c->nflush[sc] = c->nrecv[sc] = 0;
     }
 }
@@ -163,49 +211,34 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
     return (void *)(s->startAddr + i * s->elemsize);
 }
 
-/* Take all but the `keep` most recently freed objects of class sc off the
- * list; returns them (their number in *n), or NULL if there are none. */
-static gm_freeobj *take_older(gm_mcache *c, uint8_t sc, uint32_t keep, uint32_t *n) {
+/* The list of class sc is full (or being emptied): all but the `keep` most
+ * recently freed objects leave it, for the transfer cache or their spans
+ * (one copy; the kept ones move down to the bottom of the array). */
+void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
     gm_mclass *m = &c->cls[sc];
     uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]);
     if (len <= keep)
-        return NULL;
-    gm_freeobj *rest;
-    if (keep == 0) {
-        rest = m->head;
-        m->head = NULL;
-    } else {
-        gm_freeobj *p = m->head;
-        for (uint32_t k = 1; k < keep; k++)
-            p = p->next;
-        rest = p->next;
-        p->next = NULL;
-    }
-    *n = len - keep;
-    m->limit += *n;
-    c->nflush[sc] += *n;
-    return rest;
-}
-
-/* The list of class sc is full: all but the `keep` most recently freed
- * objects leave it, for the transfer cache or their spans. */
-void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
-    uint32_t n;
-    gm_freeobj *rest = take_older(c, sc, keep, &n);
-    if (rest != NULL)
-        gm_mcentral_freeBatch(sc, rest, n);
+        return;
+    uint32_t n = len - keep;
+    gm_freeobj *base = gm_list_base(m, c->listmax[sc]);
+    if (keep == 0)
+        gm_mcentral_freeObjs(sc, base, n); /* emptied: straight to the spans */
+    else
+        gm_mcentral_freeBatch(sc, base, n);
+    memmove(base, base + n, keep * sizeof *base);
+    m->limit += n * LIST_UNIT;
+    c->nflush[sc] += n;
 }
 
 /* The list of class sc is empty: take a batch from the transfer cache, if
  * it has one that fits.  Returns whether the list has objects now. */
 bool gm_mcache_receive(gm_mcache *c, uint8_t sc) {
     gm_mclass *m = &c->cls[sc];
-    uint32_t n;
-    gm_freeobj *b = gm_mcentral_takeBatch(sc, c->listmax[sc], &n);
-    if (b == NULL)
+    GM_ASSERT(gm_list_len(m->npush, m->limit, c->listmax[sc]) == 0);
+    uint32_t n = gm_mcentral_takeBatch(sc, gm_list_base(m, c->listmax[sc]), c->listmax[sc]);
+    if (n == 0)
         return false;
-    m->head = b;
-    m->limit -= n;
+    m->limit -= n * LIST_UNIT;
     c->nrecv[sc] += n;
     return true;
 }
@@ -214,10 +247,7 @@ bool gm_mcache_receive(gm_mcache *c, uint8_t sc) {
 void gm_mcache_flushAll(gm_mcache *c) {
     gm_tiny_retire_all(c); /* first: empty blocks land on the lists flushed below */
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        uint32_t n;
-        gm_freeobj *all = take_older(c, (uint8_t)sc, 0, &n);
-        if (all != NULL)
-            gm_mcentral_freeList((uint8_t)sc, all);
+        gm_mcache_flushClass(c, (uint8_t)sc, 0);
         if (c->cls[sc].span != &gm_emptyspan) {
             gm_mcentral_uncacheSpan(c->cls[sc].span);
             c->cls[sc].span = &gm_emptyspan;

@@ -9,18 +9,18 @@
  *
  * Frees arrive here in batches from mcache free lists (mcache.c), one lock
  * acquisition per batch.  A batch goes first to the class's transfer cache,
- * which keeps up to TC_BATCHES of them (and TC_BYTES of objects) whole: the
- * next thread whose list runs dry takes the newest in O(1), the objects
- * still OBJ_CACHED, so a producer/consumer pair of threads trades lists
- * without touching spans.  The oldest batches make room, and the scavenger
- * empties batches older than decay_ms (objects in them keep their spans in
- * use).  A batch that leaves the transfer cache, or is too big for it, goes
- * to the spans:
- * each object's state byte goes from OBJ_CACHED to
- * OBJ_FREE and its span's allocCount drops.  allocBits is rebuilt from the
- * state bytes when the span is next handed to an mcache (cacheSpan), as
- * Go's sweeper rebuilds it from gcmarkBits; until then the owner of a cached
- * span keeps allocating from the slots it reserved, and the freed slots wait.
+ * which keeps up to TC_BATCHES of them (and TC_BYTES of objects) as they
+ * are: the next thread whose list runs dry copies the newest into its list
+ * in one step, the objects still OBJ_CACHED, so a producer/consumer pair of
+ * threads trades lists without touching spans.  The oldest batches make
+ * room, and the scavenger empties batches older than decay_ms (objects in
+ * them keep their spans in use).  A batch that leaves the transfer cache,
+ * or is too big for it, goes to the spans (free_objs_locked): each object's
+ * state byte goes from OBJ_CACHED to OBJ_FREE and its span's allocCount
+ * drops.  allocBits is rebuilt from the state bytes when the span is next
+ * handed to an mcache (cacheSpan), as Go's sweeper rebuilds it from
+ * gcmarkBits; until then the owner of a cached span keeps allocating from
+ * the slots it reserved, and the freed slots wait.
  */
 #include <string.h>
 
@@ -32,9 +32,6 @@ void gm_mcentral_init(void) {
     for (int i = 0; i < NUM_CLASSES; i++) {
         pthread_mutex_init(&gm_central[i].lock, NULL);
         gm_central[i].partial = gm_central[i].full = NULL;
-        /* nelems + 1 bytes: free() may read the byte of the slot just past
-         * the last object (a pointer to the span's tail). */
-        gm_fixalloc_init(&gm_central[i].statealloc, (size_t)gm_class_to_nelems[i] + 1u, &gm_heap.other_sys);
         gm_fixalloc_init(&gm_central[i].tinywordalloc, (size_t)gm_class_to_nelems[i] * sizeof(uint32_t),
                          &gm_heap.other_sys);
     }
@@ -74,14 +71,13 @@ static uint32_t sweep(gm_mspan *s) {
  * held, which stays held: a fork() must see the span either here or in the
  * heap, never in neither. */
 static void release_span(gm_mcentral *mc, gm_mspan *s) {
+    GM_ASSERT(s->allocCount == 0 && s->cachedBy == NULL && s->list == LIST_NONE);
     mc->nspans--;
     if (s->tinywords != NULL) { /* every block it hosted is gone: the span is empty */
         gm_fixalloc_free(&mc->tinywordalloc, s->tinywords);
         s->tinywords = NULL;
     }
-    uint8_t *objstate = s->objstate;
     gm_heap_free(s);
-    gm_fixalloc_free(&mc->statealloc, objstate);
 }
 
 /*
@@ -100,17 +96,15 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
     } else {
         /* mcentral.grow, under the class lock: a fork() must see the new
          * span counted here as soon as it is in use in the heap. */
-        uint8_t *objstate = gm_fixalloc_alloc(&mc->statealloc);
-        s = objstate != NULL ? gm_heap_alloc(c, gm_class_to_allocnpages[sc], sc, objstate) : NULL;
+        s = gm_heap_alloc(c, gm_class_to_allocnpages[sc], sc);
         if (s == NULL) {
-            if (objstate != NULL)
-                gm_fixalloc_free(&mc->statealloc, objstate);
             pthread_mutex_unlock(&mc->lock);
             return NULL;
         }
         s->tinywords = NULL;
         mc->nspans++;
     }
+    GM_ASSERT(s->sizeclass == sc && s->allocCount < s->nelems && s->cachedBy == NULL);
     s->cachedBy = c;
     s->allocCount = s->nelems;
     STORE_RELAXED(&s->freeindex, 0);
@@ -151,35 +145,39 @@ void gm_mcentral_uncacheSpan(gm_mspan *s) {
     pthread_mutex_unlock(&mc->lock);
 }
 
+bool gm_freeobj_valid(const gm_freeobj *f, uint8_t sc) {
+    uintptr_t a = (uintptr_t)f->p;
+    gm_mspan *s = gm_span_of(a);
+    return s != NULL && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == sc && gm_span_is_slot(s, a) &&
+           f->st == gm_objstate_ptr(s, gm_span_index(s, a)) && LOAD_RELAXED(f->st) == OBJ_CACHED;
+}
+
 /*
- * Where a freed object goes: a list of objects of class sc returns to the
- * spans.  Spans that become empty go back to the heap after the lock is
- * dropped.  Every object must be OBJ_CACHED with its state-byte word
- * intact; one that is not was overwritten while free (a use after free) and
- * is reported and dropped.
+ * Where a freed object goes: n entries of class sc return to their spans.
+ * Each object's state byte goes from OBJ_CACHED to OBJ_FREE and its span's
+ * allocCount drops; a span no thread allocates from that becomes empty goes
+ * back to the heap.  Under mc->lock.  An entry that is not a cached object
+ * of the class (the allocator's own lists are out of the program's reach,
+ * so only a wild write into the allocator's memory or a bug makes one) is
+ * reported and skipped.  Returns how many went back; *released says
+ * whether a span went back to the heap.
  */
-uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
-    gm_mcentral *mc = &gm_central[sc];
-    gm_mspan *empty = NULL;
-    uint64_t n = 0;
-    pthread_mutex_lock(&mc->lock);
-    for (gm_freeobj *p = head; p != NULL;) {
-        uintptr_t a = (uintptr_t)p;
-        gm_freeobj *next = p->next;
+static uint64_t free_objs_locked(gm_mcentral *mc, uint8_t sc, const gm_freeobj *objs, uint32_t n, bool *released) {
+    uint64_t done = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        const gm_freeobj *f = &objs[k];
+        uintptr_t a = (uintptr_t)f->p;
         gm_mspan *s = gm_span_of(a);
-        uintptr_t i = s != NULL && s->sizeclass == sc ? gm_span_index(s, a) : 0;
-        if (unlikely(s == NULL || s->sizeclass != sc || p->state != &s->objstate[i] ||
-                     gm_objstate(s, i) != OBJ_CACHED)) {
-            pthread_mutex_unlock(&mc->lock);
-            gm_report(GM_ERR_NOT_ALLOCATED, p, "free list (object overwritten after free?)");
-            pthread_mutex_lock(&mc->lock);
-            p = next;
+        if (unlikely(s == NULL || s->sizeclass != sc || LOAD_RELAXED(f->st) != OBJ_CACHED ||
+                     !gm_span_is_slot(s, a) || f->st != gm_objstate_ptr(s, gm_span_index(s, a)))) {
+            gm_report_corruption(f->p, sc, "a free list entry is not a freed object of its class");
             continue;
         }
-        gm_set_objstate(&s->objstate[i], OBJ_FREE);
-        n++;
+        gm_set_objstate(f->st, OBJ_FREE);
+        done++;
+        GM_ASSERT(s->allocCount > 0);
         s->allocCount--;
-        if (!LOAD_RELAXED(&s->needzero)) /* written once: it shares the line free() reads */
+        if (!LOAD_RELAXED(&s->needzero)) /* written once: it shares the line malloc reads */
             STORE_RELAXED(&s->needzero, 1);
         if (s->cachedBy == NULL) {
             if (s->list == LIST_FULL) {
@@ -188,103 +186,112 @@ uint64_t gm_mcentral_freeList(uint8_t sc, gm_freeobj *head) {
             }
             if (s->allocCount == 0) {
                 list_remove(mc, s);
-                s->next = empty;
-                empty = s;
+                release_span(mc, s);
+                *released = true;
             }
         }
-        p = next;
     }
-    bool released = empty != NULL;
-    while (empty != NULL) {
-        gm_mspan *s = empty;
-        empty = s->next;
-        s->next = NULL;
-        release_span(mc, s);
-    }
+    return done;
+}
+
+uint64_t gm_mcentral_freeObjs(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
+    gm_mcentral *mc = &gm_central[sc];
+    bool released = false;
+    pthread_mutex_lock(&mc->lock);
+    uint64_t done = free_objs_locked(mc, sc, objs, n, &released);
     pthread_mutex_unlock(&mc->lock);
     if (released)
         gm_scavenger_notify();
-    return n;
+    return done;
 }
 
 /* ---- the transfer cache ------------------------------------------------------- */
 
-/* Unlink the k oldest batches of mc's transfer cache into heads[0..k).
- * Under lock; the caller sends them to the spans after dropping it. */
-static void unlink_oldest(gm_mcentral *mc, uint32_t k, gm_freeobj **heads) {
+/* Send the k oldest batches of mc's transfer cache to the spans, keeping
+ * their buffers (moved to the free end of tc[]).  Under lock. */
+static void evict_oldest(gm_mcentral *mc, uint8_t sc, uint32_t k, bool *released) {
+    gm_freeobj *bufs[TC_BATCHES];
     for (uint32_t i = 0; i < k; i++) {
-        heads[i] = mc->tc[i].head;
+        free_objs_locked(mc, sc, mc->tc[i].objs, mc->tc[i].n, released);
         mc->tc_objects -= mc->tc[i].n;
+        bufs[i] = mc->tc[i].objs;
     }
     memmove(&mc->tc[0], &mc->tc[k], (mc->ntc - k) * sizeof mc->tc[0]);
-    memset(&mc->tc[mc->ntc - k], 0, k * sizeof mc->tc[0]);
+    for (uint32_t i = 0; i < k; i++)
+        mc->tc[mc->ntc - k + i] = (gm_tcbatch){.objs = bufs[i]};
     STORE_RELAXED(&mc->ntc, mc->ntc - k);
 }
 
-static void free_batches(uint8_t sc, gm_freeobj **heads, uint32_t k) {
-    for (uint32_t i = 0; i < k; i++)
-        gm_mcentral_freeList(sc, heads[i]);
-}
-
-void gm_mcentral_freeBatch(uint8_t sc, gm_freeobj *head, uint32_t n) {
+void gm_mcentral_freeBatch(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
     gm_mcentral *mc = &gm_central[sc];
     uint64_t size = gm_class_to_size[sc];
-    if (n * size > TC_BYTES) {
-        gm_mcentral_freeList(sc, head);
+    if (n * size > TC_BYTES || n > gm_list_cap[sc]) {
+        gm_mcentral_freeObjs(sc, objs, n);
         return;
     }
     /* Room is made by sending the oldest batches to the spans: under a
      * steady flow the cache holds the newest batches, none goes stale. */
     uint64_t now = gm_now_ms();
-    gm_freeobj *old[TC_BATCHES];
+    bool released = false;
     pthread_mutex_lock(&mc->lock);
     uint32_t k = 0, objects = mc->tc_objects;
     while (k < mc->ntc && (mc->ntc - k == TC_BATCHES || (objects + n) * size > TC_BYTES))
         objects -= mc->tc[k++].n;
-    unlink_oldest(mc, k, old);
-    mc->tc[mc->ntc] = (gm_tcbatch){.head = head, .n = n, .since = now};
-    mc->tc_objects += n;
-    STORE_RELAXED(&mc->ntc, mc->ntc + 1);
+    evict_oldest(mc, sc, k, &released);
+    gm_tcbatch *b = &mc->tc[mc->ntc];
+    if (b->objs == NULL)
+        b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_heap.other_sys);
+    if (b->objs == NULL) { /* no memory for the buffer: to the spans */
+        free_objs_locked(mc, sc, objs, n, &released);
+    } else {
+        memcpy(b->objs, objs, n * sizeof *objs);
+        b->n = n;
+        b->since = now;
+        mc->tc_objects += n;
+        STORE_RELAXED(&mc->ntc, mc->ntc + 1);
+    }
     pthread_mutex_unlock(&mc->lock);
-    free_batches(sc, old, k);
+    if (released)
+        gm_scavenger_notify();
 }
 
-gm_freeobj *gm_mcentral_takeBatch(uint8_t sc, uint32_t max, uint32_t *n) {
+uint32_t gm_mcentral_takeBatch(uint8_t sc, gm_freeobj *out, uint32_t max) {
     gm_mcentral *mc = &gm_central[sc];
-    gm_freeobj *head = NULL;
+    uint32_t n = 0;
     pthread_mutex_lock(&mc->lock);
     if (mc->ntc > 0 && mc->tc[mc->ntc - 1].n <= max) {
         gm_tcbatch *b = &mc->tc[mc->ntc - 1]; /* the newest: the hottest memory */
-        head = b->head;
-        *n = b->n;
-        mc->tc_objects -= b->n;
-        *b = (gm_tcbatch){0};
+        n = b->n;
+        memcpy(out, b->objs, n * sizeof *out);
+        mc->tc_objects -= n;
+        b->n = 0;
+        b->since = 0;
         STORE_RELAXED(&mc->ntc, mc->ntc - 1);
     }
     pthread_mutex_unlock(&mc->lock);
-    return head;
+    return n;
 }
 
 bool gm_mcentral_drainAged(uint64_t age_ms, uint64_t *oldest) {
     uint64_t now = gm_now_ms();
-    bool left = false;
+    bool left = false, released = false;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         gm_mcentral *mc = &gm_central[sc];
         if (LOAD_RELAXED(&mc->ntc) == 0)
             continue;
-        gm_freeobj *old[TC_BATCHES];
         pthread_mutex_lock(&mc->lock);
         uint32_t k = 0;
         while (k < mc->ntc && now - mc->tc[k].since >= age_ms)
             k++;
-        unlink_oldest(mc, k, old);
+        evict_oldest(mc, (uint8_t)sc, k, &released);
         if (mc->ntc != 0 && (!left || mc->tc[0].since < *oldest)) {
             *oldest = mc->tc[0].since;
             left = true;
         }
         pthread_mutex_unlock(&mc->lock);
-        free_batches((uint8_t)sc, old, k);
     }
+    if (released)
+        gm_scavenger_notify();
     return left;
 }
 
@@ -326,18 +333,29 @@ int gm_span_check(const gm_mspan *s, bool cached) {
             bad++;
         }
     }
+    if (s->objstate != gm_state_of(s->startAddr) || s->ststep != s->elemsize >> STATE_SHIFT) {
+        gm_warn_check("span's state bytes are not where its address says", s);
+        return bad + 1;
+    }
+    /* The bytes of granules where no object starts are 0. */
+    for (uintptr_t g = 0; g < (s->npages * PAGE_SIZE) >> STATE_SHIFT; g++)
+        if (g % s->ststep != 0 || g / s->ststep >= s->nelems)
+            if (LOAD_RELAXED(&s->objstate[g]) != 0) {
+                gm_warn_check("a state byte between objects is set", s);
+                bad++;
+                break;
+            }
     uint32_t notfree = 0, taken_free = 0;
-    for (uintptr_t i = 0; i <= s->nelems; i++) {
+    for (uintptr_t i = 0; i < s->nelems; i++) {
         uint8_t st = gm_objstate(s, i);
         bool taken = i < s->freeindex || gm_bit(s->allocBits, i);
-        if (st > OBJ_TINY || (i == s->nelems && st != OBJ_FREE) ||
+        if (!(st == OBJ_FREE || st == OBJ_LIVE(s->sizeclass) || st == OBJ_CACHED ||
+              st == OBJ_SAMPLED || st == OBJ_TINY) ||
             (st == OBJ_TINY && (s->sizeclass != TINY_CLASS || gm_tiny_check_block(s, i)))) {
             gm_warn_check("bad object state byte", s);
             bad++;
             break;
         }
-        if (i == s->nelems)
-            break;
         notfree += st != OBJ_FREE;
         taken_free += taken && st == OBJ_FREE;
         if (cached && !taken && st != OBJ_FREE) {
@@ -399,22 +417,17 @@ int gm_mcentral_check_tc(uint64_t *nobjects) {
         pthread_mutex_lock(&mc->lock);
         uint64_t total = 0;
         for (uint32_t i = 0; i < mc->ntc; i++) {
-            uint32_t n = 0;
-            for (gm_freeobj *p = mc->tc[i].head; p != NULL; n++, p = p->next) {
-                gm_mspan *s = gm_span_of((uintptr_t)p);
-                if (n >= mc->tc[i].n || s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE ||
-                    s->sizeclass != sc || !gm_span_is_slot(s, (uintptr_t)p) ||
-                    p->state != &s->objstate[gm_span_index(s, (uintptr_t)p)] || *p->state != OBJ_CACHED) {
-                    gm_warn_check("bad object in a transfer cache batch", s);
+            for (uint32_t k = 0; k < mc->tc[i].n; k++)
+                if (!gm_freeobj_valid(&mc->tc[i].objs[k], (uint8_t)sc)) {
+                    gm_warn_check("bad object in a transfer cache batch", gm_span_of((uintptr_t)mc->tc[i].objs[k].p));
                     bad++;
                     break;
                 }
-            }
-            if (n != mc->tc[i].n) {
-                gm_warn_check("transfer cache batch length differs from its count", NULL);
+            if (mc->tc[i].n == 0 || mc->tc[i].n > gm_list_cap[sc]) {
+                gm_warn_check("transfer cache batch has a bad length", NULL);
                 bad++;
             }
-            total += n;
+            total += mc->tc[i].n;
         }
         if (total != mc->tc_objects || mc->ntc > TC_BATCHES || total * gm_class_to_size[sc] > TC_BYTES) {
             gm_warn_check("transfer cache counts are off", NULL);

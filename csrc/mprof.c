@@ -215,7 +215,7 @@ void gm_profile_alloc(void *p, size_t size) {
         /* Marked under the lock, so that a free() of p on another thread
          * finds the record once it sees the mark. */
         if (s->sizeclass != 0)
-            gm_set_objstate(&s->objstate[gm_span_index(s, a)], OBJ_SAMPLED);
+            gm_set_objstate(gm_objstate_ptr(s, gm_span_index(s, a)), OBJ_SAMPLED);
         else
             STORE_RELAXED(&s->sampled, 1);
     }

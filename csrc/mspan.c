@@ -14,14 +14,22 @@
 
 #include "gm_internal.h"
 
-/* objstate: nelems+1 zero bytes (all OBJ_FREE). */
-void gm_span_init_small(gm_mspan *s, uint8_t sizeclass, uint8_t *objstate) {
+/* The span's state bytes are all OBJ_FREE: a span goes back to the heap
+ * only when every object in it is free, and the bytes between objects are
+ * never written. */
+void gm_span_init_small(gm_mspan *s, uint8_t sizeclass) {
+    GM_ASSERT(sizeclass > 1 && sizeclass < NUM_CLASSES && gm_class_to_size[sizeclass] % 16 == 0);
     s->sizeclass = sizeclass;
     s->elemsize = gm_class_to_size[sizeclass];
     s->nelems = gm_class_to_nelems[sizeclass];
     s->divMul = gm_class_to_divmagic[sizeclass];
-    s->clsOffset = (uint32_t)(offsetof(gm_mcache, cls) + sizeclass * sizeof(gm_mclass));
-    s->objstate = objstate;
+    s->ststep = (uint16_t)(s->elemsize >> STATE_SHIFT);
+    s->objstate = gm_state_of(s->startAddr);
+    GM_ASSERT(gm_arena_of(s->startAddr) == gm_arena_of(s->startAddr + s->npages * PAGE_SIZE - 1));
+#ifdef GM_DEBUG
+    for (uintptr_t i = 0; i < s->npages * PAGE_SIZE >> STATE_SHIFT; i++)
+        GM_ASSERT(s->objstate[i] == OBJ_FREE);
+#endif
     s->allocCount = 0;
     s->freeindex = 0;
     memset(s->allocBits, 0, sizeof s->allocBits);
@@ -65,6 +73,7 @@ uintptr_t gm_span_nextFreeIndex(gm_mspan *s) {
     if (sfreeindex % 64 == 0 && sfreeindex != snelems)
         gm_span_refillAllocCache(s, sfreeindex / 8);
     s->freeindex = sfreeindex;
-    gm_set_objstate(&s->objstate[result], OBJ_LIVE);
+    GM_ASSERT(gm_objstate(s, result) == OBJ_FREE);
+    gm_set_objstate(gm_objstate_ptr(s, result), OBJ_LIVE(s->sizeclass));
     return result;
 }

@@ -35,8 +35,8 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
         for (int sc = 0; sc < NUM_CLASSES; sc++) {
             gm_mclass *m = &c->cls[sc];
             uint64_t npush = RACY(m->npush), limit = RACY(m->limit), len = gm_list_len(npush, limit, c->listmax[sc]);
-            nmalloc[sc] += limit - c->listmax[sc] - RACY(c->nflush[sc]) + RACY(c->nrecv[sc]) + RACY(c->nspan[sc]);
-            nfree[sc] += npush;
+            nmalloc[sc] += limit / LIST_UNIT - c->listmax[sc] - RACY(c->nflush[sc]) + RACY(c->nrecv[sc]) + RACY(c->nspan[sc]);
+            nfree[sc] += npush / LIST_UNIT;
             cached += len * gm_class_to_size[sc];
         }
     }
@@ -125,25 +125,29 @@ int gm_check_heap(void) {
 
     gm_registry_lock();
     for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {
+        for (int i = 0; i < MCACHE_CLS; i++)
+            if ((i == 0 || i >= NUM_CLASSES || c->listmax[i] == 0) && (c->cls[i].npush != 0 || c->cls[i].limit != 0)) {
+                gm_warn_check("an mcache entry that is not a size class has a list", NULL);
+                bad++;
+            }
         cached_pages += (uint64_t)__builtin_popcountll(c->pcache.free);
         cached_scav += (uint64_t)__builtin_popcountll(c->pcache.scav);
         for (int sc = 1; sc < NUM_CLASSES; sc++) {
             gm_mclass *m = &c->cls[sc];
-            uint32_t n = 0, len = gm_list_len(m->npush, m->limit, c->listmax[sc]);
-            for (gm_freeobj *p = m->head; p != NULL; n++, p = p->next) {
-                gm_mspan *s = gm_span_of((uintptr_t)p);
-                if (n > len || s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE || s->sizeclass != sc ||
-                    !gm_span_is_slot(s, (uintptr_t)p) || p->state != &s->objstate[gm_span_index(s, (uintptr_t)p)] ||
-                    *p->state != OBJ_CACHED) {
-                    gm_warn_check("bad object on an mcache free list", s);
+            uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]), n = 0;
+            int64_t d = (int64_t)(m->npush - m->limit);
+            if (c->listmax[sc] > gm_list_cap[sc] || d > 0 || d % (int64_t)LIST_UNIT != 0 || m->npush % LIST_UNIT != 0 ||
+                d / (int64_t)LIST_UNIT + c->listmax[sc] < 0 || gm_list_base(m, c->listmax[sc])[-1].p != NULL) {
+                gm_warn_check("mcache free list counters or sentinel are off", NULL);
+                bad++;
+                continue;
+            }
+            for (gm_freeobj *f = gm_list_base(m, c->listmax[sc]); n < len; n++, f++)
+                if (!gm_freeobj_valid(f, (uint8_t)sc)) {
+                    gm_warn_check("bad object on an mcache free list", gm_span_of((uintptr_t)f->p));
                     bad++;
                     break;
                 }
-            }
-            if (n != len) {
-                gm_warn_check("mcache free list length differs from its count", NULL);
-                bad++;
-            }
             listed_objects += n;
             if (m->span != &gm_emptyspan) {
                 gm_mcentral *mc = &gm_central[sc];

@@ -65,10 +65,25 @@ static uintptr_t count_released(uintptr_t base, uintptr_t npages) {
     return n;
 }
 
-static bool over_hard_limit(uintptr_t bytes) {
+/* Count bytes into heap_inuse before taking the pages: with a hard limit,
+ * only if they fit under it, in one compare-and-swap, so that no number of
+ * threads allocating at once can push heap_inuse past the limit.  Given
+ * back with inuse_unreserve when the allocation fails after all. */
+static bool inuse_reserve(uintptr_t bytes) {
     long long limit = LOAD_RELAXED(&gm_opt.hard_limit);
-    return limit > 0 && LOAD_RELAXED(&gm_heap.heap_inuse) + bytes > (uint64_t)limit;
+    if (limit <= 0) {
+        ATOMIC_ADD(&gm_heap.heap_inuse, bytes);
+        return true;
+    }
+    uint64_t old = LOAD_RELAXED(&gm_heap.heap_inuse);
+    do {
+        if (old + bytes > (uint64_t)limit)
+            return false;
+    } while (!__atomic_compare_exchange_n(&gm_heap.heap_inuse, &old, old + bytes, true, __ATOMIC_RELAXED,
+                                          __ATOMIC_RELAXED));
+    return true;
 }
+static void inuse_unreserve(uintptr_t bytes) { ATOMIC_ADD(&gm_heap.heap_inuse, -(uint64_t)bytes); }
 
 static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms);
 
@@ -291,8 +306,8 @@ static struct page_state claim_pages(uintptr_t base, uintptr_t npages) {
     return ps;
 }
 
-static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate,
-                      bool zero) {
+/* The span's heap_inuse bytes were reserved (inuse_reserve). */
+static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t sizeclass, bool zero) {
     s->startAddr = base;
     s->npages = npages;
     STORE_RELAXED(&s->state, SPAN_INUSE);
@@ -301,7 +316,7 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
     s->next = s->prev = NULL;
     s->cachedBy = NULL;
     if (sizeclass != 0) {
-        gm_span_init_small(s, sizeclass, objstate);
+        gm_span_init_small(s, sizeclass);
     } else {
         s->objstate = NULL;
         s->sizeclass = 0;
@@ -320,7 +335,6 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
     gm_heap_arena *ha = gm_arena_of(base);
     uintptr_t i = (base >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
     __atomic_fetch_or(&ha->pageInUse[i / 64], (uint64_t)1 << (i % 64), __ATOMIC_RELAXED);
-    ATOMIC_ADD(&gm_heap.heap_inuse, npages * PAGE_SIZE);
 }
 
 /* ---- the page cache ---------------------------------------------------- */
@@ -342,7 +356,7 @@ static void pagecache_giveback(gm_pagecache *pc) {
         pc->free &= ~bits;
     }
     pc->base = 0;
-    pc->scav = pc->zero = 0;
+    pc->scav = pc->zero = pc->nocross = 0;
 }
 
 /*
@@ -377,24 +391,32 @@ static bool pagecache_refill(gm_mcache *c, uintptr_t npages) {
     pc->free = take == 64 ? ~(uint64_t)0 : ((uint64_t)1 << take) - 1;
     pc->scav = ps.scav;
     pc->zero = ps.zero;
+    /* Contiguous arenas make runs that cross arena boundaries; a small span
+     * must not (its state bytes are in one arena's state map). */
+    uintptr_t next = (base + ARENA_SIZE) & ~(ARENA_SIZE - 1);
+    pc->nocross = next < base + take * PAGE_SIZE ? (uint64_t)1 << ((next - base) >> PAGE_SHIFT) : 0;
     return true;
 }
 
-/* Pages i..i+npages-1 of the cache that are all free: a mask of such i. */
-static uint64_t pagecache_fits(uint64_t free, uintptr_t npages) {
-    uint64_t m = free;
-    for (uintptr_t k = 1; k < npages && m != 0; k++)
-        m &= free >> k;
+/* Pages i..i+npages-1 of the cache that are all free (and, for a small
+ * span, in one arena): a mask of such i. */
+static uint64_t pagecache_fits(const gm_pagecache *pc, uintptr_t npages, bool small) {
+    uint64_t m = pc->free;
+    for (uintptr_t k = 1; k < npages && m != 0; k++) {
+        m &= pc->free >> k;
+        if (small)
+            m &= ~(pc->nocross >> k); /* page i+k must not start another arena */
+    }
     return m;
 }
 
-static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate) {
+static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
     gm_pagecache *pc = &c->pcache;
-    uint64_t m = pagecache_fits(pc->free, npages);
+    uint64_t m = pagecache_fits(pc, npages, sizeclass != 0);
     if (m == 0 || c->nspancache == 0) {
         if (!pagecache_refill(c, npages) || c->nspancache == 0)
             return NULL;
-        m = pagecache_fits(pc->free, npages);
+        m = pagecache_fits(pc, npages, sizeclass != 0);
         if (m == 0)
             return NULL;
     }
@@ -407,7 +429,7 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
     pc->zero &= ~bits;
     gm_mspan *s = c->spancache[--c->nspancache];
     uintptr_t base = pc->base + (uintptr_t)i * PAGE_SIZE;
-    init_span(s, base, npages, sizeclass, objstate, zero);
+    init_span(s, base, npages, sizeclass, zero);
     if (scav != 0) {
         ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)__builtin_popcountll(scav) * PAGE_SIZE);
         gm_sysUsed((void *)base, npages * PAGE_SIZE);
@@ -427,28 +449,34 @@ void gm_pagecache_flush(gm_mcache *c) {
 
 /* ---- allocSpan / freeSpan ----------------------------------------------- */
 
-gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, uint8_t *objstate) {
-    if (over_hard_limit(npages * PAGE_SIZE))
+gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
+    GM_ASSERT(sizeclass == 0 || (c != NULL && npages < PAGE_CACHE_MAX_SPAN));
+    if (!inuse_reserve(npages * PAGE_SIZE))
         return NULL;
     if (c != NULL && npages < PAGE_CACHE_MAX_SPAN) {
-        gm_mspan *s = pagecache_alloc(c, npages, sizeclass, objstate);
-        if (s != NULL)
+        gm_mspan *s = pagecache_alloc(c, npages, sizeclass);
+        if (s != NULL || sizeclass != 0) {
+            if (s == NULL)
+                inuse_unreserve(npages * PAGE_SIZE);
             return s;
+        }
     }
     pthread_mutex_lock(&gm_heap.lock);
     gm_mspan *s = NULL;
     uintptr_t base = take_pages(npages, &s);
     if (base == 0) {
         pthread_mutex_unlock(&gm_heap.lock);
+        inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
     if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
         free_range(NULL, base, npages, gm_now_ms()); /* cannot happen without a span struct... */
         pthread_mutex_unlock(&gm_heap.lock);
+        inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
     struct page_state ps = claim_pages(base, npages);
-    init_span(s, base, npages, sizeclass, objstate, ps.allzero);
+    init_span(s, base, npages, 0, ps.allzero);
     if (ps.nscav != 0)
         ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     if (c != NULL && c->nspancache < SPAN_CACHE_MAX / 2) {
@@ -466,13 +494,14 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     uintptr_t extra = align / PAGE_SIZE - 1;
     if (npages == 0)
         npages = 1;
-    if (over_hard_limit(npages * PAGE_SIZE))
+    if (!inuse_reserve(npages * PAGE_SIZE))
         return NULL;
     pthread_mutex_lock(&gm_heap.lock);
     gm_mspan *s = NULL;
     uintptr_t base = take_pages(npages + extra, &s);
     if (base == 0) {
         pthread_mutex_unlock(&gm_heap.lock);
+        inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
     uintptr_t aligned = (base + align - 1) & ~(align - 1);
@@ -480,10 +509,11 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
         free_range(NULL, base, npages + extra, gm_now_ms());
         pthread_mutex_unlock(&gm_heap.lock);
+        inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
     struct page_state ps = claim_pages(aligned, npages);
-    init_span(s, aligned, npages, 0, NULL, ps.allzero);
+    init_span(s, aligned, npages, 0, ps.allzero);
     if (ps.nscav != 0)
         ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     /* The unaligned head and the tail go back, their released bits intact. */
@@ -513,6 +543,7 @@ static void heap_free_locked(gm_mspan *s) {
     s->sizeclass = 0;
     s->divMul = 0;
     s->objstate = NULL;
+    s->ststep = 0;
     s->cachedBy = NULL;
     if (unlikely(gm_opt.fault_on_free >= (large ? 1 : 2))) {
         /* Debug: make the pages PROT_NONE (Reserved) until reused, so that
@@ -555,6 +586,29 @@ int gm_heap_free_large(gm_mspan *s, uintptr_t p) {
 
 /* ---- scavenging ---------------------------------------------------------- */
 
+/* The state bytes of a free run are all 0 (no object starts there), so the
+ * pages of the state maps under it can go back to the OS with it: touched
+ * again only when spans are made there, they come back as zeros.  Releases
+ * the whole state pages that cover [lo, hi) and lie under free run
+ * [start, end).  Under lock. */
+static void release_statemaps(uintptr_t lo, uintptr_t hi, uintptr_t start, uintptr_t end) {
+    uintptr_t phys = gm_phys_page_size;
+    while (lo < hi) {
+        uintptr_t next = (lo + ARENA_SIZE) & ~(ARENA_SIZE - 1), stop = next < hi ? next : hi;
+        uintptr_t run_lo = start > (lo & ~(ARENA_SIZE - 1)) ? start : lo & ~(ARENA_SIZE - 1);
+        uintptr_t run_hi = end < next ? end : next;
+        uintptr_t a = (uintptr_t)gm_state_of(lo) & ~(phys - 1), b = ((uintptr_t)gm_state_of(stop - 1) | (phys - 1)) + 1;
+        uintptr_t min = (uintptr_t)gm_state_of(run_lo), max = (uintptr_t)gm_state_of(run_hi - 1) + 1;
+        if (a < min)
+            a += phys;
+        if (b > max)
+            b -= phys;
+        if (b > a)
+            gm_sysUnused((void *)a, b - a);
+        lo = stop;
+    }
+}
+
 /* Release up to about `budget` bytes of the unreleased pages of free run s,
  * from its end backwards (its start is what allocation takes next), in
  * physical-page-aligned pieces.  Returns bytes released.  Under lock. */
@@ -571,6 +625,7 @@ static uintptr_t release_run(gm_mspan *s, uintptr_t budget) {
         uintptr_t lo = (a + phys - 1) & ~(phys - 1), hi = b & ~(phys - 1);
         if (hi > lo) {
             gm_sysUnused((void *)lo, hi - lo);
+            release_statemaps(lo, hi, start, s->startAddr + s->npages * PAGE_SIZE);
             for (uintptr_t p = lo; p < hi; p += PAGE_SIZE)
                 *page_word(gm_arena_of(p)->scavenged, p) |= page_mask(p);
             released += hi - lo;

@@ -61,10 +61,11 @@ static bool over_memory_limit(uint64_t retained) {
 }
 
 /* Bytes retained above what the goal and the limits allow, counting
- * `coming` bytes about to be allocated (retained and in use). */
+ * `coming` released bytes about to be made Ready for an allocation (whose
+ * bytes heap_inuse already counts: the heap reserves them first). */
 uintptr_t gm_scavenge_excess(uintptr_t coming) {
     uint64_t sys = LOAD_RELAXED(&gm_heap.heap_sys), rel = LOAD_RELAXED(&gm_heap.heap_released);
-    uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse) + coming;
+    uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse);
     uint64_t retained = sys - rel + coming;
     uint64_t goal = inuse + inuse / 100 * (uint64_t)LOAD_RELAXED(&gm_opt.retain_percent);
     if (over_memory_limit(retained))

@@ -53,7 +53,7 @@ static inline uint32_t *word_of(const gm_mspan *s, uintptr_t i) {
 
 /* A block with no live object and no owner goes back as a 16-byte object. */
 static void release_block(gm_mspan *s, uintptr_t i) {
-    gm_set_objstate(&s->objstate[i], OBJ_LIVE);
+    gm_set_objstate(gm_objstate_ptr(s, i), OBJ_LIVE(TINY_CLASS));
     gm_free((void *)(s->startAddr + i * s->elemsize));
 }
 
@@ -88,7 +88,8 @@ static uintptr_t new_block(gm_mcache *c, unsigned k) {
         }
     }
     __atomic_store_n(word_of(s, i), (uint32_t)k << TINY_KIND_SHIFT, __ATOMIC_RELEASE);
-    gm_set_objstate(&s->objstate[i], OBJ_TINY);
+    GM_ASSERT(gm_objstate(s, i) == OBJ_LIVE(TINY_CLASS));
+    gm_set_objstate(gm_objstate_ptr(s, i), OBJ_TINY);
     c->tinyword[k] = word_of(s, i);
     return a;
 }

@@ -17,7 +17,6 @@
 
 /* Spans are big (allocBits): static, not on the stack. */
 static gm_mspan fake;
-static uint8_t fake_state[MAX_NELEMS + 1];
 
 /* The smallest class whose size is >= max(size, 16), by linear search. */
 static unsigned expected_class(size_t size) {
@@ -50,20 +49,19 @@ TEST(table_consistent) {
 TEST(span_index_and_is_slot_every_offset) {
     for (unsigned c = 1; c < NUM_CLASSES; c++) {
         memset(&fake, 0, sizeof fake);
-        memset(fake_state, 0, sizeof fake_state);
         /* Any page-aligned address will do: the arithmetic uses offsets. */
         fake.startAddr = ARENA_HINT_BASE + 7 * PAGE_SIZE;
         fake.npages = gm_class_to_allocnpages[c];
-        gm_span_init_small(&fake, (uint8_t)c, fake_state);
+        /* The fields gm_span_init_small sets from the tables (it also
+         * finds the span's state bytes, which needs a real arena). */
+        fake.sizeclass = (uint8_t)c;
+        fake.elemsize = gm_class_to_size[c];
+        fake.nelems = gm_class_to_nelems[c];
+        fake.divMul = gm_class_to_divmagic[c];
         uintptr_t size = gm_class_to_size[c], span = fake.npages * PAGE_SIZE;
-        CHECK_EQ(fake.sizeclass, c);
-        CHECK_EQ(fake.elemsize, size);
-        CHECK_EQ(fake.nelems, gm_class_to_nelems[c]);
-        CHECK_EQ(fake.divMul, gm_class_to_divmagic[c]);
-        CHECK_EQ(fake.allocCount, 0);
-        CHECK_EQ(fake.freeindex, 0);
-        CHECK_EQ(fake.allocCache, ~(uint64_t)0);
-        CHECK(fake.objstate == fake_state);
+        /* Every class malloc uses starts its objects on 16-byte granules
+         * of the state map (the 8-byte class holds no objects). */
+        CHECK(c == 1 || size % 16 == 0);
         int bad_index = 0, bad_slot = 0;
         for (uintptr_t off = 0; off <= span; off++) {
             uintptr_t a = fake.startAddr + off;

@@ -191,7 +191,7 @@ static void *to_free[NFREE];
 
 typedef struct {
     int cache_before, cache_after;
-    uint64_t threads_during;
+    uint64_t threads_during, small_frees, slow_frees;
     int double_free_code, ok;
 } freer_t;
 
@@ -202,8 +202,10 @@ static void *free_only(void *arg) {
     for (int i = 0; i < NFREE; i++) {
         if (gm_check(to_free[i]) != GM_OK || ((unsigned char *)to_free[i])[0] != (unsigned char)i)
             ok = 0;
+        f->small_frees += gm_usable_size(to_free[i]) <= GM_MAX_SMALL_SIZE;
         gm_free(to_free[i]);
     }
+    f->slow_frees = gm_tls_mcache->slow_frees;
     /* A double free is caught here too (abort_on_error is 0 in this test). */
     f->double_free_code = gm_free_checked(to_free[0]);
     gm_thread_flush(); /* nothing to flush */
@@ -231,8 +233,14 @@ TEST(free_only_thread) {
     CHECK_EQ(pthread_join(t, NULL), 0);
     CHECK(f.ok);
     CHECK(!f.cache_before);
-    CHECK(!f.cache_after); /* freeing needs no cache */
-    CHECK_EQ(f.threads_during, s0.num_threads);
+    CHECK(f.cache_after); /* a thread that only frees gets a cache... */
+    CHECK_EQ(f.threads_during, s0.num_threads + 1);
+    /* ... and its frees take the fast path: the slow path only for the
+     * first free (which makes the cache) and when a list is full. */
+    fprintf(stderr, "(free-only thread: %llu of %llu small frees on the slow path)\n",
+            (unsigned long long)f.slow_frees, (unsigned long long)f.small_frees);
+    CHECK(f.small_frees > NFREE / 2);
+    CHECK(f.slow_frees * 10 < f.small_frees);
     CHECK_EQ(f.double_free_code, GM_ERR_NOT_ALLOCATED);
     struct gm_stats s1 = stats();
     CHECK_EQ(s1.heap_objects, s0.heap_objects);
