@@ -148,12 +148,14 @@ def format_stats(st: pygomalloc.Stats) -> str:
 
 
 def format_profile(records: Sequence[pygomalloc.ProfileRecord], rate: int, top: int = 10) -> str:
-    """The call sites with the most bytes in use."""
+    """The call sites with the most bytes in use: estimates (each sample
+    scaled by its chance of being taken), and the samples behind them."""
     lines = [f"\nheap profile: 1 sample per {rate:,} bytes on average, {len(records)} call sites; "
-             f"top {min(top, len(records))} by sampled bytes in use"]
+             f"top {min(top, len(records))} by bytes in use, estimated from the samples"]
     for r in records[:top]:
-        lines.append(f"  in use {r.inuse_objects:,} samples / {_human(r.inuse_bytes)}, "
-                     f"allocated {r.alloc_objects:,} / {_human(r.alloc_bytes)}")
+        lines.append(f"  in use {r.inuse_objects:,} objects / {_human(r.inuse_bytes)} "
+                     f"({r.inuse_samples:,} samples), allocated {r.alloc_objects:,} objects / "
+                     f"{_human(r.alloc_bytes)} ({r.alloc_samples:,} samples)")
         lines += [f"      {frame}" for frame in r.stack[:6]]
     return "\n".join(lines)
 
@@ -415,7 +417,8 @@ def _pyrun(args: argparse.Namespace) -> int:
 def profile_record_dict(r: pygomalloc.ProfileRecord) -> dict[str, object]:
     """A heap profile record as JSON: its fields and the in-use figures."""
     return dict(dataclasses.asdict(r), inuse_objects=r.inuse_objects,
-                inuse_bytes=r.inuse_bytes)
+                inuse_bytes=r.inuse_bytes, inuse_samples=r.inuse_samples,
+                inuse_sample_bytes=r.inuse_sample_bytes)
 
 
 def _parser() -> argparse.ArgumentParser:
