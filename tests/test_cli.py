@@ -202,6 +202,8 @@ def test_pyrun_tracemalloc_lists_the_scripts_frames_only(tmp_path: Path) -> None
     (["pyrun", "--profile", "lots", "x.py"], ["--profile", "lots"]),
     (["run", "--profile", "-1", "--", "true"], ["--profile", "-1"]),
     (["run", "--profile", "2048G", "--", "true"], ["--profile", "2048G"]),
+    (["pyrun", "--domains", "", "x.py"], ["--domains", "no domain"]),
+    (["pyrun", "--domains", ",", "x.py"], ["--domains", "no domain"]),
     (["stats", "--objects", "-5"], ["--objects", "-5"]),
     (["stats", "--objects", "many"], ["--objects", "many"]),
 ])

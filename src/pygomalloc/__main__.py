@@ -66,6 +66,14 @@ def _profile_rate_arg(text: str) -> int:
     return value
 
 
+def _domains_arg(text: str) -> list[str]:
+    """--domains D,..: at least one (install() checks the names)."""
+    domains = [d.strip() for d in text.split(",") if d.strip()]
+    if not domains:
+        raise argparse.ArgumentTypeError(f"no domain given: {text!r} (raw, mem, obj)")
+    return domains
+
+
 def _writable_file_problem(path: str) -> str | None:
     """Why *path* cannot be written, or None: checked before a long run, so
     that the run is not lost to a typo.  Creates and changes nothing."""
@@ -342,7 +350,7 @@ def _pyrun(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"{PROG} pyrun: --json: {problem}", file=sys.stderr)
             return 2
-    domains = [d for d in args.domains.split(",") if d]
+    domains: list[str] = args.domains
     try:
         if args.profile:
             pygomalloc.set_option("profile_rate", args.profile)
@@ -480,7 +488,7 @@ def _parser() -> argparse.ArgumentParser:
         "[--tracemalloc FRAMES] "
         "[--] SCRIPT|-m MODULE [ARG ...]",
     )
-    pyrun.add_argument("--domains", default="mem,obj",
+    pyrun.add_argument("--domains", type=_domains_arg, default="mem,obj", metavar="D,..",
                        help="allocator domains to install (raw, mem, obj; default: %(default)s)")
     pyrun.add_argument("--json", metavar="FILE", help="also write the statistics as JSON")
     pyrun.add_argument("--no-stats", action="store_true", help="do not print the statistics")
