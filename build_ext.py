@@ -323,6 +323,8 @@ struct gm_profile_record {
     uint64_t free_objects, free_bytes;
     uint32_t nstack;
     const void *stack[...];
+    uint64_t alloc_objects_est, alloc_bytes_est;
+    uint64_t free_objects_est, free_bytes_est;
 };
 int gm_profile_read(struct gm_profile_record *out, int n);
 const char *gm_profile_symbol(const void *pc, char *buf, size_t len);

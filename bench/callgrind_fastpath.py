@@ -158,9 +158,10 @@ def main(argv: Optional[List[str]] = None) -> int:
               "(apt-get install valgrind, or run bench/setup_peers.sh)", file=sys.stderr)
         return 2
     try:
-        cands, skipped = bench.discover_candidates(opts.allocators, opts.pygomalloc_lib)
-    except ValueError as exc:
-        p.error(str(exc))
+        cands, skipped = bench.discover_candidates(opts.allocators, opts.pygomalloc_lib,
+                                                   strict=bool(opts.allocators))
+    except (ValueError, LookupError) as exc:  # unknown, or named and not available
+        p.error(str(exc.args[0]))
     for s in skipped:
         print(f"callgrind_fastpath: {s}", file=sys.stderr)
     if not cands:

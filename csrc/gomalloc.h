@@ -157,8 +157,11 @@ GM_API int gm_check_heap(void);
  * allocation per R bytes on average (exponentially spaced, so every byte is
  * equally likely to be sampled) is recorded with its call stack.  Records
  * are per distinct stack, with the samples' objects and bytes (size class
- * sizes): allocated ever, and freed since.  Off by default; on, every small
- * malloc takes the slow path (about twice the instructions).
+ * sizes): allocated ever, and freed since; and the estimates of all the
+ * allocations they stand for (each sample of an allocation of s bytes
+ * counts 1/(1 - exp(-s/R)) objects, and as many times its bytes: unbiased,
+ * and exact when R = 1, where every allocation is sampled).  Off by default;
+ * on, every small malloc takes the slow path (about twice the instructions).
  */
 #define GM_PROFILE_DEPTH 32
 struct gm_profile_record {
@@ -166,6 +169,8 @@ struct gm_profile_record {
     uint64_t free_objects, free_bytes;   /* of those, freed since */
     uint32_t nstack;                     /* frames in stack */
     const void *stack[GM_PROFILE_DEPTH]; /* return addresses, the allocation's caller first */
+    uint64_t alloc_objects_est, alloc_bytes_est; /* estimated allocations from this stack, ever */
+    uint64_t free_objects_est, free_bytes_est;   /* of those, freed since (<= the above) */
 };
 /* Copy up to n records into out (may be NULL with n = 0).  Returns the
  * number of records the profile holds, which may be more than n. */

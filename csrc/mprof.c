@@ -11,6 +11,18 @@
  * many of them were freed since, so a reader sees what is in use and what
  * was allocated, per call site.
  *
+ * Estimates.  An allocation of s bytes is sampled with probability
+ * p = 1 - exp(-s/R) (the countdown lands in it; exponential spacing is
+ * memoryless), so a sample stands for 1/p allocations and elemsize/p bytes:
+ * the sum over the samples is an unbiased estimate of what was allocated
+ * (pprof's scaleHeapSample; Go scales per stack with the average size, which
+ * is biased when a stack allocates several sizes, so here each sample is
+ * scaled, at record time, with the rate then in force).  With R = 1 every
+ * allocation is sampled and p is 1: the estimates are the exact figures.
+ * They are kept in fixed point (objects in 1/4096ths, bytes in 1/16ths), so
+ * that a sample's free takes off exactly what its allocation added: all of a
+ * stack's objects freed leave an estimate of exactly 0 in use.
+ *
  * Costs.  Off (the default), nothing: the fast paths are untouched.  On,
  * every small malloc takes the slow path (the class-offset tables of
  * malloc.c route them there: gm_route_update), about twice the instructions of the fast
@@ -44,15 +56,23 @@ typedef struct gm_bucket {
     uint64_t hash;            /* of the stack. Immutable. */
     uint32_t nstack;          /* frames in stack. Immutable. */
     const void *stack[GM_PROFILE_DEPTH]; /* return addresses, innermost first. Immutable. */
-    uint64_t alloc_objects, alloc_bytes, free_objects, free_bytes; /* Under prof_lock. */
+    uint64_t alloc_objects, alloc_bytes, free_objects, free_bytes; /* samples. Under prof_lock. */
+    uint64_t est_alloc_objects, est_alloc_bytes;  /* estimates, fixed point (EST_*_SHIFT). Under prof_lock. */
+    uint64_t est_free_objects, est_free_bytes;    /* Under prof_lock. */
 } gm_bucket;
 
 typedef struct gm_sampled {
     struct gm_sampled *next; /* hash chain. Under prof_lock. */
     uintptr_t addr;          /* the live sampled object */
     uint64_t bytes;          /* its size as recorded */
+    uint64_t est_objects, est_bytes; /* what it stands for, fixed point */
     gm_bucket *b;            /* its bucket */
 } gm_sampled;
+
+/* Fixed point of the estimates: 2^52 objects and 2^60 bytes allocated in all
+ * before a bucket's sums wrap, to 1/4096 object and 1/16 byte a sample. */
+#define EST_OBJECTS_SHIFT 12
+#define EST_BYTES_SHIFT 4
 
 static pthread_mutex_t prof_lock = PTHREAD_MUTEX_INITIALIZER;
 static gm_bucket *buckets[BUCKET_TABLE]; /* Under prof_lock. */
@@ -100,6 +120,49 @@ static int64_t next_interval(gm_mcache *c, long long rate) {
         return 0; /* every allocation */
     double v = exp_variate(xorshift(&c->rand)) * (double)rate;
     return v > 9e18 ? INT64_MAX : (int64_t)v;
+}
+
+/* 1 - exp(-x) for x >= 0, to about 1e-14 relative, without libm: the
+ * Taylor series below 1/2 (no cancellation for small x), else exp(-x) as
+ * exp(-x/2^k)^(2^k) with x/2^k below 1/2. */
+static double one_minus_exp_neg(double x) {
+    if (x >= 40)
+        return 1.0; /* exp(-40) < 2^-57: 1 - it rounds to 1 */
+    if (x < 0.5) {
+        double term = x, sum = 0;
+        for (int k = 1; k <= 20; k++) { /* x^21/21! < 1e-25 */
+            sum += term;
+            term *= -x / (k + 1);
+        }
+        return sum;
+    }
+    int squarings = 0;
+    while (x >= 0.5) {
+        x *= 0.5;
+        squarings++;
+    }
+    double e = 1 - one_minus_exp_neg(x);
+    while (squarings-- > 0)
+        e *= e;
+    return 1 - e;
+}
+
+/* How many allocations a sample of an allocation of size bytes stands for,
+ * at the given rate: 1/P(sampled).  A malloc(0) counts down 0 bytes; it is
+ * taken as 1 byte, which is about its chance of being sampled. */
+static double sample_weight(size_t size, long long rate) {
+    if (rate <= 1)
+        return 1.0; /* every allocation is sampled */
+    return 1.0 / one_minus_exp_neg((double)(size != 0 ? size : 1) / (double)rate);
+}
+
+static uint64_t to_fixed(double v, int shift) {
+    double f = v * (double)(UINT64_C(1) << shift) + 0.5;
+    return f >= 0x1p63 ? UINT64_C(1) << 63 : (uint64_t)f;
+}
+
+static uint64_t from_fixed(uint64_t v, int shift) {
+    return (v >> shift) + ((v >> (shift - 1)) & 1); /* to the nearest */
 }
 
 bool gm_profile_due(gm_mcache *c, size_t size) {
@@ -180,7 +243,6 @@ static gm_bucket *find_bucket(const void *const *stk, uint32_t n) {
 static gm_sampled **addr_chain(uintptr_t a) { return &sampled[(a >> 4) * 0x9E3779B97F4A7C15u >> 52]; }
 
 void gm_profile_alloc(void *p, size_t size) {
-    (void)size;
     if (p == NULL)
         return;
     void *frames[GM_PROFILE_DEPTH + 8];
@@ -192,6 +254,10 @@ void gm_profile_alloc(void *p, size_t size) {
     if (s == NULL)
         return;
     uint64_t bytes = s->sizeclass != 0 ? s->elemsize : s->npages * PAGE_SIZE;
+    /* Sampled by the countdown of the requested size, at the rate now. */
+    double weight = sample_weight(size, LOAD_RELAXED(&gm_opt.profile_rate));
+    uint64_t est_objects = to_fixed(weight, EST_OBJECTS_SHIFT);
+    uint64_t est_bytes = to_fixed(weight * (double)bytes, EST_BYTES_SHIFT);
     /* The allocator's own frames go: the stack starts at its caller.  (Not
      * under prof_lock: dladdr takes the loader's lock, which a thread in
      * dlopen may hold while it mallocs.) */
@@ -206,8 +272,12 @@ void gm_profile_alloc(void *p, size_t size) {
     if (r != NULL) {
         b->alloc_objects++;
         b->alloc_bytes += bytes;
+        b->est_alloc_objects += est_objects;
+        b->est_alloc_bytes += est_bytes;
         r->addr = a;
         r->bytes = bytes;
+        r->est_objects = est_objects;
+        r->est_bytes = est_bytes;
         r->b = b;
         gm_sampled **chain = addr_chain(a);
         r->next = *chain;
@@ -230,6 +300,8 @@ void gm_profile_free(const void *p) {
         if (r->addr == a) {
             r->b->free_objects++;
             r->b->free_bytes += r->bytes;
+            r->b->est_free_objects += r->est_objects;
+            r->b->est_free_bytes += r->est_bytes;
             *pp = r->next;
             gm_fixalloc_free(&sampledalloc, r);
             break;
@@ -264,6 +336,10 @@ int gm_profile_read(struct gm_profile_record *out, int n) {
         r->alloc_bytes = b->alloc_bytes;
         r->free_objects = b->free_objects;
         r->free_bytes = b->free_bytes;
+        r->alloc_objects_est = from_fixed(b->est_alloc_objects, EST_OBJECTS_SHIFT);
+        r->alloc_bytes_est = from_fixed(b->est_alloc_bytes, EST_BYTES_SHIFT);
+        r->free_objects_est = from_fixed(b->est_free_objects, EST_OBJECTS_SHIFT);
+        r->free_bytes_est = from_fixed(b->est_free_bytes, EST_BYTES_SHIFT);
         r->nstack = b->nstack;
         memset(r->stack, 0, sizeof r->stack);
         memcpy(r->stack, b->stack, b->nstack * sizeof b->stack[0]);
@@ -290,13 +366,14 @@ const char *gm_profile_symbol(const void *pc, char *buf, size_t len) {
     return buf;
 }
 
-/* The top sites by bytes in use, for print_stats at exit.  No allocation;
- * symbols are looked up after the lock is dropped (dladdr takes the
- * loader's lock, which a thread in dlopen may hold while it mallocs). */
+/* The top sites by bytes in use (estimated), for print_stats at exit.  No
+ * allocation; symbols are looked up after the lock is dropped (dladdr takes
+ * the loader's lock, which a thread in dlopen may hold while it mallocs). */
 #define PRINT_TOP 16
 void gm_profile_print(int fd, int top) {
     struct {
-        uint64_t objs, bytes, allocs, alloc_bytes;
+        uint64_t objs, bytes, allocs, alloc_bytes; /* estimates */
+        uint64_t samples, alloc_samples;
         uint32_t nstack;
         const void *stack[4];
     } best[PRINT_TOP];
@@ -306,7 +383,8 @@ void gm_profile_print(int fd, int top) {
     pthread_mutex_lock(&prof_lock);
     uint32_t sites = nbuckets;
     for (const gm_bucket *b = allbuckets; b != NULL; b = b->allnext) {
-        uint64_t bytes = b->alloc_bytes - b->free_bytes;
+        uint64_t bytes = from_fixed(b->est_alloc_bytes, EST_BYTES_SHIFT) -
+                         from_fixed(b->est_free_bytes, EST_BYTES_SHIFT);
         int at = nbest;
         while (at > 0 && best[at - 1].bytes < bytes)
             at--;
@@ -315,22 +393,28 @@ void gm_profile_print(int fd, int top) {
         if (nbest < top)
             nbest++;
         memmove(&best[at + 1], &best[at], (size_t)(nbest - 1 - at) * sizeof best[0]);
-        best[at].objs = b->alloc_objects - b->free_objects;
+        best[at].objs = from_fixed(b->est_alloc_objects, EST_OBJECTS_SHIFT) -
+                        from_fixed(b->est_free_objects, EST_OBJECTS_SHIFT);
         best[at].bytes = bytes;
-        best[at].allocs = b->alloc_objects;
-        best[at].alloc_bytes = b->alloc_bytes;
+        best[at].allocs = from_fixed(b->est_alloc_objects, EST_OBJECTS_SHIFT);
+        best[at].alloc_bytes = from_fixed(b->est_alloc_bytes, EST_BYTES_SHIFT);
+        best[at].samples = b->alloc_objects - b->free_objects;
+        best[at].alloc_samples = b->alloc_objects;
         best[at].nstack = b->nstack < 4 ? b->nstack : 4;
         memcpy(best[at].stack, b->stack, best[at].nstack * sizeof b->stack[0]);
     }
     pthread_mutex_unlock(&prof_lock);
     char line[1200], sym[256];
-    int n = snprintf(line, sizeof line, "pygomalloc: heap profile, 1 sample per %lld bytes on average, %u call sites\n",
+    int n = snprintf(line, sizeof line,
+                     "pygomalloc: heap profile, 1 sample per %lld bytes on average, %u call sites; "
+                     "objects and bytes estimated from the samples\n",
                      LOAD_RELAXED(&gm_opt.profile_rate), sites);
     (void)!write(fd, line, (size_t)n);
     for (int k = 0; k < nbest; k++) {
-        n = snprintf(line, sizeof line, "  in use %llu samples / %llu bytes, allocated %llu / %llu:",
+        n = snprintf(line, sizeof line, "  in use %llu objects / %llu bytes (%llu samples), allocated %llu objects / %llu bytes (%llu samples):",
                      (unsigned long long)best[k].objs, (unsigned long long)best[k].bytes,
-                     (unsigned long long)best[k].allocs, (unsigned long long)best[k].alloc_bytes);
+                     (unsigned long long)best[k].samples, (unsigned long long)best[k].allocs,
+                     (unsigned long long)best[k].alloc_bytes, (unsigned long long)best[k].alloc_samples);
         for (uint32_t f = 0; f < best[k].nstack && n < (int)sizeof line - 300; f++)
             n += snprintf(line + n, sizeof line - (size_t)n, " %s", gm_profile_symbol(best[k].stack[f], sym, sizeof sym));
         line[n++] = '\n';

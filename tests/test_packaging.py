@@ -44,6 +44,17 @@ def test_version_matches_the_metadata() -> None:
     assert gm.__version__ == importlib.metadata.version("pygomalloc")
 
 
+def test_metadata_names_the_license() -> None:
+    """MIT, as an SPDX expression (PEP 639), with the LICENSE file shipped."""
+    dist = importlib.metadata.distribution("pygomalloc")
+    assert dist.metadata["License-Expression"] == "MIT"
+    assert dist.metadata.get_all("License-File") == ["LICENSE"]
+    shipped = dist.read_text("licenses/LICENSE")
+    assert shipped is not None
+    assert shipped == (SOURCE_TREE / "LICENSE").read_text()
+    assert shipped.startswith("MIT License\n\nCopyright (c) 2026 the pygomalloc authors\n")
+
+
 def test_public_names_exist() -> None:
     for name in gm.__all__:
         assert hasattr(gm, name), name

@@ -1014,6 +1014,12 @@ TEST(heap_profile_samples_and_forgets) {
     CHECK_EQ(recs[small].free_objects, 0);
     CHECK_EQ(recs[large].alloc_objects, 1);
     CHECK_EQ(recs[large].alloc_bytes, gm_usable_size(prof_objs[PROF_N]));
+    /* Every allocation sampled: the estimates are the exact figures. */
+    CHECK_EQ(recs[small].alloc_objects_est, PROF_N);
+    CHECK_EQ(recs[small].alloc_bytes_est, recs[small].alloc_bytes);
+    CHECK_EQ(recs[large].alloc_objects_est, 1);
+    CHECK_EQ(recs[large].alloc_bytes_est, recs[large].alloc_bytes);
+    CHECK_EQ(recs[small].free_objects_est, 0);
     char sym[256];
     CHECK(gm_profile_symbol(recs[small].stack[0], sym, sizeof sym) == sym && sym[0] != 0);
     /* Sampled objects are live objects like any: checked, and the heap check
@@ -1037,6 +1043,9 @@ TEST(heap_profile_samples_and_forgets) {
     CHECK_EQ(recs[small].free_objects, PROF_N / 2);
     CHECK_EQ(recs[large].free_objects, 1);
     CHECK_EQ(recs[large].free_bytes, recs[large].alloc_bytes);
+    CHECK_EQ(recs[small].free_objects_est, PROF_N / 2);
+    CHECK_EQ(recs[small].free_bytes_est, recs[small].free_bytes);
+    CHECK_EQ(recs[large].free_bytes_est, recs[large].alloc_bytes_est);
     for (int i = 1; i < PROF_N; i += 2)
         gm_free(prof_objs[i]);
     CHECK_EQ(gm_option_set("profile_rate", 0), 0);
@@ -1046,29 +1055,46 @@ TEST(heap_profile_samples_and_forgets) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
-/* With rate R, about (bytes allocated) / R samples. */
+/* With rate R, about (bytes allocated) / R samples, which stand for about
+ * the objects and bytes allocated. */
 TEST(heap_profile_rate) {
     static struct gm_profile_record recs[4096];
     const int rate = 8192, count = 64 * 1024, size = 64; /* 4 MiB: 512 samples expected */
     int n0 = gm_profile_read(recs, 4096);
-    uint64_t before = 0;
-    for (int i = 0; i < n0 && i < 4096; i++)
+    uint64_t before = 0, est_before = 0, est_bytes_before = 0;
+    for (int i = 0; i < n0 && i < 4096; i++) {
         before += recs[i].alloc_objects;
+        est_before += recs[i].alloc_objects_est;
+        est_bytes_before += recs[i].alloc_bytes_est;
+    }
     CHECK_EQ(gm_option_set("profile_rate", rate), 0);
     void **objs = gm_malloc(count * sizeof(void *));
     for (int i = 0; i < count; i++)
         objs[i] = gm_malloc(size);
     CHECK_EQ(gm_option_set("profile_rate", 0), 0);
     int n = gm_profile_read(recs, 4096);
-    uint64_t after = 0;
-    for (int i = 0; i < n && i < 4096; i++)
+    uint64_t after = 0, est_after = 0, est_bytes_after = 0;
+    for (int i = 0; i < n && i < 4096; i++) {
         after += recs[i].alloc_objects;
+        est_after += recs[i].alloc_objects_est;
+        est_bytes_after += recs[i].alloc_bytes_est;
+    }
     uint64_t samples = after - before, expect = (uint64_t)count * size / rate;
     /* Poisson: sd = sqrt(512) ~ 23; 25% is more than 5 sd. */
     CHECK(samples > expect * 3 / 4 && samples < expect * 5 / 4);
     if (!(samples > expect * 3 / 4 && samples < expect * 5 / 4))
         fprintf(stderr, "%llu samples, expected about %llu\n", (unsigned long long)samples,
                 (unsigned long long)expect);
+    /* Each sample counts 1/p objects, p = 1 - exp(-64/8192) = 0.00778: the
+     * estimate's sd is sqrt(count (1 - p) / p) ~ 2890 objects (4.4%), and
+     * 5 sd is 14450.  (This thread's countdown may hold 0 from the rate-1
+     * test: one early sample, 128 objects, well inside.)  The bytes are the
+     * objects' 64 each. */
+    int64_t est = (int64_t)(est_after - est_before), est_bytes = (int64_t)(est_bytes_after - est_bytes_before);
+    CHECK(est > count - 14450 && est < count + 14450);
+    CHECK(est_bytes > (int64_t)size * (count - 14450) && est_bytes < (int64_t)size * (count + 14450));
+    if (!(est > count - 14450 && est < count + 14450))
+        fprintf(stderr, "estimated %lld objects, made %d\n", (long long)est, count);
     for (int i = 0; i < count; i++)
         gm_free(objs[i]);
     gm_free(objs);

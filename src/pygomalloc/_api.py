@@ -469,32 +469,64 @@ def get_preload_library() -> str:
 
 @dataclass(frozen=True, **_SLOTS)
 class ProfileRecord:
-    """The sampled allocations made from one call stack (Go's MemProfileRecord).
+    """The allocations made from one call stack (Go's MemProfileRecord).
 
     With ``profile_rate`` R, one allocation per R bytes on average is
-    sampled; the counts are of samples, and ``bytes`` of their size classes.
+    sampled.  The main figures are estimates of all the allocations made
+    from the stack, sampled or not, as Go's pprof reports them: a sample of
+    an allocation of s bytes had the chance p = 1 - exp(-s/R) to be taken,
+    and counts for 1/p objects and 1/p times its bytes.  They are unbiased
+    (their expectation is the true figure), and exact with R = 1, where every
+    allocation is sampled.  Bytes are those of the objects' size classes (as
+    ``usable_size``).  The raw samples behind them are the ``*_samples`` and
+    ``*_sample_bytes`` fields.
     """
 
     #: The call stack, the allocation's caller first: ``object(symbol+0x..)``.
     stack: tuple[str, ...]
     #: The same frames as return addresses.
     addresses: tuple[int, ...]
+    #: Objects allocated from this stack, ever (estimate).
     alloc_objects: int
+    #: Their bytes (estimate).
     alloc_bytes: int
+    #: Of those, objects freed since (estimate; at most alloc_objects).
     free_objects: int
+    #: Their bytes (estimate; at most alloc_bytes).
     free_bytes: int
+    #: Sampled allocations from this stack, ever.
+    alloc_samples: int
+    #: Their bytes.
+    alloc_sample_bytes: int
+    #: Of those, the ones freed since.
+    free_samples: int
+    #: Their bytes.
+    free_sample_bytes: int
 
     @property
     def inuse_objects(self) -> int:
+        """Objects from this stack live now (estimate)."""
         return self.alloc_objects - self.free_objects
 
     @property
     def inuse_bytes(self) -> int:
+        """Their bytes (estimate)."""
         return self.alloc_bytes - self.free_bytes
+
+    @property
+    def inuse_samples(self) -> int:
+        """Sampled objects from this stack live now."""
+        return self.alloc_samples - self.free_samples
+
+    @property
+    def inuse_sample_bytes(self) -> int:
+        """Their bytes."""
+        return self.alloc_sample_bytes - self.free_sample_bytes
 
 
 def heap_profile() -> list[ProfileRecord]:
-    """Every call site the heap profile has sampled, most bytes in use first.
+    """Every call site the heap profile has sampled, most bytes in use first
+    (estimated: see ``ProfileRecord``).
 
     Empty until the option ``profile_rate`` is set above 0
     (``set_option("profile_rate", 512 * 1024)`` samples, as Go does by
@@ -517,8 +549,11 @@ def heap_profile() -> list[ProfileRecord]:
             if a not in symbols:
                 symbols[a] = ffi.string(lib.gm_profile_symbol(ffi.cast("void *", a), buf, len(buf))).decode(
                     "utf-8", "replace")
-        out.append(ProfileRecord(tuple(symbols[a] for a in addrs), addrs, int(r.alloc_objects),
-                                 int(r.alloc_bytes), int(r.free_objects), int(r.free_bytes)))
+        out.append(ProfileRecord(
+            tuple(symbols[a] for a in addrs), addrs,
+            int(r.alloc_objects_est), int(r.alloc_bytes_est), int(r.free_objects_est),
+            int(r.free_bytes_est), int(r.alloc_objects), int(r.alloc_bytes),
+            int(r.free_objects), int(r.free_bytes)))
     out.sort(key=lambda r: (-r.inuse_bytes, -r.alloc_bytes))
     return out
 

@@ -340,35 +340,54 @@ def find_pygomalloc_lib(explicit: Optional[str] = None) -> Tuple[Optional[Path],
 
 def discover_candidates(selected: Optional[Sequence[str]] = None,
                         pygomalloc_lib: Optional[str] = None,
+                        strict: bool = False,
                         ) -> Tuple[List[Candidate], List[str]]:
     """The allocators to run, and messages about the ones skipped.
 
     ``selected`` is a list of names from ALLOCATORS, or ``name=/path/lib.so``
-    for any other preloadable allocator; default: all known ones.
+    for any other preloadable allocator; default: all known ones.  An unknown
+    name raises ValueError.  With ``strict`` (the allocators were named by
+    the user), one that cannot be run raises LookupError instead of being
+    skipped; so does a pygomalloc library named explicitly (``pygomalloc_lib``
+    or $GOMALLOC_PRELOAD_LIB) that does not exist, strict or not.
     """
     names = list(selected) if selected else list(ALLOCATORS)
     found: List[Candidate] = []
     skipped: List[str] = []
+
+    def unavailable(message: str, explicit: bool = False) -> None:
+        if strict or explicit:
+            raise LookupError(f"allocator {message}")
+        skipped.append(message)
+
+    labels = [n.split("=", 1)[0] for n in names]
+    twice = sorted({n for n in labels if labels.count(n) > 1})
+    if twice:
+        raise ValueError(f"allocator(s) named more than once: {', '.join(twice)}")
     for name in names:
         if "=" in name:
             label, path = name.split("=", 1)
+            if not label or not path:
+                raise ValueError(f"bad allocator {name!r}: give name=/path/to/lib.so")
             if Path(path).is_file():
                 found.append(Candidate(label, str(Path(path).resolve()), "given"))
             else:
-                skipped.append(f"{label}: {path} does not exist")
+                unavailable(f"{label}: {path} does not exist", explicit=True)
         elif name == "glibc":
             found.append(Candidate("glibc", None, "the C library"))
         elif name == "pygomalloc":
             path, how = find_pygomalloc_lib(pygomalloc_lib)
             if path is None:
-                skipped.append(f"pygomalloc: skipped, preload library not found: {how}")
+                explicit = bool(pygomalloc_lib or os.environ.get(PYGOMALLOC_LIB_ENV))
+                unavailable(f"pygomalloc: {'skipped, ' if not (strict or explicit) else ''}"
+                            f"preload library not found: {how}", explicit)
             else:
                 found.append(Candidate("pygomalloc", str(path), how))
         elif name in PEERS:
             lib = find_peer_library(name)
             if lib is None:
-                skipped.append(f"{name}: skipped, not installed (apt-get install "
-                               f"{PEERS[name][0]}, or run bench/setup_peers.sh)")
+                unavailable(f"{name}: {'' if strict else 'skipped, '}not installed (apt-get "
+                            f"install {PEERS[name][0]}, or run bench/setup_peers.sh)")
             else:
                 found.append(Candidate(name, str(lib), PEERS[name][0]))
         else:
@@ -465,6 +484,10 @@ def run_once(binaries: Dict[str, Path], driver: str, args: Sequence[str], cand: 
         timer.start()
         try:
             proc.wait()
+        except BaseException:  # Ctrl-C: the driver runs in its own session, out of its reach
+            kill()
+            proc.wait()
+            raise
         finally:
             timer.cancel()
         wall = time.perf_counter() - t0
@@ -765,7 +788,58 @@ def write_plot(path: str, workloads: Sequence[Workload], cands: Sequence[Candida
 
 
 def _csv(s: str) -> List[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
+    items = [x.strip() for x in s.split(",") if x.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, not {s!r}")
+    return items
+
+
+#: The most threads --threads takes: the drivers accept up to 512 or 1024
+#: (xmalloc: 512 producers, and as many consumers).
+MAX_THREADS = 512
+
+
+def _count(high: Optional[int] = None):  # type: ignore[no-untyped-def]
+    """An argparse type: an integer from 1 to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < 1 or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"must be {'at least 1' if high is None else f'from 1 to {high}'}, not {text}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return value
+
+
+def _writable_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written, or None (checked before a run of
+    minutes is lost to a typo).  Creates and changes nothing."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        return f"{path!r} is a directory"
+    if os.path.exists(target):
+        return None if os.access(target, os.W_OK) else f"{path!r} is not writable"
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        return f"cannot write {path!r}: no directory {parent!r}"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot write {path!r}: directory {parent!r} is not writable"
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -774,10 +848,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the allocator workloads under glibc, pygomalloc and the peer "
                     "allocators found on this machine, side by side.",
         epilog="Cells are the median time relative to glibc (lower is better) / the "
-               "peak RSS in MiB; * marks the fastest allocator of each row.")
+               "peak RSS in MiB; * marks the fastest allocator of each row.  Allocators "
+               "named with --allocators must be available; without it, the peers that are "
+               "not installed are skipped with a note.")
     p.add_argument("--full", action="store_true",
                    help="longer runs and more repetitions (default: quick mode)")
-    p.add_argument("--repeat", type=int, metavar="N",
+    p.add_argument("--repeat", type=_count(), metavar="N",
                    help="runs per workload and allocator (default 5, 7 with --full)")
     p.add_argument("--workloads", type=_csv, metavar="A,B",
                    help="workloads to run (default all: %s)" % ",".join(w.name for w in WORKLOADS))
@@ -787,9 +863,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pygomalloc-lib", metavar="PATH",
                    help=f"pygomalloc's LD_PRELOAD library (default: ${PYGOMALLOC_LIB_ENV}, "
                         "pygomalloc.get_preload_library(), csrc/build/libgomalloc_preload.so)")
-    p.add_argument("--threads", type=int, metavar="N",
+    p.add_argument("--threads", type=_count(MAX_THREADS), metavar="N",
                    help=f"threads for multi-threaded workloads (default {default_threads()})")
-    p.add_argument("--timeout", type=float, metavar="S",
+    p.add_argument("--timeout", type=_seconds, metavar="S",
                    help="seconds before a run is killed (default 30, 300 with --full)")
     p.add_argument("--json", metavar="FILE", help="also write all figures as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="also draw a bar chart (needs matplotlib)")
@@ -803,7 +879,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":  # accept being handed the subcommand too
         argv = argv[1:]
-    opts = _parser().parse_args(argv)
+    parser = _parser()
+    opts = parser.parse_args(argv)
 
     def log(msg: str) -> None:
         if not opts.quiet:
@@ -814,17 +891,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     by_name = {w.name: w for w in WORKLOADS}
     if opts.workloads:
+        twice = sorted({n for n in opts.workloads if opts.workloads.count(n) > 1})
+        if twice:
+            parser.error(f"argument --workloads: named more than once: {', '.join(twice)}")
         unknown = [n for n in opts.workloads if n not in by_name]
         if unknown:
-            err(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(by_name)}")
-            return 2
+            parser.error(f"unknown workload(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(by_name)}")
         workloads = [by_name[n] for n in opts.workloads]
     else:
         workloads = list(WORKLOADS)
+    for option, path in (("--json", opts.json), ("--plot", opts.plot)):
+        problem = _writable_file_problem(path) if path else None
+        if problem is not None:
+            parser.error(f"argument {option}: {problem}")
     try:
-        cands, skipped = discover_candidates(opts.allocators, opts.pygomalloc_lib)
-    except ValueError as exc:
-        err(str(exc))
+        cands, skipped = discover_candidates(opts.allocators, opts.pygomalloc_lib,
+                                             strict=bool(opts.allocators))
+    except ValueError as exc:  # a name or value on the command line
+        parser.error(f"argument --allocators: {exc}")
+    except LookupError as exc:  # named, but not on this machine
+        err(f"{exc.args[0]}")
         return 2
     if opts.list:
         print("workloads:")
@@ -844,12 +931,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if opts.plot and not _have_matplotlib():
         err("--plot needs matplotlib, which is not installed (pip install matplotlib)")
         return 2
-    repeat = opts.repeat or (7 if opts.full else 5)
-    if repeat < 1:
-        err("--repeat must be at least 1")
-        return 2
-    threads = opts.threads or default_threads()
-    timeout = opts.timeout or (300.0 if opts.full else 30.0)
+    repeat = opts.repeat if opts.repeat is not None else (7 if opts.full else 5)
+    threads = opts.threads if opts.threads is not None else default_threads()
+    timeout = opts.timeout if opts.timeout is not None else (300.0 if opts.full else 30.0)
     baseline = "glibc" if any(c.name == "glibc" for c in cands) else cands[0].name
 
     t0 = time.perf_counter()
