@@ -369,7 +369,7 @@ ffibuilder.set_source(
     # The core: libgomalloc.so, found next to the module at run time.
     # setup.py adds the directory it was built in to library_dirs.
     libraries=["gomalloc"],
-    extra_link_args=["-pthread", f"-Wl,-rpath,$ORIGIN/{LIBRARY_SUBDIR}"],
+    extra_link_args=[f"-Wl,-rpath,$ORIGIN/{LIBRARY_SUBDIR}"],
     # PyMem_SetAllocator and PyMemAllocatorEx (pygomalloc.install) are not in
     # the limited API: the module is built for this CPython version.
     py_limited_api=False,

@@ -277,33 +277,51 @@ int main(void)
 """
 
 
-def test_c_program_links_against_the_plain_library(tmp_path: Path) -> None:
+def cli_flags(*options: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-m", "pygomalloc", *options], capture_output=True,
+                            check=True, text=True, timeout=120)
+    return result.stdout.split()
+
+
+def compile_and_run(tmp_path: Path, flags: list[str]) -> None:
+    """Build C_PROGRAM with *flags* and run it as it is: no LD_LIBRARY_PATH."""
     source = tmp_path / "prog.c"
     source.write_text(C_PROGRAM)
-    libdir = os.path.dirname(gm.get_library())
     program = tmp_path / "prog"
-    subprocess.run(
-        [
-            os.environ.get("CC", "cc"),
-            "-std=c11",
-            "-O2",
-            "-Wall",
-            "-Werror",
-            "-pthread",
-            f"-I{gm.get_include()}",
-            str(source),
-            "-o",
-            str(program),
-            f"-L{libdir}",
-            "-lgomalloc",
-            f"-Wl,-rpath,{libdir}",
-        ],
-        check=True,
-    )
-    result = subprocess.run(
-        [str(program)], capture_output=True, check=False, text=True, timeout=120
-    )
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    subprocess.run([*cc, "-std=c11", "-O2", "-Wall", "-Werror", "-pthread", str(source), "-o",
+                    str(program), *flags], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD")}
+    result = subprocess.run([str(program)], env=env, capture_output=True, check=False, text=True,
+                            timeout=120)
     assert (result.returncode, result.stdout) == (0, "ok\n"), result.stdout + result.stderr
+
+
+def test_c_program_links_with_the_printed_flags(tmp_path: Path) -> None:
+    flags = cli_flags("--cflags", "--libs")
+    assert flags == cli_flags("--cflags") + cli_flags("--libs")
+    libdir = os.path.dirname(gm.get_library())
+    assert f"-Wl,-rpath,{libdir}" in flags and "-lgomalloc" in flags, flags
+    compile_and_run(tmp_path, flags)
+
+
+def test_c_program_links_with_pkg_config(tmp_path: Path) -> None:
+    pkg_config = shutil.which("pkg-config")
+    if pkg_config is None:
+        pytest.skip("pkg-config is not installed")
+    env = {**os.environ, "PKG_CONFIG_PATH": " ".join(cli_flags("--pkgconfig-path"))}
+    result = subprocess.run([pkg_config, "--cflags", "--libs", "gomalloc"], env=env,
+                            capture_output=True, check=True, text=True)
+    version = subprocess.run([pkg_config, "--modversion", "gomalloc"], env=env,
+                             capture_output=True, check=True, text=True).stdout.strip()
+    assert version == gm.__version__
+    compile_and_run(tmp_path, result.stdout.split())
+
+
+def test_unknown_cli_flags_are_refused() -> None:
+    result = subprocess.run([sys.executable, "-m", "pygomalloc", "--cflags", "--nope"],
+                            capture_output=True, check=False, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
 
 
 def preloaded_env() -> dict[str, str]:
