@@ -152,6 +152,11 @@ r["module_owns_capsule_block"] = gm.owns(c)
 r["c_frees_capsule_block"] = user.user_gm_free(c)
 r["capsule_frees_module_block"] = capi.lib.capi_free(gm.malloc(64))
 r["capsule_frees_c_block"] = capi.lib.capi_free(user.user_gm_malloc(70000))
+byname = ctypes.CDLL("libgomalloc.so")     # by soname: the loaded copy
+byname.gm_malloc.restype = ctypes.c_size_t
+b = byname.gm_malloc(10)
+r["module_owns_block_by_soname"] = gm.owns(b)
+gm.free(b)
 m = user.user_libc_malloc(300)
 r["libc_malloc_is_ours"] = gm.owns(m)
 user.user_libc_free(m)
@@ -182,6 +187,7 @@ def assert_one_heap(r: dict[str, Any]) -> None:
     assert r["module_owns_c_block"] and r["module_owns_capsule_block"], r
     assert r["c_frees_capsule_block"] == 0, r
     assert r["capsule_frees_module_block"] == 0 and r["capsule_frees_c_block"] == 0, r
+    assert r["module_owns_block_by_soname"], r
     assert len(r["cores"]) == 1, r  # one libgomalloc.so mapped
     assert r["bad_frees"] == 0, r
 
