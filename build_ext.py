@@ -1,72 +1,89 @@
-"""Build description of pygomalloc's native code.
+"""Build description of pygomalloc's native code, for pip.
 
-One C core (``csrc/*.c``) is compiled three ways:
+The sources and compile flags live in one file, ``csrc/build.mk``, which
+``csrc/Makefile`` includes and this module parses (``BUILD``).  From it:
 
-* ``pygomalloc._gomalloc``: the cffi extension module (out-of-line API mode)
-  that the Python package imports.  Python dlopen()s it, so thread-local
-  variables must use a dynamic TLS model: ``-mtls-dialect=gnu2`` selects TLS
-  descriptors, the fast dynamic model.  Initial-exec TLS would fail with
-  "cannot allocate memory in static TLS block" (BRIEF section 8).
-* ``pygomalloc/_lib/libgomalloc.so``: a plain shared library with no Python
-  dependency, for C programs (same TLS model, same reason).
-* ``pygomalloc/_lib/libgomalloc_preload.so``: the ``LD_PRELOAD`` library,
-  which also exports the malloc family (``csrc/preload.c``).  It is loaded at
-  start-up, so it may use initial-exec TLS, the fastest model.
+* ``pygomalloc/_lib/libgomalloc.so``: the allocator core, the one instance
+  of the allocator in a process.  It exports the gm_ API (gomalloc.h), each
+  symbol with the version ``GOMALLOC_<abi_tag()>``.
+* ``pygomalloc/_lib/libgomalloc_preload.so``: the ``LD_PRELOAD`` shim
+  (``csrc/preload.c``): the malloc family, forwarding to libgomalloc.so, its
+  DT_NEEDED (rpath ``$ORIGIN``).
+* ``pygomalloc._gomalloc``: the cffi extension module (out-of-line API mode).
+  It does not compile the core: it links to libgomalloc.so (DT_NEEDED, rpath
+  ``$ORIGIN/_lib``), so its gm_ calls are resolved by the dynamic linker to
+  the libgomalloc.so loaded in the process, the preloaded shim's included
+  (the loader loads one object per soname).
 
-``setup.py`` hands ``ffibuilder`` to cffi (``cffi_modules``) and builds the
-two plain libraries from ``SHARED_LIBRARIES``: ``pip install -e .`` or
-``pip install .`` builds all three.
+``setup.py`` builds the two libraries with ``library_commands()`` before the
+module (which links to the first) and hands ``ffibuilder`` to cffi
+(``cffi_modules``): ``pip install .`` builds all three.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 from cffi import FFI
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 PUBLIC_HEADER = CSRC / "gomalloc.h"
-PRELOAD_SOURCE = "preload.c"  # the malloc-family shim: LD_PRELOAD library only
+BUILD_DESCRIPTION = CSRC / "build.mk"
+#: Where the libraries sit in the package, relative to the extension module.
+LIBRARY_SUBDIR = "_lib"
+CORE_LIBRARY = "libgomalloc.so"
+PRELOAD_LIBRARY = "libgomalloc_preload.so"
 
 
-def _rel(path: Path) -> str:
-    """setuptools wants source paths relative to the project root."""
-    return os.path.relpath(path, ROOT)
+def read_build_description(path: Path = BUILD_DESCRIPTION) -> dict[str, list[str]]:
+    """The ``NAME := value`` lines of build.mk, ``$(NAME)`` expanded, values split."""
+    names: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, value = line.partition(":=")
+        if not sep or not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name.strip()):
+            raise ValueError(f"{path}:{number}: not a `NAME := value` line: {line!r}")
+        names[name.strip()] = re.sub(r"\$\((\w+)\)", lambda m: names[m.group(1)], value).strip()
+    return {name: value.split() for name, value in names.items()}
 
 
-def core_sources(*, preload: bool = False) -> list[str]:
-    """The allocator's C sources; ``preload.c`` only when building the preload library.
+BUILD = read_build_description()
 
-    Only the top level of the source directory counts: ``csrc/tests/`` holds
-    C test programs, which are never part of a library.
+
+def abi_tag() -> str:
+    """build.mk: the first 12 hex digits of the SHA-256 of gomalloc.h."""
+    return hashlib.sha256(PUBLIC_HEADER.read_bytes()).hexdigest()[:12]
+
+
+def version_script() -> str:
+    """libgomalloc.so's version script: gm_* exported as GOMALLOC_<abi_tag()>, nothing else."""
+    return f"GOMALLOC_{abi_tag()} {{ global: gm_*; local: *; }};\n"
+
+
+def library_commands(cc: Sequence[str], out_dir: Path, map_file: Path,
+                     cflags: Sequence[str] = (), ldflags: Sequence[str] = ()) -> dict[str, list[str]]:
+    """The compiler commands of the two libraries (run in ``CSRC``), as csrc/Makefile's.
+
+    *map_file* must hold ``version_script()``; libgomalloc.so must be built first.
     """
-    return [_rel(p) for p in sorted(CSRC.glob("*.c")) if preload or p.name != PRELOAD_SOURCE]
+    shared = [*cc, *BUILD["SHARED_CFLAGS"], *cflags, *BUILD["LIBRARY_LDFLAGS"]]
+    return {
+        CORE_LIBRARY: [
+            *shared, f"-Wl,-soname,{BUILD['SONAME'][0]}", f"-Wl,--version-script,{map_file}",
+            "-o", str(out_dir / CORE_LIBRARY), *BUILD["CORE_SOURCES"], *ldflags,
+        ],
+        PRELOAD_LIBRARY: [
+            *shared, "-o", str(out_dir / PRELOAD_LIBRARY), *BUILD["PRELOAD_SOURCES"],
+            f"-L{out_dir}", "-lgomalloc", "-Wl,-rpath,$ORIGIN", *ldflags,
+        ],
+    }
 
-
-def core_headers() -> list[str]:
-    return [_rel(p) for p in sorted(CSRC.glob("*.h"))]
-
-
-class SharedLibrary(NamedTuple):
-    """A plain shared library built from the core by ``setup.py``."""
-
-    sources: list[str]
-    cflags: list[str]
-
-
-# As csrc/Makefile builds them (the C tests and benchmarks use those).
-_PLAIN_CFLAGS = ["-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-fno-semantic-interposition", "-pthread"]
-
-SHARED_LIBRARIES: dict[str, SharedLibrary] = {
-    "libgomalloc.so": SharedLibrary(core_sources(), _PLAIN_CFLAGS + ["-mtls-dialect=gnu2"]),
-    "libgomalloc_preload.so": SharedLibrary(
-        core_sources(preload=True),
-        _PLAIN_CFLAGS + ["-ftls-model=initial-exec", "-DGM_PRELOAD"],
-    ),
-}
 
 # Thin C wrappers compiled into the extension module.  They traffic in
 # uintptr_t addresses, so the Python layer never converts pointers, and they
@@ -348,18 +365,13 @@ ffibuilder.cdef(_CDEF)
 ffibuilder.set_source(
     "pygomalloc._gomalloc",
     _PREAMBLE,
-    sources=core_sources(),
-    depends=core_headers(),
-    include_dirs=[_rel(CSRC)],
-    extra_compile_args=[
-        "-std=c11",
-        "-O2",
-        "-fvisibility=hidden",
-        "-mtls-dialect=gnu2",
-        "-DGM_PYTHON_MODULE",
-        "-pthread",  # the core uses threads (scavenger, per-thread caches)
-    ],
-    extra_link_args=["-pthread"],
+    depends=[str(PUBLIC_HEADER), str(BUILD_DESCRIPTION)],
+    include_dirs=[str(CSRC)],
+    extra_compile_args=BUILD["SHARED_CFLAGS"],
+    # The core: libgomalloc.so, found next to the module at run time.
+    # setup.py adds the directory it was built in to library_dirs.
+    libraries=["gomalloc"],
+    extra_link_args=[f"-Wl,-rpath,$ORIGIN/{LIBRARY_SUBDIR}"],
     # PyMem_SetAllocator and PyMemAllocatorEx (pygomalloc.install) are not in
     # the limited API: the module is built for this CPython version.
     py_limited_api=False,

@@ -1,11 +1,18 @@
-"""setuptools entry point: the cffi module plus pygomalloc's plain C artefacts.
+"""setuptools entry point: pygomalloc's libraries and its cffi module.
 
-Metadata lives in pyproject.toml and the compile flags in build_ext.py.
-Besides the cffi extension module, ``build_ext`` here puts into the package:
+Metadata lives in pyproject.toml; the sources and compile flags in
+csrc/build.mk, read by build_ext.py.  ``build_ext`` here builds, in order:
 
-* ``_lib/libgomalloc.so`` and ``_lib/libgomalloc_preload.so``, compiled from
-  the same sources with the compiler in ``$CC`` (default: the one Python was
-  built with), with ``$CFLAGS``/``$LDFLAGS`` appended;
+* ``_lib/libgomalloc.so`` (the core) and ``_lib/libgomalloc_preload.so`` (the
+  LD_PRELOAD shim), with the compiler in ``$CC`` (default: the one Python was
+  built with) and the commands of ``build_ext.library_commands()``, with
+  ``$CFLAGS``/``$LDFLAGS`` appended;
+* the cffi extension module, linked to ``_lib/libgomalloc.so``;
+
+and puts into the package:
+
+* ``_lib/pkgconfig/gomalloc.pc``, for ``pkg-config`` (relocatable: its paths
+  are relative to ``${pcfiledir}``);
 * ``include/gomalloc.h``, the public header (``pygomalloc.get_include()``);
 * ``_bench_drivers/``, the C benchmark drivers (``bench/drivers/*.c, *.h``).
 
@@ -47,9 +54,14 @@ class build_ext_with_libraries(build_ext):
     """``build_ext`` that also builds the plain libraries and ships the C files."""
 
     def run(self) -> None:
-        super().run()
+        build = _load_build_description()
         package_dir = Path(self.build_lib, PACKAGE)
-        self._build_libraries(package_dir / "_lib")
+        lib_dir = package_dir / build.LIBRARY_SUBDIR
+        self._build_libraries(lib_dir)  # first: the extension module links to libgomalloc.so
+        for ext in self.extensions:
+            ext.library_dirs.append(str(lib_dir))
+        super().run()
+        self._write_pkgconfig(lib_dir / "pkgconfig" / "gomalloc.pc")
         self._copy_c_files(package_dir)
         if self.inplace:
             source_dir = self.get_finalized_command("build_py").get_package_dir(PACKAGE)
@@ -78,7 +90,8 @@ class build_ext_with_libraries(build_ext):
     def _native_output_mapping(self) -> dict[str, str]:
         """Each file this command adds to the build directory -> its in-place copy."""
         build = _load_build_description()
-        relative = [f"_lib/{name}" for name in build.SHARED_LIBRARIES]
+        relative = [f"{build.LIBRARY_SUBDIR}/{name}" for name in (build.CORE_LIBRARY, build.PRELOAD_LIBRARY)]
+        relative.append(f"{build.LIBRARY_SUBDIR}/pkgconfig/gomalloc.pc")
         relative += [rel for _, rel in self._native_files()]
         source_dir = self.get_finalized_command("build_py").get_package_dir(PACKAGE)
         return {
@@ -91,22 +104,28 @@ class build_ext_with_libraries(build_ext):
         cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
         cflags = shlex.split(os.environ.get("CFLAGS", ""))
         ldflags = shlex.split(os.environ.get("LDFLAGS", ""))
+        out_dir = out_dir.resolve()
         self.mkpath(str(out_dir))
-        for name, lib in build.SHARED_LIBRARIES.items():
-            command = [
-                *cc,
-                *lib.cflags,
-                *cflags,
-                f"-I{build.CSRC}",
-                "-shared",
-                f"-Wl,-soname,{name}",
-                "-o",
-                str(out_dir / name),
-                *lib.sources,
-                *ldflags,
-            ]
+        map_file = Path(self.build_temp).resolve() / "libgomalloc.map"
+        self.mkpath(str(map_file.parent))
+        map_file.write_text(build.version_script())
+        for command in build.library_commands(cc, out_dir, map_file, cflags, ldflags).values():
             self.announce(" ".join(shlex.quote(arg) for arg in command), level=2)
-            subprocess.run(command, check=True, cwd=ROOT)
+            subprocess.run(command, check=True, cwd=build.CSRC)
+
+    def _write_pkgconfig(self, path: Path) -> None:
+        self.mkpath(str(path.parent))
+        path.write_text(
+            "# pkg-config file of pygomalloc's C library; the paths are relative to this file.\n"
+            "libdir=${pcfiledir}/..\n"
+            "includedir=${pcfiledir}/../../include\n"
+            "\n"
+            "Name: gomalloc\n"
+            "Description: pygomalloc, a memory allocator modelled on the Go runtime allocator\n"
+            f"Version: {self.distribution.get_version()}\n"
+            "Libs: -L${libdir} -Wl,-rpath,${libdir} -lgomalloc\n"
+            "Cflags: -I${includedir}\n"
+        )
 
     def _copy_c_files(self, package_dir: Path) -> None:
         # _bench_drivers/ holds copies only: start afresh so none outlives its source.

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Everything the project tests: install the package with its test extras,
-# run the C tests (release, debug, ASan+UBSan, TSan builds), then the Python
-# tests.  The README's test command is `bash tests/run_all.sh`.
+# The README's test command: everything the project tests, on a fresh
+# machine.  Installs what is missing (Debian packages: the C toolchain and
+# the sanitizer runtimes; Python's venv and headers), installs the package
+# with its test extras into .venv (tools/venv.sh), runs the C tests (release,
+# debug, ASan+UBSan, TSan builds), then the Python tests with .venv's python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q '.[test]'
+bash tools/debian_packages.sh gcc make libasan8 libtsan2 libubsan1
+python=$(bash tools/venv.sh)
+"$python" -m pip install -q '.[test]'
 make -C csrc -j2 check
-python -m pytest -q
+"$python" -m pytest -q

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
+import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import pygomalloc as gm
 
@@ -124,3 +131,104 @@ def test_cli_pyrun_runs_a_module_and_checks_its_options(tmp_path: Path) -> None:
     bad = run_cli("pyrun", "--domains", "heap", str(data))
     assert bad.returncode == 2 and "unknown allocator domain 'heap'" in bad.stderr
     assert run_cli("pyrun").returncode == 2
+
+
+# --------------------------------------------------------------------------
+# One build description: csrc/build.mk, for make and for pip
+
+
+def build_description():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("_pygomalloc_build", SOURCE_TREE / "build_ext.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_build_description_lists_every_source() -> None:
+    build = build_description().BUILD
+    csrc = SOURCE_TREE / "csrc"
+    assert sorted(build["CORE_SOURCES"] + build["PRELOAD_SOURCES"]) == sorted(
+        p.name for p in csrc.glob("*.c")
+    ), "csrc/build.mk: CORE_SOURCES must list every csrc/*.c but preload.c"
+    assert build["PRELOAD_SOURCES"] == ["preload.c"]
+
+
+CODEGEN = re.compile(r"-(O|g|std=|f|m)")  # the options gcc records in DW_AT_producer
+
+
+def producers(path: str) -> list[str]:
+    """DW_AT_producer of each compile unit (-g): the compiler and its code generation options."""
+    out = subprocess.run(["readelf", "--debug-dump=info", path], capture_output=True, text=True,
+                         check=True).stdout
+    return [line.split("): ", 1)[-1].strip() for line in out.splitlines() if "DW_AT_producer" in line]
+
+
+@pytest.mark.parametrize("which", ["libgomalloc.so", "preload shim", "cffi module"])
+def test_shipped_objects_were_built_with_the_description_flags(which: str) -> None:
+    path = {"libgomalloc.so": gm.get_library(), "preload shim": gm.get_preload_library(),
+            "cffi module": gm._gomalloc.__file__}[which]  # type: ignore[attr-defined]
+    wanted = [flag for flag in build_description().BUILD["SHARED_CFLAGS"] if CODEGEN.match(flag)]
+    assert "-mtls-dialect=gnu2" in wanted and "-fvisibility=hidden" in wanted
+    units = producers(path)
+    assert units, f"{path}: no debug information (built without -g?)"
+    for producer in units:
+        flags = producer.split()
+        assert [f for f in wanted if f not in flags] == [], producer
+
+
+def make_dry_run(*targets: str) -> list[list[str]]:
+    """The compiler commands make would run for *targets* (nothing is built)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "-B", "-C", str(SOURCE_TREE / "csrc"), "CC=cc", *targets],
+                         capture_output=True, text=True, check=True).stdout
+    return [shlex.split(line) for line in out.replace("\\\n", " ").splitlines() if line.startswith("cc ")]
+
+
+def normalised(command: list[str]) -> list[str]:
+    """Output paths and library directories reduced to their names."""
+    out = []
+    for arg in command:
+        if arg.startswith("-Wl,--version-script,"):
+            arg = "-Wl,--version-script,MAP"
+        elif arg.startswith("-L"):
+            arg = "-L"
+        elif "/" in arg:
+            arg = os.path.basename(arg)
+        out.append(arg)
+    return out
+
+
+def test_make_and_pip_build_the_libraries_alike(tmp_path: Path) -> None:
+    build = build_description()
+    from_make = {os.path.basename(c[c.index("-o") + 1]): normalised(c)
+                 for c in make_dry_run("build/libgomalloc.so", "build/libgomalloc_preload.so")}
+    from_pip = {name: normalised(c) for name, c in
+                build.library_commands(["cc"], tmp_path, tmp_path / "x.map").items()}
+    assert from_make == from_pip
+
+
+@pytest.mark.parametrize("variant", ["release", "debug", "asan", "tsan"])
+def test_the_c_tests_are_built_with_the_description_flags(variant: str) -> None:
+    build = build_description().BUILD
+    (command,) = make_dry_run(f"build/{variant}/test_api")
+    flags = build[f"{variant.upper()}_CFLAGS"]
+    assert command[1 : 1 + len(flags)] == flags, command
+    assert command[-len(build["CORE_SOURCES"]):] == build["CORE_SOURCES"], command
+
+
+def test_no_build_file_spells_out_the_flags() -> None:
+    """Flags are in csrc/build.mk only: not in the files that read it."""
+    build = build_description().BUILD
+    flags = {f for name, value in build.items() if name.endswith(("CFLAGS", "LDFLAGS")) for f in value}
+    for name in ("csrc/Makefile", "setup.py", "build_ext.py"):
+        text = (SOURCE_TREE / name).read_text()
+        found = sorted(f for f in flags if re.search(rf"(?<![\w-]){re.escape(f)}(?![\w=,-])", text))
+        assert found == [], f"{name} spells out {found}: they belong in csrc/build.mk"
+
+
+def test_the_shipped_pkgconfig_file() -> None:
+    pc = Path(gm.get_library()).parent / "pkgconfig" / "gomalloc.pc"
+    text = pc.read_text()
+    assert f"Version: {gm.__version__}" in text and "-lgomalloc" in text and "${pcfiledir}" in text

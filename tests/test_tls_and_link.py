@@ -1,14 +1,20 @@
-"""The three builds of the core: TLS models, linking from C, LD_PRELOAD.
+"""The shapes of the shared objects: TLS models, linking, LD_PRELOAD.
 
-The cffi module and libgomalloc.so are dlopen()ed, so they must not carry
-DF_STATIC_TLS (initial-exec TLS), which fails with "cannot allocate memory
-in static TLS block" once the static TLS surplus is used up.  The preload
-library is loaded at start-up and may use it.
+One allocator per process: the core is libgomalloc.so alone.  The preload
+shim and the cffi module hold no allocator; each has libgomalloc.so as its
+DT_NEEDED, found through an $ORIGIN rpath.  libgomalloc.so may be dlopen()ed
+(as the module's dependency), so it must not carry DF_STATIC_TLS
+(initial-exec TLS), which fails with "cannot allocate memory in static TLS
+block" once the static TLS surplus is used up.  The two libraries are never
+unloaded (DF_1_NODELETE): dlclose() must not unmap the scavenger's code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shlex
+import shutil
 import struct
 import subprocess
 import sys
@@ -22,14 +28,19 @@ import pygomalloc as gm
 from pygomalloc import _gomalloc
 
 PT_LOAD, PT_DYNAMIC, PT_TLS = 1, 2, 7
-DT_NULL, DT_NEEDED, DT_STRTAB, DT_FLAGS = 0, 1, 5, 30
+DT_NULL, DT_NEEDED, DT_STRTAB, DT_SONAME, DT_RPATH, DT_FLAGS, DT_RUNPATH = 0, 1, 5, 14, 15, 30, 29
+DT_FLAGS_1 = 0x6FFFFFFB
 DF_STATIC_TLS = 0x10
+DF_1_NODELETE = 0x8
 
 
 class ElfInfo(NamedTuple):
     has_tls: bool  # a PT_TLS segment: the object has thread-local variables
     static_tls: bool  # DF_STATIC_TLS: it needs initial-exec TLS
     needed: list[str]  # DT_NEEDED
+    soname: str | None  # DT_SONAME
+    runpath: list[str]  # DT_RUNPATH or DT_RPATH, split at ':'
+    nodelete: bool  # DF_1_NODELETE in DT_FLAGS_1
 
 
 def elf_info(path: str) -> ElfInfo:
@@ -56,12 +67,19 @@ def elf_info(path: str) -> ElfInfo:
                     break
                 dynamic.setdefault(tag, []).append(value)
     strtab = file_offset(dynamic[DT_STRTAB][0])
-    needed = [
-        data[strtab + n : data.index(b"\0", strtab + n)].decode()
-        for n in dynamic.get(DT_NEEDED, [])
-    ]
-    flags = dynamic.get(DT_FLAGS, [0])[0]
-    return ElfInfo(any(h[0] == PT_TLS for h in headers), bool(flags & DF_STATIC_TLS), needed)
+
+    def string(n: int) -> str:
+        return data[strtab + n : data.index(b"\0", strtab + n)].decode()
+
+    paths = dynamic.get(DT_RUNPATH, []) + dynamic.get(DT_RPATH, [])
+    return ElfInfo(
+        has_tls=any(h[0] == PT_TLS for h in headers),
+        static_tls=bool(dynamic.get(DT_FLAGS, [0])[0] & DF_STATIC_TLS),
+        needed=[string(n) for n in dynamic.get(DT_NEEDED, [])],
+        soname=string(dynamic[DT_SONAME][0]) if DT_SONAME in dynamic else None,
+        runpath=[p for n in paths for p in string(n).split(":")],
+        nodelete=bool(dynamic.get(DT_FLAGS_1, [0])[0] & DF_1_NODELETE),
+    )
 
 
 def cffi_module_path() -> str:
@@ -70,24 +88,95 @@ def cffi_module_path() -> str:
     return path
 
 
-def test_elf_parser_sees_static_tls_in_the_preload_library() -> None:
-    # Built with -ftls-model=initial-exec: shows the check below can fail.
-    info = elf_info(gm.get_preload_library())
+def resolve_origin(runpath: str, obj: str) -> Path:
+    return Path(runpath.replace("$ORIGIN", os.path.dirname(obj))).resolve()
+
+
+def test_elf_parser_sees_static_tls(tmp_path: Path) -> None:
+    # A library with initial-exec TLS: shows that the check below can fail.
+    source = tmp_path / "ie.c"
+    source.write_text("__thread int x __attribute__((tls_model(\"initial-exec\")));\n"
+                      "int get(void) { return x; }\n")
+    subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-O2", "-o",
+                    str(tmp_path / "libie.so"), str(source)], check=True)
+    info = elf_info(str(tmp_path / "libie.so"))
     assert info.has_tls and info.static_tls
 
 
-@pytest.mark.parametrize("which", ["cffi module", "libgomalloc.so"])
-def test_dlopened_builds_have_no_static_tls(which: str) -> None:
-    path = cffi_module_path() if which == "cffi module" else gm.get_library()
+def test_the_core_has_dynamic_tls_only() -> None:
+    info = elf_info(gm.get_library())
+    assert info.has_tls, "libgomalloc.so has no thread-local variables at all"
+    assert not info.static_tls, "libgomalloc.so has DF_STATIC_TLS: it uses initial-exec TLS"
+
+
+@pytest.mark.parametrize("which", ["cffi module", "preload shim"])
+def test_the_module_and_the_shim_hold_no_allocator(which: str) -> None:
+    """No TLS of the core, and libgomalloc.so as DT_NEEDED through an $ORIGIN
+    rpath that leads to the package's own copy."""
+    path = cffi_module_path() if which == "cffi module" else gm.get_preload_library()
     info = elf_info(path)
-    assert info.has_tls, f"{path} has no thread-local variables at all"
-    assert not info.static_tls, f"{path} has DF_STATIC_TLS: it uses initial-exec TLS"
+    assert not info.has_tls and not info.static_tls, info
+    assert "libgomalloc.so" in info.needed, info
+    assert [p for p in info.runpath if p.startswith("$ORIGIN")], info
+    found = [resolve_origin(p, path) / "libgomalloc.so" for p in info.runpath]
+    assert Path(gm.get_library()).resolve() in found, (info.runpath, gm.get_library())
+
+
+def test_the_core_has_its_soname() -> None:
+    assert elf_info(gm.get_library()).soname == "libgomalloc.so"
+
+
+@pytest.mark.parametrize("getter", [gm.get_library, gm.get_preload_library])
+def test_the_libraries_are_never_unloaded(getter) -> None:  # type: ignore[no-untyped-def]
+    assert elf_info(getter()).nodelete, f"{getter()} lacks DF_1_NODELETE (-Wl,-z,nodelete)"
 
 
 @pytest.mark.parametrize("getter", [gm.get_library, gm.get_preload_library])
 def test_plain_libraries_do_not_depend_on_python(getter) -> None:  # type: ignore[no-untyped-def]
     needed = elf_info(getter()).needed
     assert needed and not any("python" in name for name in needed), needed
+
+
+def dynamic_symbols(path: str) -> dict[str, str]:
+    """The symbols an object defines (readelf): name -> version."""
+    out = subprocess.run(["readelf", "-W", "--dyn-syms", path], capture_output=True, text=True,
+                         check=True).stdout
+    symbols = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 8 and fields[0][:-1].isdigit() and fields[6] != "UND" and fields[3] != "SECTION":
+            name, _, version = fields[7].partition("@")
+            if name:
+                symbols[name] = version.lstrip("@")
+    return symbols
+
+
+def abi_tag() -> str:
+    """csrc/build.mk: the symbol version is GOMALLOC_ and this."""
+    header = Path(gm.get_include()) / "gomalloc.h"
+    return hashlib.sha256(header.read_bytes()).hexdigest()[:12]
+
+
+def test_the_core_exports_the_gm_api_alone_with_its_version() -> None:
+    symbols = dynamic_symbols(gm.get_library())
+    api = {name for name in symbols if name.startswith("gm_")}
+    assert {"gm_malloc", "gm_free", "gm_owns", "gm_read_stats", "gm_free_owned"} <= api
+    assert set(symbols) - api <= {f"GOMALLOC_{abi_tag()}"}, sorted(set(symbols) - api)
+    assert {symbols[name] for name in api} == {f"GOMALLOC_{abi_tag()}"}
+
+
+PRELOAD_FAMILY = [
+    "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc",
+    "memalign", "valloc", "pvalloc", "malloc_usable_size", "cfree", "free_sized",
+    "free_aligned_sized", "malloc_trim", "mallinfo", "mallinfo2", "malloc_stats", "malloc_info",
+    "mallopt",
+]
+
+
+def test_the_shim_exports_the_malloc_family_and_no_allocator() -> None:
+    symbols = dynamic_symbols(gm.get_preload_library())
+    assert set(PRELOAD_FAMILY) <= set(symbols), sorted(set(PRELOAD_FAMILY) - set(symbols))
+    assert not [name for name in symbols if name.startswith("gm_")], symbols
 
 
 def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def, type-arg]
@@ -188,33 +277,51 @@ int main(void)
 """
 
 
-def test_c_program_links_against_the_plain_library(tmp_path: Path) -> None:
+def cli_flags(*options: str) -> list[str]:
+    result = subprocess.run([sys.executable, "-m", "pygomalloc", *options], capture_output=True,
+                            check=True, text=True, timeout=120)
+    return result.stdout.split()
+
+
+def compile_and_run(tmp_path: Path, flags: list[str]) -> None:
+    """Build C_PROGRAM with *flags* and run it as it is: no LD_LIBRARY_PATH."""
     source = tmp_path / "prog.c"
     source.write_text(C_PROGRAM)
-    libdir = os.path.dirname(gm.get_library())
     program = tmp_path / "prog"
-    subprocess.run(
-        [
-            os.environ.get("CC", "cc"),
-            "-std=c11",
-            "-O2",
-            "-Wall",
-            "-Werror",
-            "-pthread",
-            f"-I{gm.get_include()}",
-            str(source),
-            "-o",
-            str(program),
-            f"-L{libdir}",
-            "-lgomalloc",
-            f"-Wl,-rpath,{libdir}",
-        ],
-        check=True,
-    )
-    result = subprocess.run(
-        [str(program)], capture_output=True, check=False, text=True, timeout=120
-    )
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    subprocess.run([*cc, "-std=c11", "-O2", "-Wall", "-Werror", "-pthread", str(source), "-o",
+                    str(program), *flags], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD")}
+    result = subprocess.run([str(program)], env=env, capture_output=True, check=False, text=True,
+                            timeout=120)
     assert (result.returncode, result.stdout) == (0, "ok\n"), result.stdout + result.stderr
+
+
+def test_c_program_links_with_the_printed_flags(tmp_path: Path) -> None:
+    flags = cli_flags("--cflags", "--libs")
+    assert flags == cli_flags("--cflags") + cli_flags("--libs")
+    libdir = os.path.dirname(gm.get_library())
+    assert f"-Wl,-rpath,{libdir}" in flags and "-lgomalloc" in flags, flags
+    compile_and_run(tmp_path, flags)
+
+
+def test_c_program_links_with_pkg_config(tmp_path: Path) -> None:
+    pkg_config = shutil.which("pkg-config")
+    if pkg_config is None:
+        pytest.skip("pkg-config is not installed")
+    env = {**os.environ, "PKG_CONFIG_PATH": " ".join(cli_flags("--pkgconfig-path"))}
+    result = subprocess.run([pkg_config, "--cflags", "--libs", "gomalloc"], env=env,
+                            capture_output=True, check=True, text=True)
+    version = subprocess.run([pkg_config, "--modversion", "gomalloc"], env=env,
+                             capture_output=True, check=True, text=True).stdout.strip()
+    assert version == gm.__version__
+    compile_and_run(tmp_path, result.stdout.split())
+
+
+def test_unknown_cli_flags_are_refused() -> None:
+    result = subprocess.run([sys.executable, "-m", "pygomalloc", "--cflags", "--nope"],
+                            capture_output=True, check=False, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
 
 
 def preloaded_env() -> dict[str, str]:

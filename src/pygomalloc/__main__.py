@@ -526,6 +526,10 @@ def _split_pyrun(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from pygomalloc import _paths  # --cflags, --libs, --pkgconfig-path: for C programs
+
+    if (status := _paths.main(argv)) is not None:
+        return status
     if argv[:1] == ["bench"]:
         return _run_bench(argv[1:])
     target: list[str] | None = None
