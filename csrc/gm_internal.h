@@ -605,12 +605,7 @@ extern GM_HIDDEN uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSE
 /* Set in a child of fork() when other threads' caches were orphaned. */
 extern GM_HIDDEN bool gm_fork_orphans;
 
-#if defined(GM_PRELOAD)
-#define GM_TLS_MODEL __attribute__((tls_model("initial-exec")))
-#else
-#define GM_TLS_MODEL
-#endif
-extern GM_HIDDEN __thread gm_mcache *gm_tls_mcache GM_TLS_MODEL;
+extern GM_HIDDEN __thread gm_mcache *gm_tls_mcache;
 /* Set on a thread whose cache was handed back at exit: its later frees go
  * straight to the spans instead of creating a cache that would leak. */
 extern GM_HIDDEN __thread bool gm_tls_exiting;

@@ -685,16 +685,3 @@ size_t gm_release(void) {
     gm_thread_flush();
     return gm_heap_scavenge(~(uintptr_t)0);
 }
-
-/* ---- the drop-in malloc family (preload library only) ---------------------- */
-
-#ifdef GM_PRELOAD
-#define GM_ALIAS(name, target) \
-    extern __typeof(target) name __attribute__((alias(#target), visibility("default")))
-GM_ALIAS(malloc, gm_malloc);
-GM_ALIAS(free, gm_free);
-GM_ALIAS(calloc, gm_calloc);
-GM_ALIAS(realloc, gm_realloc);
-GM_ALIAS(aligned_alloc, gm_aligned_alloc);
-GM_ALIAS(posix_memalign, gm_posix_memalign);
-#endif

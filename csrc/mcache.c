@@ -45,7 +45,7 @@ static gm_freeobj sentinel[1];
  * paths fall through to the slow paths, which know it.  Never written. */
 gm_mcache gm_nocache = {.cls = {[0 ... MCACHE_CLS - 1] = NO_LIST}};
 
-__thread gm_mcache *gm_tls_mcache GM_TLS_MODEL = &gm_nocache;
+__thread gm_mcache *gm_tls_mcache = &gm_nocache;
 __thread bool gm_tls_exiting;
 
 uint32_t gm_list_cap[NUM_CLASSES];

@@ -365,12 +365,25 @@ static void pagecache_giveback(gm_pagecache *pc) {
  * small fragments of the heap are used up before large runs are cut.  Also
  * tops up the span structs.  Takes the heap lock.
  */
-static bool pagecache_refill(gm_mcache *c, uintptr_t npages) {
+/* Does the run of n pages at base leave no room for a small span of npages
+ * on either side of the arena boundary it crosses? */
+static bool straddles(uintptr_t base, uintptr_t n, uintptr_t npages) {
+    uintptr_t next = (base + ARENA_SIZE) & ~(ARENA_SIZE - 1);
+    if (next >= base + n * PAGE_SIZE)
+        return false;
+    uintptr_t before = (next - base) >> PAGE_SHIFT;
+    return before < npages && n - before < npages;
+}
+
+static bool pagecache_refill(gm_mcache *c, uintptr_t npages, bool small) {
     gm_pagecache *pc = &c->pcache;
     pthread_mutex_lock(&gm_heap.lock);
     pagecache_giveback(pc);
     gm_mspan *run = free_find(npages), *s = NULL;
     uintptr_t take = run != NULL && run->npages < PAGE_CACHE_PAGES ? run->npages : PAGE_CACHE_PAGES;
+    /* 64 pages cross at most one arena boundary, with 32 on one side. */
+    if (small && take < PAGE_CACHE_PAGES && straddles(run->startAddr, take, npages))
+        take = PAGE_CACHE_PAGES;
     uintptr_t base = take_pages(take, &s);
     if (base == 0) {
         pthread_mutex_unlock(&gm_heap.lock);
@@ -414,7 +427,7 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
     gm_pagecache *pc = &c->pcache;
     uint64_t m = pagecache_fits(pc, npages, sizeclass != 0);
     if (m == 0 || c->nspancache == 0) {
-        if (!pagecache_refill(c, npages) || c->nspancache == 0)
+        if (!pagecache_refill(c, npages, sizeclass != 0) || c->nspancache == 0)
             return NULL;
         m = pagecache_fits(pc, npages, sizeclass != 0);
         if (m == 0)
