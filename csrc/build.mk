@@ -27,8 +27,11 @@ TSAN_CFLAGS := $(COMMON_CFLAGS) -O1 -g -DGM_DEBUG -fsanitize=thread
 # They may be dlopen()ed, so thread-local variables use TLS descriptors
 # (-mtls-dialect=gnu2), never initial-exec TLS ("cannot allocate memory in
 # static TLS block").  -fno-plt: calls into libgomalloc.so go through the GOT
-# directly (the shim's malloc is one indirect jump).
-SHARED_CFLAGS := $(RELEASE_CFLAGS) -mtls-dialect=gnu2 -fno-plt
+# directly (the shim's malloc is one indirect jump).  GM_SHARED: the core is
+# a shared library, whose fast paths are IFUNCs that read the mcache pointer
+# at a fixed offset from the thread pointer when its TLS block is static
+# (malloc.c, "the calling thread's mcache").
+SHARED_CFLAGS := $(RELEASE_CFLAGS) -mtls-dialect=gnu2 -fno-plt -DGM_SHARED
 
 # Linking libgomalloc.so and the shim: no undefined symbols, and never
 # unloaded (-z nodelete): dlclose() must not unmap code that a thread, the

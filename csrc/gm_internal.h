@@ -626,6 +626,10 @@ GM_HIDDEN int gm_report(int code, const void *p, const char *what);
 GM_HIDDEN void gm_report_corruption(const void *p, uint8_t sc, const char *what);
 GM_HIDDEN _Noreturn void gm_throw(const char *msg);
 GM_HIDDEN uint8_t gm_size_to_class(size_t size);
+/* gm_malloc and gm_free for the allocator's own calls (the public ones are
+ * IFUNCs in the shared library, resolved for other objects). */
+GM_HIDDEN void *gm_malloc_internal(size_t size);
+GM_HIDDEN void gm_free_internal(void *p);
 GM_HIDDEN uint64_t gm_bad_frees(void);
 
 /* ---- options.c -------------------------------------------------------------- */

@@ -260,6 +260,60 @@ void gm_route_update(void) {
 
 uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
 
+/* ---- the calling thread's mcache ------------------------------------------ */
+
+/*
+ * gm_tls_mcache uses TLS descriptors (-mtls-dialect=gnu2) in the shared
+ * library, never initial-exec TLS, because libgomalloc.so may be dlopen'ed
+ * (the cffi module needs it) and the static TLS block may have no room.  A
+ * descriptor costs a call on every access.  But a library loaded at
+ * start-up (linked to the program, or under the LD_PRELOAD shim) always
+ * has its TLS in the static block, at a fixed offset from the thread
+ * pointer, and glibc then resolves the descriptor to a function returning
+ * that offset, which it keeps in the descriptor's argument (negative on
+ * x86-64; a dynamic block's argument is a pointer instead).  The public
+ * fast paths are therefore IFUNCs: their resolver reads the library's own
+ * descriptor and, when the block is static, picks the variants that read
+ * the mcache pointer at thread pointer + offset, as initial-exec code does
+ * (two instructions).  Otherwise, or if the descriptor is not relocated
+ * yet when a resolver runs, it picks the variants that use the descriptor:
+ * slower, always right.  The C tests and the fuzzer, which link the core
+ * into the program, use the compiler's model directly.
+ */
+#if defined(GM_SHARED) && defined(__x86_64__)
+#define GM_TLS_SWITCH 1
+/* gm_tls_mcache's offset from the thread pointer, once a resolver found the
+ * TLS block static; 0 otherwise. */
+static intptr_t tls_static_offset;
+
+GM_INLINE gm_mcache *tls_mcache(bool fixed) {
+    if (fixed) {
+        gm_mcache *c;
+        __asm__("movq %%fs:(%1), %0" : "=r"(c) : "r"(tls_static_offset));
+        return c;
+    }
+    return gm_tls_mcache;
+}
+
+/* Is gm_tls_mcache in the static TLS block?  (Called by IFUNC resolvers,
+ * while the dynamic linker relocates: reads only this library's memory.) */
+static bool tls_is_static(void) {
+    struct tlsdesc {
+        void *entry;
+        intptr_t arg;
+    } const *d;
+    __asm__("leaq gm_tls_mcache@TLSDESC(%%rip), %0" : "=a"(d));
+    if (tls_static_offset == 0 && d->entry != NULL && d->arg < 0 && d->arg > -((intptr_t)1 << 30))
+        tls_static_offset = d->arg;
+    return tls_static_offset != 0;
+}
+#else
+GM_INLINE gm_mcache *tls_mcache(bool fixed) {
+    (void)fixed;
+    return gm_tls_mcache;
+}
+#endif
+
 /* ---- malloc ---------------------------------------------------------------- */
 
 static GM_NOINLINE void *malloc_slow(size_t size, bool zero);
@@ -312,8 +366,8 @@ GM_INLINE void *list_pop(gm_mclass *m, uint8_t sc) {
  * The fast path: steps 2 and 3 of the overview.  Measured with callgrind in
  * bench/callgrind_fastpath.py (see README for the instruction counts).
  */
-GM_INLINE void *malloc_fast(size_t size) {
-    gm_mcache *c = gm_tls_mcache;
+GM_INLINE void *malloc_fast(size_t size, bool fixed_tls) {
+    gm_mcache *c = tls_mcache(fixed_tls);
     uintptr_t off;
     if (likely(size <= GM_SC_SMALL_SIZE_MAX))
         off = LOAD_RELAXED(&size_offset[size]);
@@ -419,7 +473,7 @@ GM_INLINE void *malloc_slow_inner(size_t size, bool zero) {
     }
 }
 
-void *gm_malloc(size_t size) { return malloc_fast(size); }
+void *gm_malloc_internal(size_t size) { return malloc_fast(size, false); }
 
 void *gm_calloc(size_t nmemb, size_t size) {
     size_t total;
@@ -459,7 +513,7 @@ GM_INLINE bool claim_live(uint8_t *st, uint8_t sc) {
  * of cls[] without room.  The byte becomes OBJ_CACHED(c) by compare-and-
  * swap, and p goes on the list.
  */
-GM_INLINE int free_fast(void *p, bool checked) {
+GM_INLINE int free_fast(void *p, bool checked, bool fixed_tls) {
     uintptr_t a = (uintptr_t)p;
     /* One test for both: inside the 48 bits the arena map covers, and on a
      * 16-byte granule (every object starts on one). */
@@ -468,7 +522,7 @@ GM_INLINE int free_fast(void *p, bool checked) {
     if (likely((a & outside) == 0 && (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) != 0)) {
         uint8_t *st = gm_state_at(e, a);
         uintptr_t b = LOAD_RELAXED(st);
-        gm_mclass *m = (gm_mclass *)((char *)gm_tls_mcache + b * sizeof(gm_mclass));
+        gm_mclass *m = (gm_mclass *)((char *)tls_mcache(fixed_tls) + b * sizeof(gm_mclass));
         uint64_t npush = m->npush, limit = m->limit;
         gm_freeobj *f = (gm_freeobj *)((char *)m->end + (int64_t)(npush - limit));
         if (likely(npush < limit && claim_live(st, (uint8_t)b))) {
@@ -540,18 +594,36 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
     return GM_OK;
 }
 
-void gm_free(void *p) { (void)free_fast(p, false); }
+void gm_free_internal(void *p) { (void)free_fast(p, false, false); }
 
 /* For allocators that wrap another (pygomalloc.install): one lookup decides
  * whose p is. */
-int gm_free_owned(void *p) {
+GM_INLINE int free_owned(void *p, bool fixed_tls) {
     if (gm_arena_map_load((uintptr_t)p) == 0)
         return 0;
-    (void)free_fast(p, false);
+    (void)free_fast(p, false, fixed_tls);
     return 1;
 }
 
-int gm_free_checked(void *p) { return free_fast(p, true); }
+/* The public fast paths, in the two TLS variants where they differ (see
+ * "the calling thread's mcache"). */
+#ifdef GM_TLS_SWITCH
+#define GM_TLS_VARIANTS(ret, name, params, body)                                 \
+    static ret name##_fixed params { const bool fixed_tls = true; body }               \
+    static ret name##_desc params { const bool fixed_tls = false; body }               \
+    static ret(*name##_resolve(void)) params { return tls_is_static() ? name##_fixed : name##_desc; } \
+    ret name params __attribute__((ifunc(#name "_resolve")));
+#else
+#define GM_TLS_VARIANTS(ret, name, params, body) \
+    ret name params {                                   \
+        const bool fixed_tls = false;                   \
+        body                                            \
+    }
+#endif
+GM_TLS_VARIANTS(void *, gm_malloc, (size_t size), return malloc_fast(size, fixed_tls);)
+GM_TLS_VARIANTS(void, gm_free, (void *p), (void)free_fast(p, false, fixed_tls);)
+GM_TLS_VARIANTS(int, gm_free_checked, (void *p), return free_fast(p, true, fixed_tls);)
+GM_TLS_VARIANTS(int, gm_free_owned, (void *p), return free_owned(p, fixed_tls);)
 
 /* Is p the start of a live object? */
 int gm_check(const void *p) {
@@ -590,14 +662,14 @@ size_t gm_usable_size(const void *p) {
 
 void *gm_realloc(void *p, size_t size) {
     if (p == NULL)
-        return gm_malloc(size);
+        return gm_malloc_internal(size);
     int code = gm_check(p);
     if (code != GM_OK) {
         gm_report(code, p, "realloc");
         return NULL;
     }
     if (size == 0) { /* as glibc: free and return NULL */
-        gm_free(p);
+        gm_free_internal(p);
         return NULL;
     }
     gm_mspan *s = gm_span_of((uintptr_t)p);
@@ -612,11 +684,11 @@ void *gm_realloc(void *p, size_t size) {
     } else if (size > MAX_SMALL_SIZE && (size + PAGE_SIZE - 1) >> PAGE_SHIFT == s->npages) {
         return p;
     }
-    void *q = gm_malloc(size);
+    void *q = gm_malloc_internal(size);
     if (q == NULL)
         return NULL; /* p is untouched */
     memcpy(q, p, old < size ? old : size);
-    gm_free(p);
+    gm_free_internal(p);
     return q;
 }
 
@@ -632,7 +704,7 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
     if (size == 0)
         size = 1; /* a distinct object, as malloc(0) */
     if (alignment <= 8) /* a tiny object's slot is aligned to its size */
-        return gm_malloc(size < alignment ? alignment : size);
+        return gm_malloc_internal(size < alignment ? alignment : size);
     if (alignment <= PAGE_SIZE) {
         /* Objects of a class whose size is a multiple of alignment are
          * aligned: spans start on 8 KiB boundaries. */
@@ -642,11 +714,11 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
         if (n <= MAX_SMALL_SIZE) {
             for (uint8_t sc = size_to_class(n); sc < NUM_CLASSES; sc++)
                 if (gm_class_to_size[sc] % alignment == 0)
-                    return gm_malloc(gm_class_to_size[sc]);
+                    return gm_malloc_internal(gm_class_to_size[sc]);
         }
         if (size <= MAX_SMALL_SIZE)
             size = MAX_SMALL_SIZE + 1; /* a large span is page aligned */
-        return gm_malloc(size);
+        return gm_malloc_internal(size);
     }
     gm_ensure_init();
     gm_mspan *s = gm_heap_alloc_aligned((size + PAGE_SIZE - 1) >> PAGE_SHIFT, alignment);

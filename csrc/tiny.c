@@ -54,7 +54,7 @@ static inline uint32_t *word_of(const gm_mspan *s, uintptr_t i) {
 /* A block with no live object and no owner goes back as a 16-byte object. */
 static void release_block(gm_mspan *s, uintptr_t i) {
     gm_set_objstate(gm_objstate_ptr(s, i), OBJ_LIVE(TINY_CLASS));
-    gm_free((void *)(s->startAddr + i * s->elemsize));
+    gm_free_internal((void *)(s->startAddr + i * s->elemsize));
 }
 
 static void retire(uintptr_t block, uint32_t *w) {
@@ -83,7 +83,7 @@ static uintptr_t new_block(gm_mcache *c, unsigned k) {
         }
         pthread_mutex_unlock(&mc->lock);
         if (__atomic_load_n(&s->tinywords, __ATOMIC_ACQUIRE) == NULL) {
-            gm_free(b);
+            gm_free_internal(b);
             return 0;
         }
     }

@@ -6,7 +6,7 @@
 # debug, ASan+UBSan, TSan builds), then the Python tests with .venv's python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/debian_packages.sh gcc make libasan8 libtsan2 libubsan1
+bash tools/debian_packages.sh gcc make libasan8 libtsan2 libubsan1 valgrind
 python=$(bash tools/venv.sh)
 "$python" -m pip install -q '.[test]'
 make -C csrc -j2 check

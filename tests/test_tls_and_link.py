@@ -442,3 +442,56 @@ def test_cli_run_passes_the_exit_status_on() -> None:
         timeout=120,
     )
     assert result.returncode == 3
+
+
+# --------------------------------------------------------------------------
+# The fast paths' TLS variant (malloc.c, "the calling thread's mcache")
+
+TLS_PROGRAM = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <gomalloc.h>
+int main(void) {
+    for (int i = 0; i < 1000; i++) {
+        void *p = USE_GM ? gm_malloc(64) : malloc(64);
+        if (p == NULL)
+            return 1;
+        if (USE_GM) gm_free(p); else free(p);
+    }
+    puts("ok");
+    return 0;
+}
+"""
+
+
+def functions_run(cmd: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> set[str]:
+    """The functions that ran in cmd, from a callgrind profile."""
+    out = tmp_path / "callgrind.out"
+    subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd],
+                   check=True, capture_output=True, env=env, timeout=120)
+    names = set()
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith(("fn=", "cfn=")) and ")" in line:
+            names.add(line.split(")", 1)[1].strip())
+    return names
+
+
+@pytest.mark.parametrize("how", ["linked", "preloaded"])
+def test_a_core_loaded_at_start_up_reads_the_mcache_at_a_fixed_offset(how: str, tmp_path: Path) -> None:
+    """Loaded at start-up, libgomalloc.so's TLS is in the static block: the
+    IFUNCs pick the variants that read the mcache pointer as initial-exec
+    code does (no TLS descriptor call), linked or under the preload shim."""
+    source = tmp_path / "prog.c"
+    source.write_text(TLS_PROGRAM)
+    libdir = os.path.dirname(gm.get_library())
+    cmd = [os.environ.get("CC", "cc"), "-O1", f"-DUSE_GM={int(how == 'linked')}",
+           f"-I{gm.get_include()}", "-o", str(tmp_path / "prog"), str(source)]
+    if how == "linked":
+        cmd += [f"-L{libdir}", "-lgomalloc", f"-Wl,-rpath,{libdir}"]
+    subprocess.run(cmd, check=True)
+    env = dict(os.environ)
+    if how == "preloaded":
+        env["LD_PRELOAD"] = gm.get_preload_library()
+    names = functions_run([str(tmp_path / "prog")], tmp_path, env)
+    assert {"gm_malloc_fixed", "gm_free_fixed"} <= names, sorted(n for n in names if n.startswith("gm_"))
+    assert not {"gm_malloc_desc", "gm_free_desc"} & names
