@@ -317,7 +317,10 @@ typedef struct gm_mcache {
     uint64_t slow_frees;            /* frees of small objects that took free's slow path (full list, sampled...). Owner only. */
     uint64_t rand;                  /* xorshift state for the sampling intervals. Owner only. */
     bool linked;                    /* on the registry list. Under registry lock. */
+    bool abandoned;                 /* its thread exited and left it whole, for the next new thread (mcache.c). Under registry lock. */
+    uint64_t abandoned_since;       /* gm_now_ms() when it was abandoned. Under registry lock. */
     struct gm_mcache *next, *prev;  /* registry list. Under registry lock. */
+    struct gm_mcache *anext;        /* abandoned list. Under registry lock. */
 } gm_mcache;
 _Static_assert(offsetof(gm_mcache, cls) == 0, "malloc finds cls[c] at c * sizeof(gm_mclass)");
 
@@ -594,11 +597,17 @@ GM_HIDDEN void *gm_mcache_refill(gm_mcache *c, uint8_t sc);
 GM_HIDDEN void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep);
 GM_HIDDEN bool gm_mcache_receive(gm_mcache *c, uint8_t sc);
 GM_HIDDEN void gm_mcache_flushAll(gm_mcache *c);
+/* Flush and recycle the caches abandoned at least age_ms ago (the
+ * scavenger; gm_release and gm_thread_flush with 0).  Returns whether
+ * abandoned caches remain, the oldest's abandonment time in *oldest. */
+GM_HIDDEN bool gm_mcache_reap(uint64_t age_ms, uint64_t *oldest);
 GM_HIDDEN void gm_mcache_fork_prepare(void);
 GM_HIDDEN void gm_mcache_fork_parent(void);
 GM_HIDDEN void gm_mcache_fork_child(void);
 /* Registry of live mcaches and the counters of dead ones, for stats. */
 GM_HIDDEN void gm_registry_lock(void);
+GM_HIDDEN void gm_check_begin(void);
+GM_HIDDEN void gm_check_end(void);
 GM_HIDDEN void gm_registry_unlock(void);
 GM_HIDDEN gm_mcache *gm_registry_first(void);
 extern GM_HIDDEN uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES];

@@ -748,6 +748,8 @@ void gm_thread_flush(void) {
     gm_mcache *c = gm_tls_mcache;
     if (c != &gm_nocache)
         gm_mcache_flushAll(c);
+    uint64_t oldest;
+    (void)gm_mcache_reap(0, &oldest); /* and the caches exited threads left */
     gm_mcentral_drainAll();
 }
 

@@ -54,7 +54,21 @@ static gm_freeobj *free_lists;  /* recycled lists blocks, linked through entry 0
 
 static pthread_key_t mcache_key;
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static gm_mcache *registry;      /* live mcaches. Under registry_lock. */
+static gm_mcache *registry;      /* every mcache in use, owned or abandoned. Under registry_lock. */
+static uint32_t nowned;          /* mcaches with a live thread. Under registry_lock. */
+/* Thread turnover.  A thread that exits leaves its cache whole (lists,
+ * spans, page cache, tiny blocks) on this list rather than flushing it,
+ * and the next new thread adopts it in one step: in a server whose worker
+ * threads come and go, birth and death cost a lock each, and the new
+ * thread starts with the old one's warm memory.  At most ABANDONED_MAX
+ * wait (the others flush at exit, as before); the scavenger flushes those
+ * nobody took for decay_ms, and gm_release and gm_thread_flush all of them. */
+#define ABANDONED_MAX 8
+static gm_mcache *abandoned;     /* newest first, linked by anext. Under registry_lock. */
+static uint32_t reaping;         /* abandoned caches being flushed (still in the registry). Under registry_lock. */
+static uint32_t checking;        /* heap checks running: no reaping starts meanwhile. Under registry_lock. */
+static pthread_cond_t reaped = PTHREAD_COND_INITIALIZER; /* reaping dropped to 0. With registry_lock. */
+static uint32_t nabandoned;      /* Under registry_lock; read racily (relaxed) to skip the lock when 0. */
 uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES]; /* counters of exited threads. Under registry_lock. */
 
 static void mcache_release(gm_mcache *c);
@@ -64,7 +78,23 @@ static void mcache_destructor(void *arg) {
     gm_tls_exiting = true;
     if (gm_tls_mcache == c)
         gm_tls_mcache = &gm_nocache;
-    mcache_release(c);
+    pthread_mutex_lock(&registry_lock);
+    bool keep = nabandoned < ABANDONED_MAX;
+    if (keep) {
+        c->abandoned = true;
+        c->abandoned_since = gm_now_ms();
+        c->anext = abandoned;
+        abandoned = c;
+        STORE_RELAXED(&nabandoned, nabandoned + 1);
+    }
+    bool last = --nowned == 0;
+    pthread_mutex_unlock(&registry_lock);
+    if (!keep)
+        mcache_release(c);
+    if (last)
+        gm_scavenger_threads_gone();
+    else if (keep)
+        gm_scavenger_notify(); /* to flush it if nobody takes it */
 }
 
 /* Objects of class sc a list holds for tcache_bytes: 8 to 512. */
@@ -92,8 +122,9 @@ void gm_mcache_init(void) {
 }
 
 /* A lists block: recycled, or fresh (zero) from persistentalloc.  Only
- * its sentinels need to be NULL; the entries above a list's top are never
- * read.  Under registry_lock. */
+ * its sentinels need to be NULL, which they stay; the entries above a
+ * list's top are never read.  A recycled block borrows the first sentinel's
+ * word for the free list's link.  Under registry_lock. */
 static gm_freeobj *lists_alloc(void) {
     gm_freeobj *l = free_lists;
     if (l != NULL) {
@@ -106,7 +137,19 @@ static gm_freeobj *lists_alloc(void) {
 
 gm_mcache *gm_mcache_create(void) {
     pthread_mutex_lock(&registry_lock);
-    gm_mcache *c = gm_fixalloc_alloc(&gm_heap.cachealloc);
+    gm_mcache *c = abandoned;
+    if (c != NULL) { /* adopt an exited thread's cache, whole */
+        abandoned = c->anext;
+        STORE_RELAXED(&nabandoned, nabandoned - 1);
+        c->abandoned = false;
+        c->anext = NULL;
+        nowned++;
+        pthread_mutex_unlock(&registry_lock);
+        gm_tls_mcache = c;
+        pthread_setspecific(mcache_key, c);
+        return c;
+    }
+    c = gm_fixalloc_alloc(&gm_heap.cachealloc);
     gm_freeobj *lists = c != NULL ? lists_alloc() : NULL;
     if (lists == NULL) {
         if (c != NULL)
@@ -125,7 +168,10 @@ gm_mcache *gm_mcache_create(void) {
         c->nspan[sc] = c->nflush[sc] = c->nrecv[sc] = 0;
         if (cap == 0)
             continue;
-        pos[0] = (gm_freeobj){NULL, NULL}; /* the sentinel */
+        /* pos[0] is the sentinel: zero from persistentalloc, and never
+         * written since (lists_alloc clears the one word it borrows), so
+         * the pages of classes a thread never uses are never touched. */
+        GM_ASSERT(pos[0].p == NULL);
         c->cls[sc].end = pos + 1 + c->listmax[sc];
         c->cls[sc].limit = c->listmax[sc] * LIST_UNIT;
         pos += cap + 1;
@@ -136,6 +182,7 @@ gm_mcache *gm_mcache_create(void) {
         registry->prev = c;
     registry = c;
     c->linked = true;
+    nowned++;
     pthread_mutex_unlock(&registry_lock);
     gm_tls_mcache = c;
     pthread_setspecific(mcache_key, c);
@@ -153,7 +200,8 @@ static void registry_unlink(gm_mcache *c) {
     c->linked = false;
 }
 
-/* Flush everything and recycle c.  c's owner is gone (or is us, leaving). */
+/* Flush everything and recycle c.  No thread owns c: its owner is gone
+ * (or is us, leaving), and it is on no list but the registry. */
 static void mcache_release(gm_mcache *c) {
     gm_mcache_flushAll(c);
     pthread_mutex_lock(&registry_lock);
@@ -164,10 +212,44 @@ static void mcache_release(gm_mcache *c) {
     free_lists = c->lists;
     c->lists = NULL;
     gm_fixalloc_free(&gm_heap.cachealloc, c);
-    bool last = registry == NULL;
     pthread_mutex_unlock(&registry_lock);
-    if (last)
-        gm_scavenger_threads_gone();
+}
+
+bool gm_mcache_reap(uint64_t age_ms, uint64_t *oldest) {
+    if (LOAD_RELAXED(&nabandoned) == 0)
+        return false;
+    uint64_t now = gm_now_ms();
+    gm_mcache *reap = NULL;
+    bool left = false;
+    pthread_mutex_lock(&registry_lock);
+    for (gm_mcache **pp = &abandoned; *pp != NULL;) {
+        gm_mcache *c = *pp;
+        if (now - c->abandoned_since >= age_ms && checking == 0) {
+            *pp = c->anext;
+            STORE_RELAXED(&nabandoned, nabandoned - 1);
+            c->abandoned = false;
+            c->anext = reap;
+            reap = c;
+            reaping++;
+        } else {
+            if (!left || c->abandoned_since < *oldest)
+                *oldest = c->abandoned_since;
+            left = true;
+            pp = &c->anext;
+        }
+    }
+    pthread_mutex_unlock(&registry_lock);
+    while (reap != NULL) {
+        gm_mcache *c = reap;
+        reap = c->anext;
+        c->anext = NULL;
+        mcache_release(c);
+        pthread_mutex_lock(&registry_lock);
+        if (--reaping == 0)
+            pthread_cond_broadcast(&reaped);
+        pthread_mutex_unlock(&registry_lock);
+    }
+    return left;
 }
 
 /* Counters of an mcache that goes away.  Under registry_lock. */
@@ -259,6 +341,21 @@ void gm_mcache_flushAll(gm_mcache *c) {
 /* ---- registry, for stats and the heap check ----------------------------- */
 
 void gm_registry_lock(void) { pthread_mutex_lock(&registry_lock); }
+/* A heap check begins (and ends): it walks the caches, spans and lists
+ * and adds their objects up, so no reaper may flush an abandoned cache
+ * meanwhile.  Waits for the flushes under way. */
+void gm_check_begin(void) {
+    pthread_mutex_lock(&registry_lock);
+    while (reaping != 0)
+        pthread_cond_wait(&reaped, &registry_lock);
+    checking++;
+    pthread_mutex_unlock(&registry_lock);
+}
+void gm_check_end(void) {
+    pthread_mutex_lock(&registry_lock);
+    checking--;
+    pthread_mutex_unlock(&registry_lock);
+}
 void gm_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
 gm_mcache *gm_registry_first(void) { return registry; }
 
@@ -297,10 +394,13 @@ void gm_mcache_fork_child(void) {
     for (int sc = 0; sc < NUM_CLASSES; sc++)
         pthread_mutex_init(&gm_central[sc].lock, NULL);
     pthread_mutex_init(&registry_lock, NULL);
+    pthread_cond_init(&reaped, NULL);
+    reaping = checking = 0; /* a reaper's cache, mid-flush, is orphaned below */
     gm_mcache *c = registry;
+    nowned = gm_tls_mcache != &gm_nocache;
     while (c != NULL) {
         gm_mcache *next = c->next;
-        if (c != gm_tls_mcache) {
+        if (c != gm_tls_mcache && !c->abandoned) { /* abandoned caches were quiescent: they stay adoptable */
             gm_stats_fold_mcache(c);
             registry_unlink(c);
             c->next = orphans;

@@ -29,7 +29,7 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
         nfree[sc] = LOAD_RELAXED(&gm_dead_nfree[sc]);
     }
     for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {
-        nthreads++;
+        nthreads += !c->abandoned;
         tiny_mallocs += RACY(c->tiny_mallocs);
         tiny_frees += RACY(c->tiny_frees);
         for (int sc = 0; sc < NUM_CLASSES; sc++) {
@@ -115,8 +115,17 @@ static uint64_t span_live(const gm_mspan *s) {
     return n;
 }
 
+static int check_heap(void);
+
 int gm_check_heap(void) {
     gm_ensure_init();
+    gm_check_begin();
+    int bad = check_heap();
+    gm_check_end();
+    return bad;
+}
+
+static int check_heap(void) {
     int bad = 0;
     uint64_t cached_pages = 0, cached_scav = 0, listed_objects = 0, span_objects = 0;
     uint64_t nspans[NUM_CLASSES] = {0};

@@ -100,8 +100,15 @@ static void *scavenger_main(void *arg) {
         uint64_t t0 = gm_now_ms();
         /* Transfer cache batches that no thread took for decay_ms go back
          * to their spans first: their objects keep spans (and pages) in use. */
-        uint64_t tc_oldest = 0;
+        uint64_t tc_oldest = 0, ab_oldest = 0;
+        /* Caches that exited threads left and no new thread took (mcache.c)
+         * are flushed after the decay time too. */
+        bool ab_pending = gm_mcache_reap((uint64_t)LOAD_RELAXED(&gm_opt.decay_ms), &ab_oldest);
         bool tc_pending = gm_mcentral_drainAged((uint64_t)LOAD_RELAXED(&gm_opt.decay_ms), &tc_oldest);
+        if (ab_pending && (!tc_pending || ab_oldest < tc_oldest)) {
+            tc_oldest = ab_oldest;
+            tc_pending = true;
+        }
         uintptr_t released = scavenge_pass();
         uint64_t spent = gm_now_ms() - t0;
         uint64_t oldest = 0;
@@ -153,6 +160,13 @@ static void *scavenger_main(void *arg) {
             break;
         pthread_mutex_unlock(&scav_lock);
     }
+    /* The caches that exited threads left wait for no one now: flush them
+     * (without scav_lock, which is never held around the other locks), so
+     * their memory is not held until the next thread comes. */
+    pthread_mutex_unlock(&scav_lock);
+    uint64_t oldest;
+    (void)gm_mcache_reap(0, &oldest);
+    pthread_mutex_lock(&scav_lock);
     /* Under scav_lock: the next notify starts a new thread. */
     atomic_store(&scav_quit, false);
     atomic_store(&scav_started, false);

@@ -230,13 +230,14 @@ report(base=base, peak=peak, peak_inuse=peak_stats.heap_inuse, freed_inuse=freed
     # The workload really was resident: 1 GiB, every byte written.
     assert r["peak"] - r["base"] >= 0.95 * GiB, figures
     assert r["peak_inuse"] >= GiB, figures
-    # Everything freed.  What stays in use: the spans of the objects the main
-    # thread's free lists hold (it freed the last quarter, and keeps up to
-    # tcache_bytes per size class for its next mallocs), and those of the
-    # transfer caches' batches.
+    # Everything freed.  What stays in use: the spans of the objects that
+    # thread caches hold (up to tcache_bytes per size class each): the main
+    # thread's (it freed the last quarter), the 4 workers' (an exiting
+    # thread leaves its cache whole for the next new thread; with the
+    # scavenger off only release() flushes them), and the transfer caches'.
     assert r["freed_alloc"] == 0, figures
-    assert r["freed_cached"] <= 4 * MiB, figures
-    assert r["freed_inuse"] < 16 * MiB, figures
+    assert r["freed_cached"] <= 16 * MiB, figures
+    assert r["freed_inuse"] < 48 * MiB, figures
     # With the scavenger off, nothing was released while idle.
     assert r["idle_released"] == r["freed_released"], figures
     assert r["idle"] >= r["peak"] - 64 * MiB, figures
@@ -259,8 +260,11 @@ def settled():
     # RSS back, and no more than 4 MiB of free pages left unreleased: the
     # transfer caches' batches go back to their spans after the decay, and
     # their pages a little after that.
+    # The spans still in use are those of the objects on the main thread's
+    # free lists (it freed the last quarter and keeps up to tcache_bytes per
+    # size class for its next mallocs): they count on top of the slack.
     st = gm.stats()
-    return rss() <= limit and st.heap_sys - st.heap_released - st.heap_inuse <= 4 * MiB
+    return rss() <= limit + st.heap_inuse and st.heap_sys - st.heap_released - st.heap_inuse <= 4 * MiB
 took = wait_for(settled, 5.0)
 st = gm.stats()
 report(base=base, peak=peak, after=rss(), took=took, heap_sys=st.heap_sys,
@@ -270,9 +274,10 @@ report(base=base, peak=peak, after=rss(), took=took, heap_sys=st.heap_sys,
     figures = (f"base={mib(r['base'])} peak={mib(r['peak'])} after={mib(r['after'])} "
                f"took={r['took']} scavenged={mib(r['scavenged'])} cycles={r['cycles']}")
     assert r["peak"] - r["base"] >= 0.95 * GiB, figures
-    assert r["took"] is not None, ("RSS not back within 16 MiB, or over 4 MiB of free pages "
-                                   "unreleased, after 5 s: " + figures)
-    assert r["after"] - r["base"] <= RSS_SLACK, figures
+    assert r["took"] is not None, ("RSS not back within 16 MiB of the start plus the spans in use, "
+                                   "or over 4 MiB of free pages unreleased, after 5 s: " + figures)
+    assert r["after"] - r["base"] <= RSS_SLACK + r["heap_inuse"], figures
+    assert r["heap_inuse"] <= 16 * MiB, figures  # the main thread's lists pin no more
     assert r["scavenged"] >= 0.95 * GiB and r["cycles"] >= 1, figures
     assert r["heap_sys"] - r["heap_released"] - r["heap_inuse"] <= 4 * MiB, figures
 

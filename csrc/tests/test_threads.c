@@ -119,14 +119,24 @@ static void run_exiting_round(uint64_t *mcache_sys_after) {
         kept += (uint64_t)workers[i].nkept;
     }
     pthread_barrier_destroy(&barrier);
-    /* The caches are gone, their counts folded in, their lists flushed. */
+    /* The threads are gone; up to ABANDONED_MAX of them left their caches
+     * whole for the next new threads (the others flushed theirs), and
+     * every count is still there. */
     struct gm_stats s2 = stats();
     CHECK_EQ(s2.num_threads, s0.num_threads);
+    CHECK(s2.cached_bytes > 0);
+    CHECK_EQ(s2.mallocs - s0.mallocs, mallocs);
+    CHECK_EQ(s2.frees - s0.frees, frees);
+    CHECK_EQ(s2.heap_objects - s0.heap_objects, kept);
+    CHECK_EQ(gm_check_heap(), 0);
+    /* gm_thread_flush flushes the abandoned caches too (the scavenger does
+     * after decay_ms): the caches are gone, their lists flushed. */
+    gm_thread_flush();
+    s2 = stats();
     CHECK_EQ(s2.mcache_inuse, s0.mcache_inuse);
     CHECK_EQ(s2.cached_bytes, 0);
     CHECK_EQ(s2.mallocs - s0.mallocs, mallocs);
     CHECK_EQ(s2.frees - s0.frees, frees);
-    CHECK_EQ(s2.heap_objects - s0.heap_objects, kept);
     CHECK_EQ(gm_check_heap(), 0);
     *mcache_sys_after = s2.mcache_sys;
     /* The survivors are intact; the main thread frees them. */
@@ -155,6 +165,87 @@ TEST(exiting_threads_return_caches) {
     /* Exited threads' caches are recycled: no new cache memory. */
     CHECK_EQ(sys2, sys1);
     CHECK_EQ(sys3, sys1);
+}
+
+/* ---- thread turnover: an exited thread's cache, whole, for the next ---------- */
+
+typedef struct {
+    void *last_freed;
+    gm_mcache *cache;
+    void *first_malloc;
+} turnover_t;
+
+static void *turnover_old(void *arg) {
+    turnover_t *t = arg;
+    void *p[32];
+    for (int i = 0; i < 32; i++)
+        p[i] = gm_malloc(48);
+    for (int i = 0; i < 32; i++)
+        gm_free(p[i]);
+    t->last_freed = p[31];
+    t->cache = gm_tls_mcache;
+    return NULL;
+}
+
+static void *turnover_new(void *arg) {
+    turnover_t *t = arg;
+    t->first_malloc = gm_malloc(48);
+    t->cache = gm_tls_mcache;
+    gm_free(t->first_malloc);
+    return NULL;
+}
+
+TEST(new_thread_adopts_an_exited_threads_cache) {
+    gm_thread_flush(); /* no abandoned cache is left */
+    struct gm_stats s0 = stats();
+    turnover_t old = {0}, young = {0};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, turnover_old, &old), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    struct gm_stats s1 = stats();
+    CHECK_EQ(s1.num_threads, s0.num_threads);                 /* no thread owns it... */
+    CHECK_EQ(s1.cached_bytes - s0.cached_bytes, 32 * 48);     /* ...its list is intact */
+    CHECK(s1.mcache_inuse > s0.mcache_inuse);
+    CHECK_EQ(gm_check_heap(), 0);
+    /* The next new thread takes the cache whole: its first malloc pops the
+     * object the old thread freed last, without a lock. */
+    CHECK_EQ(pthread_create(&t, NULL, turnover_new, &young), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK(young.cache == old.cache);
+    CHECK(young.first_malloc == old.last_freed);
+    struct gm_stats s2 = stats();
+    CHECK_EQ(s2.mallocs - s0.mallocs, 33);
+    CHECK_EQ(s2.frees - s0.frees, 33);
+    CHECK_EQ(gm_check_heap(), 0);
+    gm_thread_flush();
+    CHECK_EQ(stats().mcache_inuse, s0.mcache_inuse);
+}
+
+/* The scavenger flushes a cache nobody took, once it is decay_ms old. */
+TEST(scavenger_flushes_abandoned_caches) {
+    long long decay = 0, scavenger = 0;
+    CHECK_EQ(gm_option_get("decay_ms", &decay), 0);
+    CHECK_EQ(gm_option_get("scavenger", &scavenger), 0);
+    CHECK_EQ(gm_option_set("decay_ms", 50), 0);
+    CHECK_EQ(gm_option_set("scavenger", 1), 0);
+    gm_thread_flush();
+    struct gm_stats s0 = stats();
+    turnover_t old = {0};
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, turnover_old, &old), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK(stats().cached_bytes > s0.cached_bytes);
+    int waited = 0;
+    while (stats().mcache_inuse != s0.mcache_inuse && waited < 5000) {
+        usleep(10000);
+        waited += 10;
+    }
+    struct gm_stats s1 = stats();
+    CHECK_EQ(s1.mcache_inuse, s0.mcache_inuse);
+    CHECK_EQ(s1.cached_bytes, s0.cached_bytes);
+    CHECK_EQ(gm_check_heap(), 0);
+    CHECK_EQ(gm_option_set("decay_ms", decay), 0);
+    CHECK_EQ(gm_option_set("scavenger", scavenger), 0);
 }
 
 /* Many short-lived threads, one after another: the cache count stays put. */
@@ -259,11 +350,17 @@ TEST(free_only_thread) {
 #define TC_N 2000
 static void *tc_objs[TC_N];
 
+static pthread_barrier_t tc_barrier;
+
+/* Frees them all, then stays alive (with its cache) while another thread
+ * takes a batch: a new thread would otherwise adopt this one's cache. */
 static void *tc_free_all(void *arg) {
     (void)arg;
-    gm_free(gm_malloc(TC_SIZE)); /* a thread without a cache frees straight to the spans */
+    gm_free(gm_malloc(TC_SIZE));
     for (int i = 0; i < TC_N; i++)
         gm_free(tc_objs[i]);
+    pthread_barrier_wait(&tc_barrier);
+    pthread_barrier_wait(&tc_barrier);
     return NULL;
 }
 
@@ -285,14 +382,14 @@ TEST(transfer_cache_hands_batches_between_threads) {
         CHECK(tc_objs[i] != NULL);
     }
     /* One thread frees them all: its list overflows, and the older halves
-     * go to the transfer cache (up to TC_BYTES) and then to the spans; the
-     * rest go to the spans when it exits. */
-    pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, tc_free_all, NULL), 0);
-    CHECK_EQ(pthread_join(t, NULL), 0);
+     * go to the transfer cache (up to TC_BYTES) and then to the spans. */
+    pthread_t t, freer;
+    pthread_barrier_init(&tc_barrier, NULL, 2);
+    CHECK_EQ(pthread_create(&freer, NULL, tc_free_all, NULL), 0);
+    pthread_barrier_wait(&tc_barrier);
     struct gm_stats s1 = stats();
     CHECK_EQ(s1.heap_objects, s0.heap_objects);
-    CHECK_EQ(s1.cached_bytes, 0);
+    CHECK(s1.cached_bytes > 0); /* the freer's list */
     CHECK(s1.transfer_bytes > 0 && s1.transfer_bytes <= TC_BYTES);
     CHECK_EQ(s1.transfer_bytes % TC_SIZE, 0);
     CHECK_EQ(gm_check_heap(), 0);
@@ -306,6 +403,9 @@ TEST(transfer_cache_hands_batches_between_threads) {
         found |= tc_objs[i] == got[0];
     CHECK(found);
     CHECK((uint64_t)(uintptr_t)got[1] < s1.transfer_bytes);
+    pthread_barrier_wait(&tc_barrier);
+    CHECK_EQ(pthread_join(freer, NULL), 0);
+    pthread_barrier_destroy(&tc_barrier);
     struct gm_stats s2 = stats();
     CHECK_EQ(s2.heap_objects, s0.heap_objects);
     CHECK_EQ(s2.mallocs - s1.mallocs, 1);
@@ -731,6 +831,8 @@ int main(void) {
     gm_option_set("scavenger", 0);
     RUN(exiting_threads_return_caches);
     RUN(many_short_lived_threads);
+    RUN(new_thread_adopts_an_exited_threads_cache);
+    RUN(scavenger_flushes_abandoned_caches);
     RUN(free_only_thread);
     RUN(transfer_cache_hands_batches_between_threads);
     RUN(producer_consumer_cross_thread_frees);
