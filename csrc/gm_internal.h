@@ -385,6 +385,7 @@ typedef struct gm_mheap {
     uint64_t freemask[2];            /* bit n: free[n] non-empty. Under lock. */
     uint64_t largemask;              /* bit k: large[k] non-empty. Under lock. */
     uintptr_t curArenaBase, curArenaEnd; /* reserved, not yet mapped address space. Under lock. */
+    struct gm_mspan *claimed;        /* free runs a scavenger took off the lists to release without the lock (next-linked). Under lock. */
     uintptr_t arenaHint;             /* next address to try when reserving. Under lock. */
     gm_fixalloc spanalloc;           /* mspan structs. Under lock. */
     gm_fixalloc cachealloc;          /* mcache structs. Under registry lock. */
@@ -507,6 +508,7 @@ GM_HIDDEN int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav);
 /* Is there a free run with unreleased pages?  *oldest: the earliest
  * unusedsince among them. */
 GM_HIDDEN bool gm_heap_unreleased_free(uint64_t *oldest);
+GM_HIDDEN void gm_heap_fork_child(void);
 
 /* ---- mspan.c: span bitmaps --------------------------------------------------- */
 

@@ -391,6 +391,7 @@ static gm_mcache *orphans;
 void gm_mcache_fork_child(void) {
     gm_persistent_reinit();
     pthread_mutex_init(&gm_heap.lock, NULL);
+    gm_heap_fork_child();
     for (int sc = 0; sc < NUM_CLASSES; sc++)
         pthread_mutex_init(&gm_central[sc].lock, NULL);
     pthread_mutex_init(&registry_lock, NULL);

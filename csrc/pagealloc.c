@@ -671,20 +671,115 @@ static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms) {
     return total;
 }
 
+/* The unreleased stretches of a claimed run that one trip out of the heap
+ * lock releases: from the run's end backwards, as release_run. */
+#define CLAIM_STRETCHES 16
+struct stretches {
+    int n;
+    uintptr_t lo[CLAIM_STRETCHES], hi[CLAIM_STRETCHES];
+};
+
+static uintptr_t plan_release(const gm_mspan *s, uintptr_t budget, struct stretches *out) {
+    uintptr_t planned = 0, phys = gm_phys_page_size > PAGE_SIZE ? gm_phys_page_size : PAGE_SIZE;
+    uintptr_t start = s->startAddr, b = s->startAddr + s->npages * PAGE_SIZE;
+    out->n = 0;
+    while (b > start && planned < budget && out->n < CLAIM_STRETCHES) {
+        while (b > start && page_released(b - PAGE_SIZE))
+            b -= PAGE_SIZE;
+        uintptr_t a = b;
+        while (a > start && !page_released(a - PAGE_SIZE) && b - a < budget - planned)
+            a -= PAGE_SIZE;
+        uintptr_t lo = (a + phys - 1) & ~(phys - 1), hi = b & ~(phys - 1);
+        if (hi > lo) {
+            out->lo[out->n] = lo;
+            out->hi[out->n++] = hi;
+            planned += hi - lo;
+        }
+        b = a;
+    }
+    return planned;
+}
+
+/* The largest free run with unreleased pages free for min_age_ms, or NULL. */
+static gm_mspan *pick_unreleased(uint64_t min_age_ms) {
+    uint64_t now = gm_now_ms();
+    for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS; pass++) {
+        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[FREE_LARGE_LISTS - 1 - pass]
+                                              : gm_heap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
+        for (; s != NULL; s = s->next)
+            if (s->nreleased < s->npages && now - s->unusedsince >= min_age_ms)
+                return s;
+    }
+    return NULL;
+}
+
 /*
  * Return free pages to the OS (sysUnused: Ready -> Prepared): runs that have
  * been free for at least min_age_ms, largest first, until at least `want`
- * bytes have been released.  Returns the bytes released.  Holds the heap
- * lock throughout: callers bound `want` to bound the pause.
+ * bytes have been released.  Returns the bytes released.
+ *
+ * The madvise calls run without the heap lock, as Go's scavenger does: a
+ * run is claimed (taken off the free lists, so that no allocation takes it
+ * and no neighbour merges into it: its boundary tags say LIST_NONE), the
+ * lock dropped while its stretches are released, and the run given back
+ * to the free lists (merging with neighbours freed meanwhile) with its
+ * pages marked released.  Claimed runs are on gm_heap.claimed, where the
+ * heap checker counts them and a fork() child takes them back.
  */
 uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
+    uintptr_t total = 0;
     pthread_mutex_lock(&gm_heap.lock);
-    uintptr_t total = scavenge_locked(want, min_age_ms);
+    if (LOAD_RELAXED(&gm_opt.madv_free))
+        madv_free_used = true;
+    while (total < want) {
+        gm_mspan *s = pick_unreleased(min_age_ms);
+        if (s == NULL)
+            break;
+        struct stretches todo;
+        uintptr_t planned = plan_release(s, want - total, &todo);
+        if (planned == 0) /* only pieces smaller than a physical page (pages over 8 KiB): enough for now */
+            break;
+        free_remove(s);
+        s->next = gm_heap.claimed;
+        gm_heap.claimed = s;
+        pthread_mutex_unlock(&gm_heap.lock);
+        for (int i = 0; i < todo.n; i++) {
+            gm_sysUnused((void *)todo.lo[i], todo.hi[i] - todo.lo[i]);
+            release_statemaps(todo.lo[i], todo.hi[i], s->startAddr, s->startAddr + s->npages * PAGE_SIZE);
+        }
+        pthread_mutex_lock(&gm_heap.lock);
+        for (gm_mspan **pp = &gm_heap.claimed;; pp = &(*pp)->next)
+            if (*pp == s) {
+                *pp = s->next;
+                break;
+            }
+        s->next = NULL;
+        for (int i = 0; i < todo.n; i++)
+            for (uintptr_t a = todo.lo[i]; a < todo.hi[i]; a += PAGE_SIZE)
+                *page_word(gm_arena_of(a)->scavenged, a) |= page_mask(a);
+        free_range(s, s->startAddr, s->npages, s->unusedsince);
+        ATOMIC_ADD(&gm_heap.heap_released, planned);
+        gm_heap.scavenge_cycles++;
+        gm_heap.scavenged_bytes += planned;
+        total += planned;
+    }
     pthread_mutex_unlock(&gm_heap.lock);
     return total;
 }
 
 uintptr_t gm_heap_scavenge(uintptr_t want) { return gm_heap_scavenge_aged(want, 0); }
+
+/* In a fork() child: runs that a scavenger thread of the parent had
+ * claimed go back to the free lists (their pages may be released or not:
+ * the bits say not, which only overstates what is resident). */
+void gm_heap_fork_child(void) {
+    while (gm_heap.claimed != NULL) {
+        gm_mspan *s = gm_heap.claimed;
+        gm_heap.claimed = s->next;
+        s->next = NULL;
+        free_range(s, s->startAddr, s->npages, s->unusedsince);
+    }
+}
 
 bool gm_heap_unreleased_free(uint64_t *oldest) {
     bool any = false;
@@ -739,6 +834,10 @@ int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
             }
             scav_pages += nrel;
         }
+    }
+    for (gm_mspan *s = gm_heap.claimed; s != NULL; s = s->next) { /* being released by a scavenger */
+        free_pages += s->npages;
+        scav_pages += count_released(s->startAddr, s->npages);
     }
     uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse), released = LOAD_RELAXED(&gm_heap.heap_released);
     /* Not in a child of fork() with orphaned page caches (see mcache.c). */
