@@ -116,10 +116,10 @@ GM_HIDDEN _Noreturn void gm_throw(const char *msg);
  * arrays of (object, state byte) pairs in the allocator's own metadata
  * (gm_mclass), out of the program's reach: a program that writes into
  * memory it freed, or overflows into a freed neighbour, cannot steer
- * malloc.  With the option free_check (default on), free() writes a keyed
- * canary into the object's first word and malloc checks it before handing
- * the object out again, so that such writes are reported
- * (gm_report_corruption) instead of going unnoticed; malloc clears it.
+ * malloc.  free() writes a keyed canary into the object's first two words
+ * and malloc checks it before handing the object out again, so that such
+ * writes are reported (gm_report_corruption) instead of going unnoticed;
+ * malloc clears it.
  */
 #define STATE_SHIFT 4 /* bytes per granule: 16 */
 #define STATEMAP_BYTES (ARENA_SIZE >> STATE_SHIFT)
@@ -533,6 +533,16 @@ GM_INLINE uint8_t *gm_objstate_ptr(const gm_mspan *s, uintptr_t i) { return s->o
 GM_INLINE uint8_t gm_objstate(const gm_mspan *s, uintptr_t i) { return LOAD_RELAXED(gm_objstate_ptr(s, i)); }
 GM_INLINE void gm_set_objstate(uint8_t *st, uint8_t v) { STORE_RELAXED(st, v); }
 
+/* An object freed and flushed back to its span still holds the free
+ * check's canary (the secret) in its first word: cleared as the slot is
+ * handed out again, so that nothing of the allocator's reaches the
+ * program.  Only in spans whose memory was used before (needzero): a
+ * fresh page must not be read (that would fault it in twice). */
+GM_INLINE void gm_clear_canary(const gm_mspan *s, void *p) {
+    if (s->needzero && unlikely(*(uint64_t *)p == gm_secret))
+        *(uint64_t *)p = 0;
+}
+
 /* nextFreeFast (malloc.go): the next free object of the cached span if the
  * allocCache has one, else 0.  Go's code, nearly word for word, plus the
  * state byte. */
@@ -548,7 +558,9 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
             s->allocCache = (cache >> theBit) >> 1;
             s->freeindex = freeidx;
             gm_set_objstate(gm_objstate_ptr(s, result), OBJ_LIVE(s->sizeclass));
-            return (void *)(s->startAddr + result * s->elemsize);
+            void *p = (void *)(s->startAddr + result * s->elemsize);
+            gm_clear_canary(s, p);
+            return p;
         }
     }
     return NULL;
@@ -660,7 +672,6 @@ struct gm_options {
     long long hard_limit;      /* allocations fail rather than push heap_inuse above it (0: none) */
     long long profile_rate;    /* heap profile: one sample per this many bytes on average (0: off) */
     long long tiny;            /* 1: objects of 1 to 8 bytes share 16-byte blocks (tiny.c) */
-    long long free_check;      /* 1: free() leaves a keyed canary in the object, malloc checks it */
     long long random_heap;     /* 1: arena hints start at a random offset (0: Go's fixed hints) */
 };
 extern GM_HIDDEN struct gm_options gm_opt;

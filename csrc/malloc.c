@@ -318,15 +318,19 @@ GM_INLINE gm_mcache *tls_mcache(bool fixed) {
 
 static GM_NOINLINE void *malloc_slow(size_t size, bool zero);
 
-/* The free check's canary, written into the first word of every freed
- * object: the per-process secret, so that a program cannot write it by
- * accident, nor an attacker without reading a freed object first (which
- * would only let him hide a write after free: the free lists are out of
- * his reach whatever he writes). */
-GM_INLINE uint64_t canary(uintptr_t p) {
-    (void)p;
-    return gm_secret;
+/* The free check: free() writes the per-process secret into the first
+ * word of every freed object and 0 into the second, malloc checks that
+ * their xor is still the secret before it hands the object out again (one
+ * load, one xor with memory, one compare), so a write into either word
+ * after free is caught.  A program cannot write the secret by accident,
+ * nor an attacker without reading a freed object first (which would only
+ * let him hide a write after free: the free lists are out of his reach
+ * whatever he writes). */
+GM_INLINE void canary_set(void *p) {
+    ((uint64_t *)p)[0] = gm_secret;
+    ((uint64_t *)p)[1] = 0;
 }
+GM_INLINE bool canary_ok(const void *p) { return (((const uint64_t *)p)[0] ^ ((const uint64_t *)p)[1]) == gm_secret; }
 
 /* The object on top of list m is wrong: its state byte does not say
  * OBJ_CACHED, or its canary was overwritten.  Reports it; returns the
@@ -341,7 +345,7 @@ static GM_NOINLINE void *pop_bad(gm_mclass *m, uint8_t sc, gm_freeobj *top) {
     }
     gm_report_corruption(p, sc, "written after it was freed");
     gm_set_objstate(top->st, OBJ_LIVE(sc));
-    *(uint64_t *)p = 0;
+    ((uint64_t *)p)[0] = ((uint64_t *)p)[1] = 0;
     return p;
 }
 
@@ -353,7 +357,7 @@ GM_INLINE void *list_pop(gm_mclass *m, uint8_t sc) {
     void *p = top->p;
     if (likely(p != NULL)) {
         uint8_t *st = top->st;
-        if (unlikely(LOAD_RELAXED(st) != OBJ_CACHED || *(uint64_t *)p != canary((uintptr_t)p)))
+        if (unlikely(LOAD_RELAXED(st) != OBJ_CACHED || !canary_ok(p)))
             return pop_bad(m, sc, top);
         gm_set_objstate(st, OBJ_LIVE(sc));
         *(uint64_t *)p = 0;
@@ -384,7 +388,9 @@ GM_INLINE void *malloc_fast(size_t size, bool fixed_tls) {
         /* The list_pop of the slow path, with its rare case sent there too
          * (so that this function needs no stack frame). */
         uint8_t *st = top->st;
-        if (unlikely(LOAD_RELAXED(st) != OBJ_CACHED || *(uint64_t *)p != canary((uintptr_t)p)))
+        /* A plain read: a cached object's byte is written by its list's
+         * owner only (a racing free's compare-and-swap fails on it). */
+        if (unlikely(*st != OBJ_CACHED || !canary_ok(p)))
             return malloc_slow(size, false);
         gm_set_objstate(st, OBJ_LIVE(sc));
         *(uint64_t *)p = 0;
@@ -493,7 +499,7 @@ static GM_NOINLINE int free_slow(void *p, bool checked);
  * back).  f and npush were read before the compare-and-swap, after which
  * the compiler would have to read them again. */
 GM_INLINE void free_push(gm_mclass *m, gm_freeobj *f, uint64_t npush, void *p, uint8_t *st) {
-    *(uint64_t *)p = canary((uintptr_t)p);
+    canary_set(p);
     f->p = p;
     f->st = st;
     m->npush = npush + LIST_UNIT;
@@ -523,10 +529,10 @@ GM_INLINE int free_fast(void *p, bool checked, bool fixed_tls) {
         uint8_t *st = gm_state_at(e, a);
         uintptr_t b = LOAD_RELAXED(st);
         gm_mclass *m = (gm_mclass *)((char *)tls_mcache(fixed_tls) + b * sizeof(gm_mclass));
-        uint64_t npush = m->npush, limit = m->limit;
-        gm_freeobj *f = (gm_freeobj *)((char *)m->end + (int64_t)(npush - limit));
-        if (likely(npush < limit && claim_live(st, (uint8_t)b))) {
-            free_push(m, f, npush, p, st);
+        uint64_t npush = m->npush;
+        int64_t d = (int64_t)(npush - m->limit); /* < 0: room; the top's offset from end */
+        if (likely(d < 0 && claim_live(st, (uint8_t)b))) {
+            free_push(m, (gm_freeobj *)((char *)m->end + d), npush, p, st);
             return GM_OK;
         }
     }
@@ -548,6 +554,8 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
         return bad_free(code, p, checked);
     uintptr_t a = (uintptr_t)p;
     gm_mspan *s = gm_span_of(a);
+    if (unlikely(s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE)) /* freed by a racing free since gm_check */
+        return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
     uint8_t sc = s->sizeclass;
     if (sc == 0) {
         if (unlikely(LOAD_RELAXED(&s->sampled))) {

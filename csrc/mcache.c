@@ -278,8 +278,11 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
     gm_mspan *s = m->span;
     if (s != &gm_emptyspan) {
         uintptr_t i = gm_span_nextFreeIndex(s);
-        if (i < s->nelems)
-            return (void *)(s->startAddr + i * s->elemsize);
+        if (i < s->nelems) {
+            void *p = (void *)(s->startAddr + i * s->elemsize);
+            gm_clear_canary(s, p);
+            return p;
+        }
         gm_mcentral_uncacheSpan(s);
         m->span = &gm_emptyspan;
     }
@@ -290,7 +293,9 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
     uintptr_t i = gm_span_nextFreeIndex(s);
     if (i >= s->nelems)
         gm_throw("cacheSpan returned a span without free slots");
-    return (void *)(s->startAddr + i * s->elemsize);
+    void *p = (void *)(s->startAddr + i * s->elemsize);
+    gm_clear_canary(s, p);
+    return p;
 }
 
 /* The list of class sc is full (or being emptied): all but the `keep` most
