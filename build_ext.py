@@ -260,6 +260,9 @@ static void pgm_libc_free(uintptr_t p)
 }
 """
 
+# The members of struct gm_stats and struct gm_size_class_stats below are
+# generated from tools/tables.py by tools/mktables.py (tests/test_tables.py
+# checks them), as are the structs in gomalloc.h.
 _CDEF = r"""
 #define GM_NUM_SIZE_CLASSES ...
 #define GM_MAX_SMALL_SIZE ...

@@ -105,8 +105,7 @@ struct gm_stats {
      * many bytes at most and sets it to the library's own size. */
     uint64_t size;
     /* Memory obtained from the OS, and the heap. */
-    /* heap_sys + mspan_sys + mcache_sys + other_sys: all memory obtained from the OS */
-    uint64_t sys;
+    uint64_t sys;               /* heap_sys + mspan_sys + mcache_sys + other_sys: everything from the OS */
     uint64_t heap_reserved;     /* Address space reserved (PROT_NONE or mapped) for arenas */
     uint64_t heap_sys;          /* Arena bytes mapped (Prepared or Ready): heap_idle + heap_inuse */
     uint64_t heap_alloc;        /* Bytes of live objects (rounded up to their size class) */
@@ -125,8 +124,7 @@ struct gm_stats {
     uint64_t mcache_sys;        /* Bytes obtained from the OS for per-thread caches */
     uint64_t other_sys;         /* Other metadata: arena maps, heapArena records, state maps, bitmaps */
     /* Caches, arenas, threads, errors. */
-    /* Part of heap_inuse in per-thread free lists (free, not yet back in spans) */
-    uint64_t cached_bytes;
+    uint64_t cached_bytes;      /* Part of heap_inuse on per-thread free lists: free, not yet in spans */
     /* Part of heap_inuse in the transfer caches: lists one thread flushed, kept whole for the next
      * thread that runs out (free, not in spans) */
     uint64_t transfer_bytes;

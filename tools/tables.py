@@ -75,7 +75,7 @@ STATS_HEADER = Stat(
 
 #: struct gm_stats, in order.  Append only: the layout is part of the ABI.
 STATS: list[Stat] = [
-    Stat("sys", "bytes", "heap_sys + mspan_sys + mcache_sys + other_sys: all memory obtained from the OS.",
+    Stat("sys", "bytes", "heap_sys + mspan_sys + mcache_sys + other_sys: everything from the OS.",
          "Sys", group="Memory obtained from the OS, and the heap"),
     Stat("heap_reserved", "bytes", "Address space reserved (PROT_NONE or mapped) for arenas."),
     Stat("heap_sys", "bytes", "Arena bytes mapped (Prepared or Ready): heap_idle + heap_inuse.", "HeapSys"),
@@ -95,7 +95,7 @@ STATS: list[Stat] = [
     Stat("other_sys", "bytes", "Other metadata: arena maps, heapArena records, state maps, bitmaps.",
          "OtherSys"),
     Stat("cached_bytes", "bytes",
-         "Part of heap_inuse in per-thread free lists (free, not yet back in spans).",
+         "Part of heap_inuse on per-thread free lists: free, not yet in spans.",
          group="Caches, arenas, threads, errors"),
     Stat("transfer_bytes", "bytes",
          "Part of heap_inuse in the transfer caches: lists one thread flushed, kept whole for the "

@@ -300,7 +300,7 @@ class Stats:
 
     # BEGIN GENERATED Stats: tools/mktables.py from tools/tables.py, do not edit
     # Memory obtained from the OS, and the heap.
-    #: heap_sys + mspan_sys + mcache_sys + other_sys: all memory obtained from the OS.
+    #: heap_sys + mspan_sys + mcache_sys + other_sys: everything from the OS.
     sys: int = field(metadata={"unit": "bytes", "go": "Sys"})
     #: Address space reserved (PROT_NONE or mapped) for arenas.
     heap_reserved: int = field(metadata={"unit": "bytes", "go": None})
@@ -336,7 +336,7 @@ class Stats:
     #: Other metadata: arena maps, heapArena records, state maps, bitmaps.
     other_sys: int = field(metadata={"unit": "bytes", "go": "OtherSys"})
     # Caches, arenas, threads, errors.
-    #: Part of heap_inuse in per-thread free lists (free, not yet back in spans).
+    #: Part of heap_inuse on per-thread free lists: free, not yet in spans.
     cached_bytes: int = field(metadata={"unit": "bytes", "go": None})
     #: Part of heap_inuse in the transfer caches: lists one thread flushed, kept whole for the next
     #: thread that runs out (free, not in spans).
