@@ -260,6 +260,9 @@ static void pgm_libc_free(uintptr_t p)
 }
 """
 
+# The members of struct gm_stats and struct gm_size_class_stats below are
+# generated from tools/tables.py by tools/mktables.py (tests/test_tables.py
+# checks them), as are the structs in gomalloc.h.
 _CDEF = r"""
 #define GM_NUM_SIZE_CLASSES ...
 #define GM_MAX_SMALL_SIZE ...
@@ -283,16 +286,20 @@ size_t gm_release(void);
 void gm_thread_flush(void);
 
 struct gm_size_class_stats {
+    /* BEGIN GENERATED cdef-gm_size_class_stats: tools/mktables.py from tools/tables.py, do not edit */
     uint64_t size;
     uint64_t npages;
     uint64_t mallocs;
     uint64_t frees;
     uint64_t spans;
     uint64_t capacity;
+    /* END GENERATED cdef-gm_size_class_stats */
     ...;
 };
 
 struct gm_stats {
+    /* BEGIN GENERATED cdef-gm_stats: tools/mktables.py from tools/tables.py, do not edit */
+    uint64_t size;
     uint64_t sys;
     uint64_t heap_reserved;
     uint64_t heap_sys;
@@ -315,9 +322,18 @@ struct gm_stats {
     uint64_t num_arenas;
     uint64_t num_threads;
     uint64_t bad_frees;
-    uint64_t n_sys_reserve, n_sys_map, n_sys_used, n_sys_unused, n_sys_free, n_sys_fault;
-    uint64_t bytes_sys_reserve, bytes_sys_map, bytes_sys_used, bytes_sys_unused,
-        bytes_sys_free, bytes_sys_fault;
+    uint64_t n_sys_reserve;
+    uint64_t n_sys_map;
+    uint64_t n_sys_used;
+    uint64_t n_sys_unused;
+    uint64_t n_sys_free;
+    uint64_t n_sys_fault;
+    uint64_t bytes_sys_reserve;
+    uint64_t bytes_sys_map;
+    uint64_t bytes_sys_used;
+    uint64_t bytes_sys_unused;
+    uint64_t bytes_sys_free;
+    uint64_t bytes_sys_fault;
     uint64_t scavenge_cycles;
     uint64_t scavenged_bytes;
     uint64_t phys_page_size;
@@ -325,6 +341,7 @@ struct gm_stats {
     uint64_t tiny_mallocs;
     uint64_t tiny_frees;
     struct gm_size_class_stats by_size[...];
+    /* END GENERATED cdef-gm_stats */
     ...;
 };
 
@@ -332,6 +349,8 @@ int gm_read_stats(struct gm_stats *st);
 int gm_option_set(const char *name, long long value);
 int gm_option_get(const char *name, long long *value);
 const char *gm_option_name(int i);
+int gm_option_describe(const char *name, char *buf, size_t len);
+int gm_option_rejected(int i, const char **variable, const char **value, const char **reason);
 int gm_check_heap(void);
 
 #define GM_PROFILE_DEPTH ...
@@ -343,7 +362,7 @@ struct gm_profile_record {
     uint64_t alloc_objects_est, alloc_bytes_est;
     uint64_t free_objects_est, free_bytes_est;
 };
-int gm_profile_read(struct gm_profile_record *out, int n);
+int gm_profile_read(struct gm_profile_record *out, int n, size_t record_size);
 const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
 
 static uintptr_t pgm_malloc(size_t size);

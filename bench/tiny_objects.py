@@ -39,7 +39,7 @@ int main(int argc, char **argv) {
                 gm_free(v[i]);
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    struct gm_stats st;
+    struct gm_stats st = {.size = sizeof st};
     gm_read_stats(&st);
     printf("inuse=%llu ns=%.2f\n", (unsigned long long)st.heap_inuse,
            ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / (5.0 * n));

@@ -657,22 +657,41 @@ GM_HIDDEN uint64_t gm_bad_frees(void);
 
 /* ---- options.c -------------------------------------------------------------- */
 
+/* The options, one table in tools/tables.py: set at start-up from the
+ * environment (GOMALLOC_<NAME>) and at run time by gm_option_set. */
 struct gm_options {
-    long long abort_on_error;  /* 1: abort on bad pointers; 0: refuse and report */
-    long long madv_free;       /* 1: sysUnused uses MADV_FREE; 0: MADV_DONTNEED */
-    long long thp;             /* 1: advise huge pages on sysUsed of huge-page-aligned ranges */
-    long long check_heap;      /* 1: run gm_check_heap at exit (debug) */
-    long long print_stats;     /* 1: print stats to stderr at exit */
-    long long tcache_bytes;    /* target bytes per class on an mcache free list */
-    long long scavenger;       /* 1: background scavenger thread */
-    long long decay_ms;        /* free pages older than this are returned to the OS */
-    long long retain_percent;  /* keep at most this % of the live heap as free Ready pages */
-    long long fault_on_free;   /* 1: large spans freed become PROT_NONE until reused, 2: all spans (debug) */
-    long long memory_limit;    /* soft limit on retained heap bytes: release all free pages above it (0: none) */
-    long long hard_limit;      /* allocations fail rather than push heap_inuse above it (0: none) */
-    long long profile_rate;    /* heap profile: one sample per this many bytes on average (0: off) */
-    long long tiny;            /* 1: objects of 1 to 8 bytes share 16-byte blocks (tiny.c) */
-    long long random_heap;     /* 1: arena hints start at a random offset (0: Go's fixed hints) */
+    /* BEGIN GENERATED gm_options: tools/mktables.py from tools/tables.py, do not edit */
+    long long abort_on_error; /* abort on a bad pointer (1) or refuse it and report EINVAL (0) */
+    long long scavenger;      /* the background scavenger thread returns free pages to the OS */
+    long long decay_ms;       /* free pages unused this long are returned even under the goal */
+    long long retain_percent; /* free Ready pages kept, as a percentage of the in-use heap (the goal) */
+    /* soft limit on retained heap bytes: above it every free page is released (0: none) */
+    long long memory_limit;
+    /* allocations fail (NULL/ENOMEM, MemoryError) rather than push heap_inuse past it (0: none) */
+    long long hard_limit;
+    /* release with MADV_FREE instead of MADV_DONTNEED (RSS then drops only under memory pressure) */
+    long long madv_free;
+    long long thp;            /* advise transparent huge pages on whole huge pages of reused memory */
+    /* bound of each per-thread, per-class list of freed objects (read when a thread's cache is
+     * created) */
+    long long tcache_bytes;
+    /* debug: freed large spans (1) or all spans returned to the heap (2) become PROT_NONE, so a use
+     * after free crashes */
+    long long fault_on_free;
+    long long check_heap;     /* debug: run the heap checker at exit and abort if it fails */
+    /* print the statistics to stderr at exit (and the heap profile's top call sites when it
+     * samples) */
+    long long print_stats;
+    /* heap profile: sample one allocation per this many bytes on average (Go's MemProfileRate; 1:
+     * every allocation; 0: off) */
+    long long profile_rate;
+    /* objects of 1 to 8 bytes share 16-byte blocks (the tiny allocator): up to 16 times less memory
+     * for them, about twice the time per malloc+free of such sizes */
+    long long tiny;
+    /* arena hints start at a random offset (up to 4 TiB) above Go's fixed 0x00c0<<32, so heap
+     * addresses differ from run to run; 0: Go's fixed hints (read at start-up) */
+    long long random_heap;
+    /* END GENERATED gm_options */
 };
 extern GM_HIDDEN struct gm_options gm_opt;
 GM_HIDDEN void gm_options_init(void);
@@ -711,6 +730,9 @@ GM_HIDDEN void gm_profile_free(const void *p);
 /* The option changed: route small mallocs through the slow path or not. */
 GM_HIDDEN void gm_profile_set_rate(long long rate);
 GM_HIDDEN void gm_profile_print(int fd, int top);
+/* Copy up to n whole records into out; the number the profile holds
+ * (gm_profile_read, in mstats.c, is the public face). */
+GM_HIDDEN int gm_profile_read_records(struct gm_profile_record *out, int n);
 GM_HIDDEN void gm_profile_fork_prepare(void);
 GM_HIDDEN void gm_profile_fork_parent(void);
 GM_HIDDEN void gm_profile_fork_child(void);

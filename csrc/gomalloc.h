@@ -75,73 +75,142 @@ GM_API size_t gm_release(void);
  * single-threaded program nothing free is cached afterwards. */
 GM_API void gm_thread_flush(void);
 
+/* A row of gm_stats.by_size: one size class.  Only ever grows at the end. */
 struct gm_size_class_stats {
-    uint64_t size;    /* bytes per object of this class (0 for class 0) */
-    uint64_t npages;  /* pages per span of this class */
-    uint64_t mallocs; /* objects handed out */
-    uint64_t frees;   /* objects given back */
-    uint64_t spans;   /* spans of this class in use (class 0: one per large object) */
-    uint64_t capacity; /* objects those spans hold when full: capacity - (mallocs - frees)
-                        * slots hold no live object (free in spans, or cached on lists) */
+    /* BEGIN GENERATED gm_size_class_stats: tools/mktables.py from tools/tables.py, do not edit */
+    uint64_t size;     /* Bytes per object of this class (0 for class 0) */
+    uint64_t npages;   /* Pages (8 KiB) per span of this class */
+    uint64_t mallocs;  /* Objects handed out, ever */
+    uint64_t frees;    /* Objects given back, ever */
+    uint64_t spans;    /* Spans of this class in use (class 0: one per large object) */
+    /* Objects those spans hold when full: capacity - (mallocs - frees) slots hold no live object
+     * (free in spans, or cached on lists) */
+    uint64_t capacity;
+    /* END GENERATED gm_size_class_stats */
 };
 
 /*
- * Figures in the vocabulary of Go's runtime.MemStats.  Exact when read from
- * a quiescent process (no thread allocating or freeing at the same time);
- * under concurrent use each figure is a recent value.
+ * Figures in the vocabulary of Go's runtime.MemStats (README.md, "Statistics",
+ * has the table).  Exact when read from a quiescent process (no thread
+ * allocating or freeing at the same time); under concurrent use each figure
+ * is a recent value.  Sizes are in bytes.
+ *
+ * The struct starts with its size and only ever grows at the end, so that a
+ * program built with an older header keeps working: it gets the figures it
+ * knows.  See gm_read_stats.
  */
 struct gm_stats {
-    /* Memory obtained from the OS. */
-    uint64_t sys;           /* heap_sys + mspan_sys + mcache_sys + other_sys */
-    uint64_t heap_reserved; /* address space reserved (PROT_NONE or mapped) for arenas */
-    uint64_t heap_sys;      /* arena bytes mapped (Prepared or Ready): heap_idle + heap_inuse */
-    uint64_t heap_alloc;    /* bytes of live objects (rounded up to their size class) */
-    uint64_t heap_idle;     /* bytes in free page runs */
-    uint64_t heap_inuse;    /* bytes in spans holding objects */
-    uint64_t heap_released; /* part of heap_idle returned to the OS (Prepared) */
-    uint64_t heap_objects;  /* live objects: mallocs - frees */
-    uint64_t mallocs;       /* objects allocated, ever */
-    uint64_t frees;         /* objects freed, ever */
-    uint64_t total_alloc;   /* bytes allocated, ever (rounded to size class) */
-    uint64_t large_objects; /* live objects larger than GM_MAX_SMALL_SIZE */
-    uint64_t mspan_inuse;   /* bytes of span structures in use */
-    uint64_t mspan_sys;     /* bytes obtained from the OS for span structures */
-    uint64_t mcache_inuse;  /* bytes of per-thread caches in use */
-    uint64_t mcache_sys;    /* bytes obtained from the OS for per-thread caches */
-    uint64_t other_sys;     /* other metadata: arena maps, heapArena records, bitmaps */
-    uint64_t cached_bytes;  /* part of heap_inuse in per-thread free lists (free, not yet back in spans) */
-    uint64_t transfer_bytes; /* part of heap_inuse in the transfer caches: lists flushed by one thread, whole, for another */
-    uint64_t num_arenas;    /* 64 MiB heap arenas holding mapped memory (each has a heapArena record) */
-    uint64_t num_threads;   /* live per-thread caches */
-    uint64_t bad_frees;     /* invalid frees detected (and refused) */
-    /* OS state transitions (see csrc/mem.c): calls and bytes. */
-    uint64_t n_sys_reserve, n_sys_map, n_sys_used, n_sys_unused, n_sys_free, n_sys_fault;
-    uint64_t bytes_sys_reserve, bytes_sys_map, bytes_sys_used, bytes_sys_unused, bytes_sys_free,
-        bytes_sys_fault;
+    /* BEGIN GENERATED gm_stats: tools/mktables.py from tools/tables.py, do not edit */
+    /* C only: set by the caller to sizeof(struct gm_stats) before gm_read_stats, which writes that
+     * many bytes at most and sets it to the library's own size. */
+    uint64_t size;
+    /* Memory obtained from the OS, and the heap. */
+    uint64_t sys;               /* heap_sys + mspan_sys + mcache_sys + other_sys: everything from the OS */
+    uint64_t heap_reserved;     /* Address space reserved (PROT_NONE or mapped) for arenas */
+    uint64_t heap_sys;          /* Arena bytes mapped (Prepared or Ready): heap_idle + heap_inuse */
+    uint64_t heap_alloc;        /* Bytes of live objects (rounded up to their size class) */
+    uint64_t heap_idle;         /* Bytes in free page runs */
+    uint64_t heap_inuse;        /* Bytes in spans holding objects */
+    uint64_t heap_released;     /* Part of heap_idle returned to the OS (Prepared) */
+    uint64_t heap_objects;      /* Live objects: mallocs - frees */
+    uint64_t mallocs;           /* Objects allocated, ever */
+    uint64_t frees;             /* Objects freed, ever */
+    uint64_t total_alloc;       /* Bytes allocated, ever (rounded up to their size class) */
+    uint64_t large_objects;     /* Live objects larger than GM_MAX_SMALL_SIZE (a span each) */
+    /* Metadata. */
+    uint64_t mspan_inuse;       /* Bytes of span structures in use */
+    uint64_t mspan_sys;         /* Bytes obtained from the OS for span structures */
+    uint64_t mcache_inuse;      /* Bytes of per-thread caches in use */
+    uint64_t mcache_sys;        /* Bytes obtained from the OS for per-thread caches */
+    uint64_t other_sys;         /* Other metadata: arena maps, heapArena records, state maps, bitmaps */
+    /* Caches, arenas, threads, errors. */
+    uint64_t cached_bytes;      /* Part of heap_inuse on per-thread free lists: free, not yet in spans */
+    /* Part of heap_inuse in the transfer caches: lists one thread flushed, kept whole for the next
+     * thread that runs out (free, not in spans) */
+    uint64_t transfer_bytes;
+    uint64_t num_arenas;        /* 64 MiB heap arenas holding mapped memory (each has a heapArena record) */
+    uint64_t num_threads;       /* Live per-thread caches */
+    uint64_t bad_frees;         /* Invalid frees detected (and refused, with abort_on_error 0) */
+    /* OS state transitions (csrc/mem_linux.c): calls. */
+    uint64_t n_sys_reserve;     /* sysReserve calls: None -> Reserved */
+    uint64_t n_sys_map;         /* sysMap calls: Reserved -> Prepared */
+    uint64_t n_sys_used;        /* sysUsed calls: Prepared -> Ready */
+    uint64_t n_sys_unused;      /* sysUnused calls: Ready -> Prepared */
+    uint64_t n_sys_free;        /* sysFree calls: any state -> None */
+    uint64_t n_sys_fault;       /* sysFault calls: back to Reserved */
+    /* ... and their bytes. */
+    uint64_t bytes_sys_reserve; /* Bytes passed to sysReserve */
+    uint64_t bytes_sys_map;     /* Bytes passed to sysMap */
+    uint64_t bytes_sys_used;    /* Bytes passed to sysUsed */
+    uint64_t bytes_sys_unused;  /* Bytes passed to sysUnused */
+    uint64_t bytes_sys_free;    /* Bytes passed to sysFree */
+    uint64_t bytes_sys_fault;   /* Bytes passed to sysFault */
     /* Scavenger. */
-    uint64_t scavenge_cycles;   /* scavenger passes that released something */
-    uint64_t scavenged_bytes;   /* bytes returned to the OS, ever */
-    uint64_t phys_page_size;    /* physical page size read at start-up */
-    uint64_t huge_page_size;    /* transparent huge page size (0 if none) */
-    /* The tiny allocator (option tiny): objects of 1 to 8 bytes in shared
-     * 16-byte blocks, which count as objects of the 16-byte class above. */
-    uint64_t tiny_mallocs;      /* tiny objects allocated, ever */
-    uint64_t tiny_frees;        /* tiny objects freed, ever */
+    uint64_t scavenge_cycles;   /* Scavenger passes that released something */
+    uint64_t scavenged_bytes;   /* Bytes returned to the OS, ever */
+    uint64_t phys_page_size;    /* Physical page size read at start-up */
+    uint64_t huge_page_size;    /* Transparent huge page size (0 if none) */
+    /* The tiny allocator (option tiny): objects of 1 to 8 bytes in shared 16-byte blocks, which
+     * count as objects of the 16-byte class above. */
+    uint64_t tiny_mallocs;      /* Tiny objects allocated, ever */
+    uint64_t tiny_frees;        /* Tiny objects freed, ever */
+    /* Per size class. */
+    /* One row per size class, indexed by class; class 0 is large objects */
     struct gm_size_class_stats by_size[GM_NUM_SIZE_CLASSES];
+    /* END GENERATED gm_stats */
 };
 
-/* Fill *st.  Returns 0. */
+/*
+ * Read the statistics.  The caller sets st->size to sizeof(struct gm_stats)
+ * (the size of the struct it was built with) first:
+ *
+ *     struct gm_stats st = {.size = sizeof st};
+ *     gm_read_stats(&st);
+ *
+ * gm_read_stats writes exactly min(st->size, the library's size) bytes at
+ * st: the figures that fit (a caller built with an older, smaller struct
+ * gets its prefix, nothing past it is written; a caller with a newer,
+ * larger struct gets the library's figures and its further fields are left
+ * as they were), and st->size is then the library's sizeof(struct
+ * gm_stats).  Returns 0; EINVAL, with only st->size written (the library's
+ * size), when st->size is smaller than the size member itself (a caller
+ * may pass 0 to learn the size); EINVAL for st == NULL.
+ */
 GM_API int gm_read_stats(struct gm_stats *st);
 
 /*
- * Options, by name.  Each can also be set with an environment variable
- * GOMALLOC_<NAME in upper case> read at start-up.  Returns 0, or EINVAL
- * for an unknown name or a value out of range.
+ * Options, by name (README.md, "Options", has the table).  Each can also be
+ * set with an environment variable GOMALLOC_<NAME in upper case> read at
+ * start-up: a number (with a K, M or G suffix: times 2^10, 2^20, 2^30), or
+ * on/off, true/false, yes/no for 1/0.  A variable whose value is not
+ * accepted, and a GOMALLOC_ variable that names no option, are ignored with
+ * a warning on stderr, one line each:
+ *
+ *     pygomalloc: GOMALLOC_DECAY_MS=abc ignored: expected a number of
+ *     milliseconds from 0 to 3600000 (K, M, G suffixes allowed)
+ *
+ * and listed by gm_option_rejected.  (GOMALLOC_PRELOAD_LIB and
+ * GOMALLOC_DEBUG_* are not options and are not checked.)
+ *
+ * gm_option_set and gm_option_get return 0, or EINVAL for an unknown name
+ * or a value out of range (the option keeps its value).
  */
 GM_API int gm_option_set(const char *name, long long value);
 GM_API int gm_option_get(const char *name, long long *value);
 /* Name of option i (0-based), or NULL past the last. */
 GM_API const char *gm_option_name(int i);
+/* What option `name` accepts, e.g. "a number of milliseconds from 0 to
+ * 3600000" or "0 or 1", into buf (len bytes, always NUL-terminated, cut if
+ * too short).  Returns 0, or EINVAL for an unknown name (buf is then ""). */
+GM_API int gm_option_describe(const char *name, char *buf, size_t len);
+/* The i-th (0-based) GOMALLOC_ variable ignored at start-up: its name
+ * ("GOMALLOC_DECAY_MS"), its value ("abc") and why ("expected a number of
+ * ..." or "unknown option; did you mean GOMALLOC_...?"), as on stderr.
+ * Returns 0, or -1 past the last.  The strings are the library's and live
+ * as long as the process; values longer than 64 bytes are cut ("...").  The
+ * first GM_OPTION_REJECTED_MAX are kept (stderr has them all). */
+#define GM_OPTION_REJECTED_MAX 32
+GM_API int gm_option_rejected(int i, const char **variable, const char **value, const char **reason);
 
 /*
  * Heap invariant checker: walks every arena, span and per-thread cache and
@@ -172,9 +241,17 @@ struct gm_profile_record {
     uint64_t alloc_objects_est, alloc_bytes_est; /* estimated allocations from this stack, ever */
     uint64_t free_objects_est, free_bytes_est;   /* of those, freed since (<= the above) */
 };
-/* Copy up to n records into out (may be NULL with n = 0).  Returns the
- * number of records the profile holds, which may be more than n. */
-GM_API int gm_profile_read(struct gm_profile_record *out, int n);
+/* Copy up to n records into out, an array of n records of record_size
+ * bytes each: sizeof(struct gm_profile_record) as the caller was built.
+ * The record only ever grows at the end; as gm_read_stats does, each record
+ * gets exactly min(record_size, the library's size) bytes (a caller built
+ * with an older, smaller record gets the fields it knows, nothing past them
+ * is written; a newer, larger one keeps its further fields as they were).
+ * out may be NULL with n = 0, to count.  Returns the number of records the
+ * profile holds, which may be more than n; -1 with errno EINVAL if n < 0,
+ * or n > 0 with out NULL or record_size 0; -1 with errno ENOMEM if a record
+ * size other than the library's needs memory that cannot be had. */
+GM_API int gm_profile_read(struct gm_profile_record *out, int n, size_t record_size);
 /* "object(symbol+0xoffset)" for a code address, into buf of len bytes;
  * returns buf. */
 GM_API const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
@@ -196,7 +273,9 @@ GM_API const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
  * The functions are the gm_ functions of this header; they need no GIL.
  */
 #define GM_CAPI_NAME "pygomalloc._C_API"
-#define GM_CAPI_VERSION 1
+/* 2: gm_stats starts with its size (read_stats); profile_read takes the
+ * record size. */
+#define GM_CAPI_VERSION 2
 
 struct gm_capi {
     unsigned int version; /* GM_CAPI_VERSION the package was built with */
@@ -216,7 +295,7 @@ struct gm_capi {
     int (*read_stats)(struct gm_stats *st);
     int (*option_get)(const char *name, long long *value);
     int (*option_set)(const char *name, long long value);
-    int (*profile_read)(struct gm_profile_record *out, int n);
+    int (*profile_read)(struct gm_profile_record *out, int n, size_t record_size);
     int (*free_owned)(void *ptr);
 };
 

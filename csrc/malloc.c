@@ -128,7 +128,7 @@ static void print_stats_at_exit(void) {
     if (gm_opt.check_heap && gm_check_heap() != 0)
         gm_throw("heap check failed at exit");
     if (gm_opt.print_stats) {
-        struct gm_stats st;
+        struct gm_stats st = {.size = sizeof st};
         gm_read_stats(&st);
         char buf[512];
         int n = snprintf(buf, sizeof buf,

@@ -324,7 +324,7 @@ void gm_profile_set_rate(long long rate) {
 
 /* ---- reading --------------------------------------------------------------- */
 
-int gm_profile_read(struct gm_profile_record *out, int n) {
+int gm_profile_read_records(struct gm_profile_record *out, int n) {
     gm_ensure_init();
     pthread_mutex_lock(&prof_lock);
     int i = 0;

@@ -9,6 +9,7 @@
  * synchronisation with their owners, so the figures are exact when no
  * thread is allocating, and recent otherwise.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -19,8 +20,10 @@
 #define GM_RACY_READER __attribute__((no_sanitize("thread")))
 #define RACY(x) (*(volatile const __typeof__(x) *)&(x))
 
-GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
+/* Every figure, into a whole struct of the library's own layout. */
+static GM_RACY_READER void collect(struct gm_stats *st) {
     memset(st, 0, sizeof *st);
+    st->size = sizeof *st;
     gm_ensure_init();
     uint64_t nmalloc[NUM_CLASSES], nfree[NUM_CLASSES], cached = 0, nthreads = 0, tiny_mallocs = 0, tiny_frees = 0;
     gm_registry_lock();
@@ -94,7 +97,51 @@ GM_RACY_READER int gm_read_stats(struct gm_stats *st) {
     st->tiny_frees = LOAD_RELAXED(&gm_dead_tiny_frees) + tiny_frees;
     st->phys_page_size = gm_phys_page_size;
     st->huge_page_size = gm_huge_page_size;
+}
+
+/* ---- reading into the caller's structs ---------------------------------------
+ *
+ * struct gm_stats and struct gm_profile_record only grow at the end, and the
+ * caller says how large its own is: it gets min(its size, ours) bytes of
+ * each, and nothing past them is written (gomalloc.h).
+ */
+
+int gm_read_stats(struct gm_stats *st) {
+    if (st == NULL)
+        return EINVAL;
+    uint64_t want = st->size;
+    if (want < sizeof st->size) {
+        st->size = sizeof *st;
+        return EINVAL;
+    }
+    struct gm_stats all;
+    collect(&all);
+    memcpy(st, &all, want < sizeof all ? (size_t)want : sizeof all);
     return 0;
+}
+
+int gm_profile_read(struct gm_profile_record *out, int n, size_t record_size) {
+    if (n < 0 || (n > 0 && (out == NULL || record_size == 0))) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (n == 0 || record_size == sizeof *out)
+        return gm_profile_read_records(n > 0 ? out : NULL, n);
+    /* Whole records into memory of our own, then the caller's part of each.
+     * Not from the heap: with profile_rate 1 the buffer would be sampled
+     * itself, and change the profile being read. */
+    size_t bytes = (size_t)n * sizeof *out;
+    struct gm_profile_record *all = gm_sysAlloc(bytes);
+    if (all == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    int total = gm_profile_read_records(all, n);
+    size_t copy = record_size < sizeof *all ? record_size : sizeof *all;
+    for (int i = 0; i < n && i < total; i++)
+        memcpy((char *)out + (size_t)i * record_size, &all[i], copy);
+    gm_sysFree(all, bytes);
+    return total;
 }
 
 /* ---- the heap invariant checker ------------------------------------------- */
@@ -130,7 +177,7 @@ static int check_heap(void) {
     uint64_t cached_pages = 0, cached_scav = 0, listed_objects = 0, span_objects = 0;
     uint64_t nspans[NUM_CLASSES] = {0};
     struct gm_stats st;
-    gm_read_stats(&st);
+    collect(&st);
 
     gm_registry_lock();
     for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {

@@ -138,6 +138,7 @@ static uint64_t sub0(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
 static void read_mallinfo(struct gm_mallinfo *mi, struct gm_stats *st) {
     uint64_t idle_slots = 0, small_bytes = 0;
 
+    st->size = sizeof *st;
     gm_read_stats(st);
     for (int c = 1; c < GM_NUM_SIZE_CLASSES; c++) {
         const struct gm_size_class_stats *sc = &st->by_size[c];
@@ -237,13 +238,17 @@ static const struct {
     const char *name;
     size_t offset;
 } stat_fields[] = {
+    /* BEGIN GENERATED malloc_info-stats: tools/mktables.py from tools/tables.py, do not edit */
     STAT(sys), STAT(heap_reserved), STAT(heap_sys), STAT(heap_alloc), STAT(heap_idle),
     STAT(heap_inuse), STAT(heap_released), STAT(heap_objects), STAT(mallocs), STAT(frees),
-    STAT(total_alloc), STAT(large_objects), STAT(mspan_inuse), STAT(mspan_sys),
-    STAT(mcache_inuse), STAT(mcache_sys), STAT(other_sys), STAT(cached_bytes),
-    STAT(transfer_bytes), STAT(num_arenas), STAT(num_threads), STAT(bad_frees),
-    STAT(scavenge_cycles), STAT(scavenged_bytes), STAT(phys_page_size), STAT(huge_page_size),
-    STAT(tiny_mallocs), STAT(tiny_frees),
+    STAT(total_alloc), STAT(large_objects), STAT(mspan_inuse), STAT(mspan_sys), STAT(mcache_inuse),
+    STAT(mcache_sys), STAT(other_sys), STAT(cached_bytes), STAT(transfer_bytes), STAT(num_arenas),
+    STAT(num_threads), STAT(bad_frees), STAT(n_sys_reserve), STAT(n_sys_map), STAT(n_sys_used),
+    STAT(n_sys_unused), STAT(n_sys_free), STAT(n_sys_fault), STAT(bytes_sys_reserve),
+    STAT(bytes_sys_map), STAT(bytes_sys_used), STAT(bytes_sys_unused), STAT(bytes_sys_free),
+    STAT(bytes_sys_fault), STAT(scavenge_cycles), STAT(scavenged_bytes), STAT(phys_page_size),
+    STAT(huge_page_size), STAT(tiny_mallocs), STAT(tiny_frees),
+    /* END GENERATED malloc_info-stats */
 };
 #undef STAT
 

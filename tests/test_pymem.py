@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 import pygomalloc as gm
+from pygomalloc._gomalloc import ffi
 
 PRELUDE = textwrap.dedent(
     '''
@@ -249,6 +251,29 @@ static unsigned capi_version(void)
     PyGILState_Release(gil);
     return api == NULL ? 0 : api->version;
 }
+
+/* heap_objects through the capsule, read by a caller whose struct gm_stats
+ * has `size` bytes (an older header's prefix when smaller); 0 if its struct
+ * is too small to hold the figure, -1 if the read failed, -2 if it wrote
+ * past `size`. */
+static int64_t capi_heap_objects(size_t size)
+{
+    static union {
+        struct gm_stats st;
+        unsigned char bytes[sizeof(struct gm_stats) + 64];
+    } buf;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const struct gm_capi *api = gm_capi_import();
+    PyGILState_Release(gil);
+    memset(&buf, 0x5a, sizeof buf);
+    buf.st.size = size;
+    if (api == NULL || api->read_stats(&buf.st) != 0 || buf.st.size != sizeof buf.st)
+        return -1;
+    for (size_t i = size; i < sizeof buf.bytes; i++)
+        if (buf.bytes[i] != 0x5a)
+            return -2;
+    return size >= offsetof(struct gm_stats, heap_objects) + 8 ? (int64_t)buf.st.heap_objects : 0;
+}
 """
 
 
@@ -256,7 +281,8 @@ static unsigned capi_version(void)
 def capi_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
     cffi = pytest.importorskip("cffi")
     ffi = cffi.FFI()
-    ffi.cdef("uintptr_t capi_malloc(size_t n); int capi_free(uintptr_t p); unsigned capi_version(void);")
+    ffi.cdef("uintptr_t capi_malloc(size_t n); int capi_free(uintptr_t p); unsigned capi_version(void);"
+             "int64_t capi_heap_objects(size_t size);")
     ffi.set_source("_gm_capi_user", CAPI_SOURCE, include_dirs=[gm.get_include()],
                    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror"],
                    py_limited_api=False)
@@ -275,7 +301,7 @@ def test_capsule_is_exported() -> None:
 
 def test_extension_uses_the_package_allocator_through_the_capsule(capi_module: Any) -> None:
     lib = capi_module.lib
-    assert lib.capi_version() == 1
+    assert lib.capi_version() == 2
     before = gm.stats().mallocs
     p = lib.capi_malloc(100)
     assert p != 0 and gm.owns(p)
@@ -286,6 +312,22 @@ def test_extension_uses_the_package_allocator_through_the_capsule(capi_module: A
     assert lib.capi_free(p) != 0
     q = gm.malloc(64)
     assert lib.capi_free(q) == 0  # blocks are interchangeable between the two
+
+
+def test_capsule_stats_for_new_and_old_callers(capi_module: Any) -> None:
+    lib = capi_module.lib
+    size = ffi.sizeof("struct gm_stats")
+    keep = gm.malloc(100)
+    try:
+        objects = gm.stats().heap_objects
+        assert objects >= 1
+        assert lib.capi_heap_objects(size) == objects
+        assert lib.capi_heap_objects(size + 64) == objects  # a newer caller: its extra bytes untouched
+        end = 8 * (2 + [f.name for f in dataclasses.fields(gm.Stats)].index("heap_objects"))
+        assert lib.capi_heap_objects(end) == objects  # an old caller whose struct ends at heap_objects
+        assert lib.capi_heap_objects(16) == 0  # one ending before it: nothing written past its 16 bytes
+    finally:
+        gm.free(keep)
 
 
 def test_header_is_installed_with_the_capsule_api() -> None:

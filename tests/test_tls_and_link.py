@@ -232,7 +232,8 @@ static void *worker(void *arg)
 
 int main(void)
 {
-    struct gm_stats before, during, after;
+    struct gm_stats before = {.size = sizeof before}, during = {.size = sizeof during},
+        after = {.size = sizeof after};
     void *p[N];
     void *result = (void *)1;
     pthread_t thread;
@@ -367,16 +368,18 @@ def test_python_runs_under_ld_preload_with_our_malloc() -> None:
         for t in threads: t.join()
         # join() returns before an exiting thread has handed its cache back
         # (a pthread key destructor): wait for that, so that the heap check
-        # sees a quiescent heap.  num_threads is the 21st field of gm_stats.
+        # sees a quiescent heap.  num_threads is the 22nd field of gm_stats,
+        # after size, which the caller sets (gm_read_stats fills no more).
         import time
         stats = (ctypes.c_uint64 * 2048)()
         deadline = time.monotonic() + 10
         while True:
-            gm.gm_read_stats(stats)
-            if stats[20] <= 1 or time.monotonic() > deadline:
+            stats[0] = ctypes.sizeof(stats)
+            assert gm.gm_read_stats(stats) == 0
+            if stats[21] <= 1 or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
-        assert stats[20] <= 1, stats[20]
+        assert stats[21] <= 1, stats[21]
         assert gm.gm_check_heap() == 0
         print("ok")
         """,

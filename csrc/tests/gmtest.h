@@ -81,7 +81,7 @@ static const char *gmtest_current;
     } while (0)
 
 static inline __attribute__((unused)) struct gm_stats stats(void) {
-    struct gm_stats st;
+    struct gm_stats st = {.size = sizeof st};
     gm_read_stats(&st);
     return st;
 }

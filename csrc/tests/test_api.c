@@ -1000,10 +1000,10 @@ static int profile_site_record(struct gm_profile_record *recs, int n, int want_l
 
 TEST(heap_profile_samples_and_forgets) {
     static struct gm_profile_record recs[4096];
-    CHECK_EQ(gm_profile_read(NULL, 0) >= 0, 1);
+    CHECK_EQ(gm_profile_read(NULL, 0, sizeof(struct gm_profile_record)) >= 0, 1);
     CHECK_EQ(gm_option_set("profile_rate", 1), 0); /* every allocation */
     profile_site();
-    int n = gm_profile_read(recs, 4096);
+    int n = gm_profile_read(recs, 4096, sizeof(struct gm_profile_record));
     CHECK(n >= 2 && n <= 4096);
     int small = profile_site_record(recs, n, 0), large = profile_site_record(recs, n, 1);
     CHECK(small >= 0 && large >= 0);
@@ -1034,7 +1034,7 @@ TEST(heap_profile_samples_and_forgets) {
     CHECK_EQ(gm_free_checked(prof_objs[0]), GM_ERR_NOT_ALLOCATED);
     CHECK_EQ(gm_option_set("abort_on_error", 1), 0);
     gm_free(prof_objs[PROF_N]);
-    n = gm_profile_read(recs, 4096);
+    n = gm_profile_read(recs, 4096, sizeof(struct gm_profile_record));
     small = profile_site_record(recs, n, 0);
     large = profile_site_record(recs, n, 1);
     CHECK(small >= 0 && large >= 0);
@@ -1049,7 +1049,7 @@ TEST(heap_profile_samples_and_forgets) {
     for (int i = 1; i < PROF_N; i += 2)
         gm_free(prof_objs[i]);
     CHECK_EQ(gm_option_set("profile_rate", 0), 0);
-    n = gm_profile_read(recs, 4096);
+    n = gm_profile_read(recs, 4096, sizeof(struct gm_profile_record));
     small = profile_site_record(recs, n, 0);
     CHECK(small >= 0 && recs[small].free_objects == PROF_N && recs[small].free_bytes == recs[small].alloc_bytes);
     CHECK_EQ(gm_check_heap(), 0);
@@ -1060,7 +1060,7 @@ TEST(heap_profile_samples_and_forgets) {
 TEST(heap_profile_rate) {
     static struct gm_profile_record recs[4096];
     const int rate = 8192, count = 64 * 1024, size = 64; /* 4 MiB: 512 samples expected */
-    int n0 = gm_profile_read(recs, 4096);
+    int n0 = gm_profile_read(recs, 4096, sizeof(struct gm_profile_record));
     uint64_t before = 0, est_before = 0, est_bytes_before = 0;
     for (int i = 0; i < n0 && i < 4096; i++) {
         before += recs[i].alloc_objects;
@@ -1072,7 +1072,7 @@ TEST(heap_profile_rate) {
     for (int i = 0; i < count; i++)
         objs[i] = gm_malloc(size);
     CHECK_EQ(gm_option_set("profile_rate", 0), 0);
-    int n = gm_profile_read(recs, 4096);
+    int n = gm_profile_read(recs, 4096, sizeof(struct gm_profile_record));
     uint64_t after = 0, est_after = 0, est_bytes_after = 0;
     for (int i = 0; i < n && i < 4096; i++) {
         after += recs[i].alloc_objects;

@@ -123,7 +123,7 @@ TEST(malloc_usable_size_every_size) {
  * slot starts, all distinct; class 1 (8 bytes) never handed out. */
 TEST(every_class_aligned_16) {
     static void *ptrs[2100];
-    struct gm_stats before, after;
+    struct gm_stats before = {.size = sizeof before}, after = {.size = sizeof after};
     gm_read_stats(&before);
     for (unsigned c = 2; c < NUM_CLASSES; c++) {
         size_t size = gm_class_to_size[c];
@@ -170,7 +170,7 @@ TEST(every_class_aligned_16) {
 
 /* The stats rows describe the table. */
 TEST(stats_rows_match_table) {
-    struct gm_stats st;
+    struct gm_stats st = {.size = sizeof st};
     gm_read_stats(&st);
     for (unsigned c = 1; c < NUM_CLASSES; c++) {
         CHECK_EQ(st.by_size[c].size, gm_class_to_size[c]);

@@ -161,7 +161,7 @@ static void *worker(void *arg) {
 }
 
 TEST(cross_thread_stress) {
-    struct gm_stats before, after;
+    struct gm_stats before = {.size = sizeof before}, after = {.size = sizeof after};
     gm_thread_flush();
     gm_read_stats(&before);
     pthread_t t[THREADS];
@@ -188,7 +188,7 @@ TEST(cross_thread_stress) {
     /* Every free page goes back to the OS (the background scavenger may
      * have done part of it already). */
     gm_release();
-    struct gm_stats released;
+    struct gm_stats released = {.size = sizeof released};
     gm_read_stats(&released);
     CHECK_EQ(released.heap_released, released.heap_idle);
     CHECK_EQ(gm_check_heap(), 0);

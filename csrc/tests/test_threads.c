@@ -661,7 +661,7 @@ TEST(tiny_objects_freed_across_threads) {
  * on producers are taken out of the profile by the consumers' frees. */
 static void profile_totals(uint64_t *allocs, uint64_t *frees) {
     static struct gm_profile_record recs[4096];
-    int n = gm_profile_read(recs, 4096);
+    int n = gm_profile_read(recs, 4096, sizeof(struct gm_profile_record));
     *allocs = *frees = 0;
     for (int i = 0; i < n && i < 4096; i++) {
         *allocs += recs[i].alloc_objects;

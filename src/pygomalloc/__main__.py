@@ -21,7 +21,7 @@ import pygomalloc
 
 PROG = "python -m pygomalloc"
 
-#: The largest profile_rate the allocator accepts (options.c).
+#: The largest profile_rate the allocator accepts (tools/tables.py).
 MAX_PROFILE_RATE = 1 << 40
 #: tracemalloc's limit on frames per trace.
 MAX_TRACEMALLOC_FRAMES = 65535
@@ -117,18 +117,6 @@ def _human(n: int) -> str:
     return f"{value:.1f} TiB"
 
 
-_COUNTS = {
-    "heap_objects",
-    "mallocs",
-    "frees",
-    "large_objects",
-    "num_arenas",
-    "num_threads",
-    "bad_frees",
-    "scavenge_cycles",
-}
-
-
 def format_stats(st: pygomalloc.Stats) -> str:
     """A two-part text table: the totals, then the size classes in use."""
     lines = []
@@ -136,10 +124,10 @@ def format_stats(st: pygomalloc.Stats) -> str:
         if field.name == "by_size":
             continue
         value = getattr(st, field.name)
-        if field.name in _COUNTS or field.name.startswith("n_sys_"):
-            lines.append(f"{field.name:>18}  {value:>14,}")
-        else:
+        if field.metadata["unit"] == "bytes":
             lines.append(f"{field.name:>18}  {value:>14,}  {_human(value)}")
+        else:
+            lines.append(f"{field.name:>18}  {value:>14,}")
     lines += [
         "",
         f"{'class':>5} {'size':>7} {'pages':>5} {'mallocs':>12} {'frees':>12} {'live':>10} "

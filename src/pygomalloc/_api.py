@@ -9,12 +9,14 @@ cffi releases the GIL around every call, so threads allocate in parallel.
 from __future__ import annotations
 
 import ctypes
+import difflib
 import sys
 import sysconfig
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 from ._gomalloc import ffi, lib
 
@@ -30,6 +32,7 @@ __all__ = [
     "aligned_alloc",
     "calloc",
     "check_heap",
+    "describe_option",
     "free",
     "get_include",
     "get_library",
@@ -43,6 +46,8 @@ __all__ = [
     "options",
     "owns",
     "realloc",
+    "rejected_options",
+    "RejectedOption",
     "release",
     "set_option",
     "stats",
@@ -256,18 +261,21 @@ class SizeClassStats:
 
     #: Index of the class; 0 holds large objects (more than GM_MAX_SMALL_SIZE bytes).
     size_class: int
+    # BEGIN GENERATED SizeClassStats: tools/mktables.py from tools/tables.py, do not edit
     #: Bytes per object of this class (0 for class 0).
-    size: int
+    size: int = field(metadata={"unit": "bytes", "go": "Size"})
     #: Pages (8 KiB) per span of this class.
-    npages: int
+    npages: int = field(metadata={"unit": "pages", "go": "class_to_allocnpages"})
     #: Objects handed out, ever.
-    mallocs: int
+    mallocs: int = field(metadata={"unit": "objects", "go": "Mallocs"})
     #: Objects given back, ever.
-    frees: int
+    frees: int = field(metadata={"unit": "objects", "go": "Frees"})
     #: Spans of this class in use (class 0: one per large object).
-    spans: int
-    #: Objects those spans hold when full.
-    capacity: int
+    spans: int = field(metadata={"unit": "spans", "go": None})
+    #: Objects those spans hold when full: capacity - (mallocs - frees) slots hold no live object
+    #: (free in spans, or cached on lists).
+    capacity: int = field(metadata={"unit": "objects", "go": None})
+    # END GENERATED SizeClassStats
 
     @property
     def live(self) -> int:
@@ -290,106 +298,114 @@ class Stats:
     figure is a recent value.  Sizes are in bytes.
     """
 
-    # Memory obtained from the OS.
-    #: heap_sys + mspan_sys + mcache_sys + other_sys.
-    sys: int
+    # BEGIN GENERATED Stats: tools/mktables.py from tools/tables.py, do not edit
+    # Memory obtained from the OS, and the heap.
+    #: heap_sys + mspan_sys + mcache_sys + other_sys: everything from the OS.
+    sys: int = field(metadata={"unit": "bytes", "go": "Sys"})
     #: Address space reserved (PROT_NONE or mapped) for arenas.
-    heap_reserved: int
+    heap_reserved: int = field(metadata={"unit": "bytes", "go": None})
     #: Arena bytes mapped (Prepared or Ready): heap_idle + heap_inuse.
-    heap_sys: int
+    heap_sys: int = field(metadata={"unit": "bytes", "go": "HeapSys"})
     #: Bytes of live objects (rounded up to their size class).
-    heap_alloc: int
+    heap_alloc: int = field(metadata={"unit": "bytes", "go": "HeapAlloc"})
     #: Bytes in free page runs.
-    heap_idle: int
+    heap_idle: int = field(metadata={"unit": "bytes", "go": "HeapIdle"})
     #: Bytes in spans holding objects.
-    heap_inuse: int
+    heap_inuse: int = field(metadata={"unit": "bytes", "go": "HeapInuse"})
     #: Part of heap_idle returned to the OS (Prepared).
-    heap_released: int
+    heap_released: int = field(metadata={"unit": "bytes", "go": "HeapReleased"})
     #: Live objects: mallocs - frees.
-    heap_objects: int
+    heap_objects: int = field(metadata={"unit": "objects", "go": "HeapObjects"})
     #: Objects allocated, ever.
-    mallocs: int
+    mallocs: int = field(metadata={"unit": "objects", "go": "Mallocs"})
     #: Objects freed, ever.
-    frees: int
-    #: Bytes allocated, ever (rounded to size class).
-    total_alloc: int
-    #: Live objects larger than GM_MAX_SMALL_SIZE.
-    large_objects: int
+    frees: int = field(metadata={"unit": "objects", "go": "Frees"})
+    #: Bytes allocated, ever (rounded up to their size class).
+    total_alloc: int = field(metadata={"unit": "bytes", "go": "TotalAlloc"})
+    #: Live objects larger than GM_MAX_SMALL_SIZE (a span each).
+    large_objects: int = field(metadata={"unit": "objects", "go": None})
+    # Metadata.
     #: Bytes of span structures in use.
-    mspan_inuse: int
+    mspan_inuse: int = field(metadata={"unit": "bytes", "go": "MSpanInuse"})
     #: Bytes obtained from the OS for span structures.
-    mspan_sys: int
+    mspan_sys: int = field(metadata={"unit": "bytes", "go": "MSpanSys"})
     #: Bytes of per-thread caches in use.
-    mcache_inuse: int
+    mcache_inuse: int = field(metadata={"unit": "bytes", "go": "MCacheInuse"})
     #: Bytes obtained from the OS for per-thread caches.
-    mcache_sys: int
-    #: Other metadata: arena maps, heapArena records, bitmaps.
-    other_sys: int
-    #: Part of heap_inuse in per-thread free lists (free, not yet back in spans).
-    cached_bytes: int
-    #: Part of heap_inuse in the transfer caches: lists one thread flushed,
-    #: kept whole for the next thread that runs out (free, not in spans).
-    transfer_bytes: int
+    mcache_sys: int = field(metadata={"unit": "bytes", "go": "MCacheSys"})
+    #: Other metadata: arena maps, heapArena records, state maps, bitmaps.
+    other_sys: int = field(metadata={"unit": "bytes", "go": "OtherSys"})
+    # Caches, arenas, threads, errors.
+    #: Part of heap_inuse on per-thread free lists: free, not yet in spans.
+    cached_bytes: int = field(metadata={"unit": "bytes", "go": None})
+    #: Part of heap_inuse in the transfer caches: lists one thread flushed, kept whole for the next
+    #: thread that runs out (free, not in spans).
+    transfer_bytes: int = field(metadata={"unit": "bytes", "go": None})
     #: 64 MiB heap arenas holding mapped memory (each has a heapArena record).
-    num_arenas: int
+    num_arenas: int = field(metadata={"unit": "arenas", "go": None})
     #: Live per-thread caches.
-    num_threads: int
-    #: Invalid frees detected (and refused).
-    bad_frees: int
-    # OS state transitions (see csrc/mem.c): calls ...
+    num_threads: int = field(metadata={"unit": "threads", "go": None})
+    #: Invalid frees detected (and refused, with abort_on_error 0).
+    bad_frees: int = field(metadata={"unit": "calls", "go": None})
+    # OS state transitions (csrc/mem_linux.c): calls.
     #: sysReserve calls: None -> Reserved.
-    n_sys_reserve: int
+    n_sys_reserve: int = field(metadata={"unit": "calls", "go": "sysReserve"})
     #: sysMap calls: Reserved -> Prepared.
-    n_sys_map: int
+    n_sys_map: int = field(metadata={"unit": "calls", "go": "sysMap"})
     #: sysUsed calls: Prepared -> Ready.
-    n_sys_used: int
+    n_sys_used: int = field(metadata={"unit": "calls", "go": "sysUsed"})
     #: sysUnused calls: Ready -> Prepared.
-    n_sys_unused: int
+    n_sys_unused: int = field(metadata={"unit": "calls", "go": "sysUnused"})
     #: sysFree calls: any state -> None.
-    n_sys_free: int
+    n_sys_free: int = field(metadata={"unit": "calls", "go": "sysFree"})
     #: sysFault calls: back to Reserved.
-    n_sys_fault: int
-    # ... and bytes.
+    n_sys_fault: int = field(metadata={"unit": "calls", "go": "sysFault"})
+    # ... and their bytes.
     #: Bytes passed to sysReserve.
-    bytes_sys_reserve: int
+    bytes_sys_reserve: int = field(metadata={"unit": "bytes", "go": None})
     #: Bytes passed to sysMap.
-    bytes_sys_map: int
+    bytes_sys_map: int = field(metadata={"unit": "bytes", "go": None})
     #: Bytes passed to sysUsed.
-    bytes_sys_used: int
+    bytes_sys_used: int = field(metadata={"unit": "bytes", "go": None})
     #: Bytes passed to sysUnused.
-    bytes_sys_unused: int
+    bytes_sys_unused: int = field(metadata={"unit": "bytes", "go": None})
     #: Bytes passed to sysFree.
-    bytes_sys_free: int
+    bytes_sys_free: int = field(metadata={"unit": "bytes", "go": None})
     #: Bytes passed to sysFault.
-    bytes_sys_fault: int
+    bytes_sys_fault: int = field(metadata={"unit": "bytes", "go": None})
     # Scavenger.
     #: Scavenger passes that released something.
-    scavenge_cycles: int
+    scavenge_cycles: int = field(metadata={"unit": "passes", "go": None})
     #: Bytes returned to the OS, ever.
-    scavenged_bytes: int
+    scavenged_bytes: int = field(metadata={"unit": "bytes", "go": None})
     #: Physical page size read at start-up.
-    phys_page_size: int
+    phys_page_size: int = field(metadata={"unit": "bytes", "go": "physPageSize"})
     #: Transparent huge page size (0 if none).
-    huge_page_size: int
-    #: Tiny objects (option ``tiny``: 1 to 8 bytes in shared 16-byte blocks,
-    #: which count as objects of the 16-byte class) allocated, ever.
-    tiny_mallocs: int
+    huge_page_size: int = field(metadata={"unit": "bytes", "go": "physHugePageSize"})
+    # The tiny allocator (option tiny): objects of 1 to 8 bytes in shared 16-byte blocks, which count as objects of the 16-byte class above.
+    #: Tiny objects allocated, ever.
+    tiny_mallocs: int = field(metadata={"unit": "objects", "go": "/gc/heap/tiny/allocs:objects"})
     #: Tiny objects freed, ever.
-    tiny_frees: int
+    tiny_frees: int = field(metadata={"unit": "objects", "go": None})
+    # Per size class.
     #: One row per size class, indexed by class; class 0 is large objects.
-    by_size: tuple[SizeClassStats, ...]
+    by_size: tuple[SizeClassStats, ...] = field(metadata={"unit": "", "go": "BySize"})
+    # END GENERATED Stats
 
 
 _STATS_FIELDS = tuple(f.name for f in fields(Stats) if f.name != "by_size")
+_ROW_FIELDS = tuple(f.name for f in fields(SizeClassStats) if f.name != "size_class")
 
 
 def stats() -> Stats:
     """Read the allocator's statistics (one ``gm_read_stats`` call)."""
-    st = ffi.new("struct gm_stats *")
-    lib.gm_read_stats(st)
+    size = ffi.sizeof("struct gm_stats")
+    st = ffi.new("struct gm_stats *", {"size": size})
+    code = lib.gm_read_stats(st)
+    if code or st.size != size:  # a libgomalloc.so built from another gomalloc.h
+        raise RuntimeError(f"gm_read_stats failed ({code}): library struct of {st.size} bytes, ours {size}")
     by_size = tuple(
-        SizeClassStats(i, row.size, row.npages, row.mallocs, row.frees, row.spans, row.capacity)
-        for i, row in enumerate(st.by_size)
+        SizeClassStats(i, *(getattr(row, name) for name in _ROW_FIELDS)) for i, row in enumerate(st.by_size)
     )
     return Stats(**{name: getattr(st, name) for name in _STATS_FIELDS}, by_size=by_size)
 
@@ -408,13 +424,20 @@ def _option_names() -> list[str]:
 
 
 def _check_option_name(name: str) -> bytes:
-    if name not in _option_names():
-        raise ValueError(f"unknown pygomalloc option {name!r}")
+    names = _option_names()
+    if name not in names:
+        close = difflib.get_close_matches(name.lower(), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown pygomalloc option {name!r}{hint}")
     return name.encode()
 
 
 def options() -> dict[str, int]:
-    """Every option and its current value (``GOMALLOC_<NAME>`` sets one at start-up)."""
+    """Every option and its current value (README.md has the table).
+
+    ``GOMALLOC_<NAME>`` sets one at start-up; the variables that were
+    ignored then (bad value, no such option) are in ``rejected_options()``.
+    """
     return {name: get_option(name) for name in _option_names()}
 
 
@@ -426,15 +449,51 @@ def get_option(name: str) -> int:
     return int(value[0])
 
 
+def describe_option(name: str) -> str:
+    """What option *name* accepts, e.g. ``"a number of milliseconds from 0 to 3600000"``."""
+    buf = ffi.new("char[]", 256)
+    if lib.gm_option_describe(_check_option_name(name), buf, len(buf)):
+        raise ValueError(f"cannot describe pygomalloc option {name!r}")
+    return str(ffi.string(buf).decode())
+
+
 def set_option(name: str, value: int) -> None:
-    """Set option *name*; ``ValueError`` for an unknown name or a value out of range."""
+    """Set option *name*.
+
+    ``ValueError`` for an unknown name, or a value the option does not
+    accept (the message says what it accepts; the option keeps its value).
+    """
     key = _check_option_name(name)
     try:
         code = lib.gm_option_set(key, value)
     except OverflowError:
         code = lib.EINVAL
     if code:
-        raise ValueError(f"value {value} is out of range for pygomalloc option {name!r}")
+        raise ValueError(f"pygomalloc option {name!r} cannot be {value}: expected {describe_option(name)}")
+
+
+class RejectedOption(NamedTuple):
+    """A ``GOMALLOC_`` environment variable that start-up ignored, with a
+    warning on stderr: its value is not accepted, or it names no option."""
+
+    #: The variable, e.g. ``"GOMALLOC_DECAY_MS"``.
+    variable: str
+    #: Its value (cut after 64 bytes, with ``...``).
+    value: str
+    #: Why, e.g. ``"expected a number of milliseconds from 0 to 3600000 (K, M,
+    #: G suffixes allowed)"`` or ``"no such option; did you mean GOMALLOC_TINY?"``.
+    reason: str
+
+
+def rejected_options() -> list[RejectedOption]:
+    """The ``GOMALLOC_`` variables ignored at start-up, in the order of the
+    environment (the options they meant kept their defaults)."""
+    out = []
+    strings = ffi.new("const char *[3]")
+    while lib.gm_option_rejected(len(out), strings, strings + 1, strings + 2) == 0:
+        variable, value, reason = (ffi.string(s).decode("utf-8", "replace") for s in strings)
+        out.append(RejectedOption(variable, value, reason))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -532,10 +591,11 @@ def heap_profile() -> list[ProfileRecord]:
     (``set_option("profile_rate", 512 * 1024)`` samples, as Go does by
     default, one allocation per 512 KiB; 1 samples every allocation).
     """
-    n = lib.gm_profile_read(ffi.NULL, 0)
+    record_size = ffi.sizeof("struct gm_profile_record")
+    n = lib.gm_profile_read(ffi.NULL, 0, record_size)
     while True:
         recs = ffi.new("struct gm_profile_record[]", max(n, 1))
-        got = lib.gm_profile_read(recs, len(recs))
+        got = lib.gm_profile_read(recs, len(recs), record_size)
         if got <= len(recs):
             break
         n = got  # more call sites appeared meanwhile
