@@ -16,7 +16,8 @@
  * bookkeeping is one pointer per object and the checksum depends on the
  * options only.
  *
- * ops = number of objects allocated.
+ * ops = number of objects allocated.  The RESULT line adds objects_live=,
+ * live_bytes= (at the end) and asked_bytes= (all objects' sizes summed).
  */
 #include "bench_common.h"
 
@@ -31,7 +32,7 @@ struct worker {
     long id;
     void **objs;     /* every object allocated, NULL once freed */
     uint64_t count;  /* objects allocated */
-    uint64_t live_bytes, freed;
+    uint64_t asked, live_bytes, freed; /* bytes asked for, still live; objects freed */
     uint64_t ops, checksum;
     char pad[BENCH_PAD];
 };
@@ -92,6 +93,7 @@ static void *run(void *arg)
     }
     w->objs = objs;
     w->count = n;
+    w->asked = asked;
     w->live_bytes = live;
     w->freed = freed;
     w->ops = n;
@@ -124,7 +126,7 @@ int main(int argc, char **argv)
     double t1 = bench_now();
 
     /* Read every live object back (outside the timed region). */
-    uint64_t ops = 0, sum = 0, live = 0, objects = 0;
+    uint64_t ops = 0, sum = 0, live = 0, objects = 0, asked = 0;
     for (long t = 0; t < threads; t++) {
         struct worker *w = &ws[t];
         uint64_t live_here = 0, objects_here = 0;
@@ -144,10 +146,12 @@ int main(int argc, char **argv)
         objects += objects_here;
         ops += w->ops;
         sum += w->checksum;
+        asked += w->asked;
         live += live_here;
     }
-    fprintf(stderr, "mleak: %" PRIu64 " objects allocated, %" PRIu64 " live, %.1f MiB live\n",
-            ops, objects, (double)live / (1 << 20));
-    bench_result("mleak", threads, ops, t1 - t0, sum);
+    char extra[128];
+    snprintf(extra, sizeof extra, "objects_live=%" PRIu64 " live_bytes=%" PRIu64
+             " asked_bytes=%" PRIu64, objects, live, asked);
+    bench_result_extra("mleak", threads, ops, t1 - t0, sum, extra);
     return 0;
 }

@@ -21,7 +21,8 @@
  * its own PRNG stream, seeded by (seed, slot, generation): the checksum
  * depends on the options only, not on scheduling.
  *
- * ops = number of blocks allocated (every one of them is freed).
+ * ops = number of blocks allocated (every one of them is freed).  The RESULT
+ * line adds threads_started= (all generations of all slots).
  */
 #include "bench_common.h"
 
@@ -182,7 +183,8 @@ int main(int argc, char **argv)
     free(slots);
     pthread_cond_destroy(&sh.all_done);
     pthread_mutex_destroy(&sh.lock);
-    fprintf(stderr, "turnover: %" PRIu64 " threads started\n", births);
-    bench_result("turnover", threads, total, t1 - t0, sum);
+    char extra[64];
+    snprintf(extra, sizeof extra, "threads_started=%" PRIu64, births);
+    bench_result_extra("turnover", threads, total, t1 - t0, sum, extra);
     return 0;
 }
