@@ -390,8 +390,10 @@ static BENCH_UNUSED void bench_run_and_report(const char *workload, long n, void
 /* ------------------------------------------------------------------------ */
 /* Result                                                                   */
 
-static BENCH_UNUSED void bench_result(const char *workload, long threads, uint64_t ops,
-                                      double seconds, uint64_t checksum)
+/* The RESULT line, with `extra` (more key=value fields, space-separated, or
+ * NULL) at its end: facts about the run that the tests check. */
+static BENCH_UNUSED void bench_result_extra(const char *workload, long threads, uint64_t ops,
+                                            double seconds, uint64_t checksum, const char *extra)
 {
     if (ops == 0)
         bench_die("no operations were performed");
@@ -399,9 +401,15 @@ static BENCH_UNUSED void bench_result(const char *workload, long threads, uint64
         bench_die("checksum is zero: no data was read back");
     double rate = seconds > 0 ? (double)ops / seconds : 0.0;
     printf("RESULT workload=%s threads=%ld ops=%" PRIu64 " seconds=%.6f ops_per_sec=%.1f "
-           "checksum=%016" PRIx64 "\n",
-           workload, threads, ops, seconds, rate, checksum);
+           "checksum=%016" PRIx64 "%s%s\n",
+           workload, threads, ops, seconds, rate, checksum, extra ? " " : "", extra ? extra : "");
     fflush(stdout);
+}
+
+static BENCH_UNUSED void bench_result(const char *workload, long threads, uint64_t ops,
+                                      double seconds, uint64_t checksum)
+{
+    bench_result_extra(workload, threads, ops, seconds, checksum, NULL);
 }
 
 #endif /* BENCH_COMMON_H */
