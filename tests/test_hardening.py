@@ -333,8 +333,11 @@ class Outcome:
         return f"status {self.returncode}\nstdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-2000:]}"
 
 
+Attack = Callable[[str, str, bool], Outcome]
+
+
 @pytest.fixture(scope="module")
-def attack(program: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str, bool], Outcome]:
+def attack(program: Path, tmp_path_factory: pytest.TempPathFactory) -> Attack:
     """attack(what, kind, abort_on_error) -> Outcome, each combination run once."""
     workdir = tmp_path_factory.mktemp("targets")
 
@@ -363,7 +366,7 @@ TARGETS = ["file", "global", "stack", "heap"]
 @pytest.mark.parametrize("abort_on_error", [True, False], ids=["abort", "no_abort"])
 @pytest.mark.parametrize("kind", TARGETS)
 @pytest.mark.parametrize("what", list(ATTACKS))
-def test_attack_never_returns_nor_writes_the_chosen_address(attack: Callable[[str, str, bool], Outcome], what: str, kind: str,
+def test_attack_never_returns_nor_writes_the_chosen_address(attack: Attack, what: str, kind: str,
                                                            abort_on_error: bool) -> None:
     """Whatever the program wrote, no malloc returns the chosen address, and
     nothing is written there (checked in the file after the process ended,
@@ -390,9 +393,11 @@ def size_class_of(size: int) -> int:
 
 
 @pytest.mark.parametrize("what", list(ATTACKS))
-def test_attack_is_detected_and_aborts(attack: Callable[[str, str, bool], Outcome], what: str) -> None:
+def test_attack_is_detected_and_aborts(attack: Attack, what: str) -> None:
     """abort_on_error = 1: SIGABRT with the heap corruption message naming
-    the freed object, before that object is handed out again."""
+    the freed object, before that object is handed out again: whichever of
+    its first words the program wrote, and whichever way the object comes
+    back (from the thread's list, or from its span after a flush)."""
     o = attack(what, "file", True)
     expected = (f"pygomalloc: heap corruption: object of size class {size_class_of(SIZE)} ({SIZE} bytes) "
                 f"at {o.freed:#x}: written after it was freed")
@@ -402,7 +407,7 @@ def test_attack_is_detected_and_aborts(attack: Callable[[str, str, bool], Outcom
 
 
 @pytest.mark.parametrize("what", list(ATTACKS))
-def test_attack_is_counted_without_abort(attack: Callable[[str, str, bool], Outcome], what: str) -> None:
+def test_attack_is_counted_without_abort(attack: Attack, what: str) -> None:
     """GOMALLOC_ABORT_ON_ERROR=0: the process goes on, the freed object is
     handed out again (its first word cleared), and bad_frees counts the one
     corrupted object."""
