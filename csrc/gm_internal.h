@@ -533,13 +533,28 @@ GM_INLINE uint8_t *gm_objstate_ptr(const gm_mspan *s, uintptr_t i) { return s->o
 GM_INLINE uint8_t gm_objstate(const gm_mspan *s, uintptr_t i) { return LOAD_RELAXED(gm_objstate_ptr(s, i)); }
 GM_INLINE void gm_set_objstate(uint8_t *st, uint8_t v) { STORE_RELAXED(st, v); }
 
-/* An object freed and flushed back to its span still holds the free
- * check's canary (the secret) in its first word: cleared as the slot is
- * handed out again, so that nothing of the allocator's reaches the
- * program.  Only in spans whose memory was used before (needzero): a
- * fresh page must not be read (that would fault it in twice). */
+/* The free check: free() writes the per-process secret into the first
+ * word of every freed object and 0 into the second, malloc checks that
+ * their xor is still the secret before it hands the object out again (one
+ * load, one xor with memory, one compare), and so does a flush before
+ * the object goes back to its span, so a write into either word after
+ * free is caught whichever way the object leaves the list.  A program cannot write the secret by accident,
+ * nor an attacker without reading a freed object first (which would only
+ * let him hide a write after free: the free lists are out of his reach
+ * whatever he writes). */
+GM_INLINE void canary_set(void *p) {
+    ((uint64_t *)p)[0] = gm_secret;
+    ((uint64_t *)p)[1] = 0;
+}
+GM_INLINE bool canary_ok(const void *p) { return (((const uint64_t *)p)[0] ^ ((const uint64_t *)p)[1]) == gm_secret; }
+
+/* A flush clears the canary of each object it sends back to its span, so
+ * a slot handed out from a span holds none; clearing it here as well is a
+ * second line of defence, cheap because it reads the word the program is
+ * about to write.  Only in spans whose memory was used before (needzero):
+ * a fresh page must not be read (that would fault it in twice). */
 GM_INLINE void gm_clear_canary(const gm_mspan *s, void *p) {
-    if (s->needzero && unlikely(*(uint64_t *)p == gm_secret))
+    if (LOAD_RELAXED(&s->needzero) && unlikely(*(uint64_t *)p == gm_secret))
         *(uint64_t *)p = 0;
 }
 

@@ -318,19 +318,6 @@ GM_INLINE gm_mcache *tls_mcache(bool fixed) {
 
 static GM_NOINLINE void *malloc_slow(size_t size, bool zero);
 
-/* The free check: free() writes the per-process secret into the first
- * word of every freed object and 0 into the second, malloc checks that
- * their xor is still the secret before it hands the object out again (one
- * load, one xor with memory, one compare), so a write into either word
- * after free is caught.  A program cannot write the secret by accident,
- * nor an attacker without reading a freed object first (which would only
- * let him hide a write after free: the free lists are out of his reach
- * whatever he writes). */
-GM_INLINE void canary_set(void *p) {
-    ((uint64_t *)p)[0] = gm_secret;
-    ((uint64_t *)p)[1] = 0;
-}
-GM_INLINE bool canary_ok(const void *p) { return (((const uint64_t *)p)[0] ^ ((const uint64_t *)p)[1]) == gm_secret; }
 
 /* The object on top of list m is wrong: its state byte does not say
  * OBJ_CACHED, or its canary was overwritten.  Reports it; returns the
@@ -587,6 +574,7 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
          * straight to the span. */
         if (!claim_live(st, sc))
             return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
+        canary_set(p);
         gm_freeobj f = {p, st};
         ATOMIC_ADD(&gm_dead_nfree[sc], 1);
         gm_mcentral_freeObjs(sc, &f, 1);
@@ -633,6 +621,16 @@ GM_TLS_VARIANTS(void, gm_free, (void *p), (void)free_fast(p, false, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_checked, (void *p), return free_fast(p, true, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_owned, (void *p), return free_owned(p, fixed_tls);)
 
+/* p lies inside span s but not at an object's start, unless s was freed
+ * (and its fields changed) by a racing free since we looked it up: the
+ * span map no longer points at it then (the heap clears the entries before
+ * it touches the span), and p is simply not allocated. */
+static int interior(const gm_mspan *s, uintptr_t a) {
+    if (gm_span_of_raw(a) != s || LOAD_RELAXED(&s->state) != SPAN_INUSE)
+        return GM_ERR_NOT_ALLOCATED;
+    return GM_ERR_INTERIOR;
+}
+
 /* Is p the start of a live object? */
 int gm_check(const void *p) {
     uintptr_t a = (uintptr_t)p;
@@ -642,15 +640,15 @@ int gm_check(const void *p) {
     if (s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE)
         return GM_ERR_NOT_ALLOCATED;
     if (s->sizeclass == 0)
-        return a == s->startAddr ? GM_OK : GM_ERR_INTERIOR;
+        return a == s->startAddr ? GM_OK : interior(s, a);
     uintptr_t i = gm_span_index(s, a);
     if (i >= s->nelems)
-        return GM_ERR_INTERIOR;
+        return interior(s, a);
     uint8_t st = gm_objstate(s, i);
     if (st == OBJ_TINY) /* p may be any slot of the block */
         return gm_tiny_check(s, i, a);
     if (!gm_span_is_slot(s, a))
-        return GM_ERR_INTERIOR;
+        return interior(s, a);
     return st == OBJ_LIVE(s->sizeclass) || st == OBJ_SAMPLED ? GM_OK : GM_ERR_NOT_ALLOCATED;
 }
 

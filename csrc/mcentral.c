@@ -194,9 +194,24 @@ static uint64_t free_objs_locked(gm_mcentral *mc, uint8_t sc, const gm_freeobj *
     return done;
 }
 
+/* Objects leave the free lists for their spans: each one's canary is
+ * checked (a write after free is reported, as malloc reports it) and
+ * cleared, so that the slot holds nothing of the allocator's when it is
+ * handed out again.  The objects are still the caller's (OBJ_CACHED on its
+ * list, or in a batch it holds the lock of). */
+static void check_canaries(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
+    for (uint32_t k = 0; k < n; k++) {
+        uint64_t *w = objs[k].p;
+        if (unlikely(!canary_ok(w)))
+            gm_report_corruption(w, sc, "written after it was freed");
+        w[0] = w[1] = 0;
+    }
+}
+
 uint64_t gm_mcentral_freeObjs(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
     gm_mcentral *mc = &gm_central[sc];
     bool released = false;
+    check_canaries(sc, objs, n);
     pthread_mutex_lock(&mc->lock);
     uint64_t done = free_objs_locked(mc, sc, objs, n, &released);
     pthread_mutex_unlock(&mc->lock);
@@ -212,6 +227,7 @@ uint64_t gm_mcentral_freeObjs(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
 static void evict_oldest(gm_mcentral *mc, uint8_t sc, uint32_t k, bool *released) {
     gm_freeobj *bufs[TC_BATCHES];
     for (uint32_t i = 0; i < k; i++) {
+        check_canaries(sc, mc->tc[i].objs, mc->tc[i].n);
         free_objs_locked(mc, sc, mc->tc[i].objs, mc->tc[i].n, released);
         mc->tc_objects -= mc->tc[i].n;
         bufs[i] = mc->tc[i].objs;
@@ -242,6 +258,7 @@ void gm_mcentral_freeBatch(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
     if (b->objs == NULL)
         b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_heap.other_sys);
     if (b->objs == NULL) { /* no memory for the buffer: to the spans */
+        check_canaries(sc, objs, n);
         free_objs_locked(mc, sc, objs, n, &released);
     } else {
         memcpy(b->objs, objs, n * sizeof *objs);

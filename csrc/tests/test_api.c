@@ -1067,8 +1067,8 @@ TEST(heap_profile_rate) {
         est_before += recs[i].alloc_objects_est;
         est_bytes_before += recs[i].alloc_bytes_est;
     }
+    void **objs = gm_malloc(count * sizeof(void *)); /* before sampling: not in the estimate */
     CHECK_EQ(gm_option_set("profile_rate", rate), 0);
-    void **objs = gm_malloc(count * sizeof(void *));
     for (int i = 0; i < count; i++)
         objs[i] = gm_malloc(size);
     CHECK_EQ(gm_option_set("profile_rate", 0), 0);
