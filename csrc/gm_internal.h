@@ -363,9 +363,9 @@ GM_HIDDEN void *gm_sysReserve(void *hint, size_t n);     /* None -> Reserved */
 GM_HIDDEN void *gm_sysReserveAligned(void *hint, size_t n, size_t align);
 GM_HIDDEN int gm_sysMap(void *v, size_t n);              /* Reserved -> Prepared */
 GM_HIDDEN void gm_sysUsed(void *v, size_t n);            /* Prepared -> Ready */
-GM_HIDDEN void gm_sysUnused(void *v, size_t n);          /* Ready -> Prepared */
+GM_HIDDEN bool gm_sysUnused(void *v, size_t n);          /* Ready -> Prepared; false: still Ready */
 GM_HIDDEN void gm_sysFree(void *v, size_t n);            /* any -> None */
-GM_HIDDEN void gm_sysFault(void *v, size_t n);           /* Ready/Prepared -> Reserved */
+GM_HIDDEN bool gm_sysFault(void *v, size_t n);           /* Ready/Prepared -> Reserved; false: unchanged */
 GM_HIDDEN void *gm_sysAlloc(size_t n);                   /* None -> Ready, for metadata */
 
 /* ---- fixalloc.c: off-heap metadata ---------------------------------------- */
