@@ -44,16 +44,24 @@ srcs=$(ls csrc/*.c | grep -v '/preload\.c$')
     -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
     -Icsrc -o "$out/fuzz_ops" csrc/fuzz/fuzz_ops.c $srcs
 
-# ASan keeps freed memory in quarantine and mmap-heavy allocators are
-# slow under it: modest limits.  Each input runs alone (-fork=0), so one
-# process holds the allocator's state between inputs; the target frees
-# everything and checks the heap at the end of every input.
+# One process runs every input in turn: the target frees everything and
+# checks the heap and the figures at the end of each, so inputs are
+# independent.  -rss_limit_mb allows for the memory the allocator keeps
+# mapped (released, so not resident) and ASan's shadow.
+root=$PWD
+parallel=()
+if [ "$jobs" -gt 1 ]; then # each job then logs to csrc/build/fuzz/fuzz-N.log
+    parallel=(-jobs="$jobs" -workers="$jobs")
+fi
 status=0
-ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
-UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
-    "$out/fuzz_ops" -max_total_time="$seconds" -max_len=4096 -timeout=30 -rss_limit_mb=4096 \
-    -jobs="$jobs" -workers="$jobs" -print_final_stats=1 \
-    -artifact_prefix=csrc/fuzz/crashes/ "$out/corpus" csrc/fuzz/corpus || status=$?
+(
+    cd "$out"
+    ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
+    UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
+        ./fuzz_ops -max_total_time="$seconds" -max_len=4096 -timeout=30 -rss_limit_mb=4096 \
+        "${parallel[@]}" -print_final_stats=1 \
+        -artifact_prefix="$root/csrc/fuzz/crashes/" corpus "$root/csrc/fuzz/corpus"
+) || status=$?
 if [ "$status" -ne 0 ]; then
     echo "fuzz.sh: the fuzzer found a failure (status $status); reproducer in csrc/fuzz/crashes/" >&2
     exit 1
