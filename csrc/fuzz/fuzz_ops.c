@@ -47,7 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gomalloc.h"
+#include "gm_internal.h" /* for the diagnosis of a failure only */
 
 #define KIB ((size_t)1 << 10)
 #define MIB ((size_t)1 << 20)
@@ -56,8 +56,35 @@
 #define MAX_LIVE_BYTES (48 * MIB)
 #define FULL_FILL (256 * KIB)
 
+/* The last operations, printed when a check fails (and each one as it
+ * happens with FUZZ_OPS_TRACE=1 in the environment): a failure that needs
+ * the state earlier inputs left can be understood without replaying them. */
+static bool tracing;
+#define NTRACE 48
+static char trace_ring[NTRACE][112];
+static unsigned trace_n;
+#define TRACE(...)                                                                            \
+    do {                                                                                      \
+        char *t_ = trace_ring[trace_n++ % NTRACE];                                            \
+        snprintf(t_, sizeof trace_ring[0], __VA_ARGS__);                                      \
+        if (tracing)                                                                          \
+            fputs(t_, stderr);                                                                \
+    } while (0)
+
 static void fail(const char *what, const void *p, size_t n) {
+    fprintf(stderr, "fuzz_ops: the last operations, oldest first:\n");
+    for (unsigned i = trace_n > NTRACE ? trace_n - NTRACE : 0; i < trace_n; i++)
+        fprintf(stderr, "  %s", trace_ring[i % NTRACE]);
     fprintf(stderr, "fuzz_ops: %s (pointer %p, size %zu)\n", what, p, n);
+    gm_mspan *s = p != NULL ? gm_span_of((uintptr_t)p) : NULL;
+    if (s != NULL) {
+        uintptr_t i = s->sizeclass != 0 ? gm_span_index(s, (uintptr_t)p) : 0;
+        fprintf(stderr, "  gm_check %d; span %p: start %#lx npages %lu class %u state %u list %u cachedBy %p "
+                        "allocCount %u freeindex %lu; object %lu state %d\n",
+                gm_check(p), (void *)s, (unsigned long)s->startAddr, (unsigned long)s->npages, s->sizeclass,
+                s->state, s->list, (void *)s->cachedBy, s->allocCount, (unsigned long)s->freeindex,
+                (unsigned long)i, s->objstate != NULL ? s->objstate[i] : -1);
+    }
     abort();
 }
 #define REQUIRE(c, what, p, n) \
@@ -306,6 +333,7 @@ static void op_alloc(struct input *in, int k, int how) {
                          .b = align};
     }
     run(k, &j);
+    TRACE("alloc(how %d) n=%zu align=%zu on %d -> %p\n", how, n, align, k, j.ret);
     if (j.call == C_MEMALIGN) {
         REQUIRE(j.rc == 0 || j.rc == ENOMEM, "posix_memalign: unexpected code", NULL, n);
         adopt(j.rc == 0 ? j.ret : NULL, n, j.rc, align, false);
@@ -322,7 +350,12 @@ static void op_free(struct input *in, int k) {
     check_pattern(o, o->p, o->n);
     struct job j = {.call = get8(in) & 1 ? C_FREE_CHECKED : C_FREE, .p = o->p};
     run(k, &j);
-    REQUIRE(j.call == C_FREE || j.rc == GM_OK, "free of a live object refused", o->p, o->n);
+    TRACE("free(%p) n=%zu on %d checked=%d -> %d\n", (void *)o->p, o->n, k, j.call == C_FREE_CHECKED, j.rc);
+    if (j.call == C_FREE_CHECKED && j.rc != GM_OK) {
+        fprintf(stderr, "fuzz_ops: code %d (%s) freeing object id %u of %zu bytes on worker %d\n", j.rc,
+                gm_strerror(j.rc), o->id, o->n, k);
+        fail("free of a live object refused", o->p, o->n);
+    }
     forget(i);
 }
 
@@ -337,6 +370,7 @@ static void op_realloc(struct input *in, int k) {
     check_pattern(o, o->p, o->n);
     struct job j = {.call = C_REALLOC, .p = o->p, .a = n};
     run(k, &j);
+    TRACE("realloc(%p, %zu) old n=%zu on %d -> %p\n", (void *)o->p, n, o->n, k, j.ret);
     if (n == 0) { /* as glibc: frees, returns NULL */
         REQUIRE(j.ret == NULL, "realloc(p, 0) returned an object", o->p, 0);
         REQUIRE(gm_check(o->p) != GM_OK || is_live(o->p) == false, "realloc(p, 0) did not free", o->p, 0);
@@ -366,6 +400,7 @@ static void op_realloc(struct input *in, int k) {
 static void op_bad(struct input *in, int k) {
     uint8_t what = get8(in) % 6;
     uint32_t r = get32(in);
+    TRACE("bad call %d r=%#x on %d\n", what, r, k);
     struct gm_stats a;
     static int a_global;
     int a_local = 0;
@@ -421,6 +456,7 @@ static void op_bad(struct input *in, int k) {
     snapshot(&a);
     struct job j = {.call = C_FREE_CHECKED, .p = p};
     run(k, &j);
+    TRACE("bad free %d (%p) on %d -> %d\n", what, p, k, j.rc);
     REQUIRE(j.rc != GM_OK && (want < 0 || j.rc == want), "bad free not refused with its code", p, (size_t)j.rc);
     REQUIRE(j.rc == code, "gm_free_checked and gm_check disagree", p, (size_t)j.rc);
     unchanged(&a, "a refused free changed the heap");
@@ -434,6 +470,7 @@ static void op_bad(struct input *in, int k) {
 static void op_option(struct input *in) {
     uint8_t which = get8(in) % 6;
     uint32_t r = get32(in);
+    TRACE("option %d r=%#x\n", which, r);
     switch (which) {
     case 0: gm_option_set("tiny", r & 1); break;
     case 1: gm_option_set("profile_rate", (r & 3) == 0 ? 0 : (r & 3) == 1 ? 1 : 4096 + (r >> 2) % 65536); break;
@@ -460,6 +497,13 @@ static void op_option(struct input *in) {
     }
 }
 
+/* Every object we hold is still live to the allocator. */
+static void check_all_live(void) {
+    for (int i = 0; i < nobjs; i++)
+        if (gm_check(objs[i].p) != GM_OK)
+            fail("a live object is no longer live", objs[i].p, objs[i].n);
+}
+
 static void check_heap(const char *when) {
     int bad = gm_check_heap();
     if (bad != 0)
@@ -471,6 +515,7 @@ static void check_heap(const char *when) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc;
     (void)argv;
+    tracing = getenv("FUZZ_OPS_TRACE") != NULL;
     gm_option_set("abort_on_error", 0);
     gm_option_set("scavenger", 0); /* no thread of its own: runs are deterministic */
     for (int k = 0; k < NWORKERS; k++)
@@ -480,6 +525,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     struct input in = {data, size};
+    TRACE("-- new input, %zu bytes\n", size);
     nobjs = 0;
     live_bytes = 0;
     nfreed = 0;
@@ -495,11 +541,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 4: op_alloc(&in, k, 2); break;
         case 5: case 6: case 7: op_free(&in, k); break;
         case 8: op_realloc(&in, k); break;
-        case 9: { struct job j = {.call = C_FLUSH}; run(k, &j); break; }
-        case 10: (void)gm_release(); break;
+        case 9: { struct job j = {.call = C_FLUSH}; run(k, &j); TRACE("flush on %d\n", k); break; }
+        case 10: (void)gm_release(); TRACE("release\n"); break;
         case 11: op_option(&in); break;
         case 12: op_bad(&in, k); break;
-        case 13: restart_worker(k); break;
+        case 13: restart_worker(k); TRACE("restart %d\n", k); break;
         case 14: { /* a burst of small objects, freed in the order the input says */
             int m = 1 + get8(&in) % 32;
             for (int x = 0; x < m; x++)
@@ -508,6 +554,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         default: check_heap("heap check failed mid-input"); break;
         }
+        check_all_live();
         if (step % 32 == 31)
             check_heap("heap check failed (periodic)");
     }
