@@ -18,6 +18,7 @@
  * L2 array has an entry per 64 MiB of the 48-bit address space.  With the
  * record, the span of any page is one more load (heapArena.spans).
  */
+#include <errno.h>
 #include <string.h>
 
 #include "gm_internal.h"
@@ -37,7 +38,10 @@ static uintptr_t reserve(uintptr_t n) {
         uintptr_t hint = gm_heap.arenaHint;
         if (hint + n > ((uintptr_t)1 << (HEAP_ADDR_BITS - 1)))
             break;
+        errno = 0;
         void *p = gm_sysReserveAligned((void *)hint, n, ARENA_SIZE);
+        if (p == NULL && errno != EEXIST)
+            return 0; /* the kernel is out of memory: the hint stays for next time */
         gm_heap.arenaHint = hint + n;
         if (p != NULL)
             return (uintptr_t)p;

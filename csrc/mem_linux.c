@@ -181,14 +181,18 @@ void *gm_sysReserve(void *hint, size_t n) {
 }
 
 /* Reserve n bytes aligned to align: at hint if that is free and aligned,
- * else anywhere, by over-reserving and trimming (sysReserveAligned). */
+ * else anywhere, by over-reserving and trimming (sysReserveAligned).  With
+ * a hint, NULL has errno EEXIST when the hint was taken (another hint may
+ * do), ENOMEM when the kernel refused (no other will). */
 void *gm_sysReserveAligned(void *hint, size_t n, size_t align) {
     if (hint != NULL) {
         void *p = gm_sysReserve(hint, n);
         if (p == hint)
             return p;
-        if (p != NULL)
+        if (p != NULL) {
             gm_sysFree(p, n);
+            errno = EEXIST;
+        }
         return NULL;
     }
     void *p = gm_sysReserve(NULL, n + align);

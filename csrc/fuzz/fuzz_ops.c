@@ -72,10 +72,42 @@ static unsigned trace_n;
     } while (0)
 
 static void fail(const char *what, const void *p, size_t n) {
+    int err = errno;
     fprintf(stderr, "fuzz_ops: the last operations, oldest first:\n");
     for (unsigned i = trace_n > NTRACE ? trace_n - NTRACE : 0; i < trace_n; i++)
         fprintf(stderr, "  %s", trace_ring[i % NTRACE]);
     fprintf(stderr, "fuzz_ops: %s (pointer %p, size %zu)\n", what, p, n);
+    struct gm_stats st;
+    gm_read_stats(&st);
+    long long hard = -1, tiny = -1, prof = -1, fof = -1;
+    gm_option_get("hard_limit", &hard);
+    gm_option_get("tiny", &tiny);
+    gm_option_get("profile_rate", &prof);
+    gm_option_get("fault_on_free", &fof);
+    int maps = 0;
+    FILE *f = fopen("/proc/self/maps", "r");
+    if (f != NULL) {
+        for (int ch; (ch = fgetc(f)) != EOF;)
+            maps += ch == '\n';
+        fclose(f);
+    }
+    fprintf(stderr,
+            "  errno %d; options: hard_limit %lld tiny %lld profile_rate %lld fault_on_free %lld; "
+            "OS calls failed on purpose %lu; mappings %d\n"
+            "  heap_reserved %llu heap_sys %llu heap_inuse %llu heap_released %llu arenas %llu threads %llu "
+            "objects %llu mcache_sys %llu mspan_sys %llu other_sys %llu\n",
+            err, hard, tiny, prof, fof, gm_debug_os_failures(), maps, (unsigned long long)st.heap_reserved,
+            (unsigned long long)st.heap_sys, (unsigned long long)st.heap_inuse,
+            (unsigned long long)st.heap_released, (unsigned long long)st.num_arenas,
+            (unsigned long long)st.num_threads, (unsigned long long)st.heap_objects,
+            (unsigned long long)st.mcache_sys, (unsigned long long)st.mspan_sys, (unsigned long long)st.other_sys);
+    fprintf(stderr, "  arenaHint %#lx curArena %#lx..%#lx\n", (unsigned long)gm_heap.arenaHint,
+            (unsigned long)gm_heap.curArenaBase, (unsigned long)gm_heap.curArenaEnd);
+    if (p == NULL && n != 0) { /* again, here */
+        errno = 0;
+        void *again = gm_malloc(n);
+        fprintf(stderr, "  malloc(%zu) again on this thread: %p, errno %d\n", n, again, errno);
+    }
     gm_mspan *s = p != NULL ? gm_span_of((uintptr_t)p) : NULL;
     if (s != NULL) {
         uintptr_t i = s->sizeclass != 0 ? gm_span_index(s, (uintptr_t)p) : 0;
@@ -277,6 +309,7 @@ static void check_zero(const struct obj *o);
 
 static void adopt(void *p, size_t n, int err, size_t align, bool zero) {
     if (p == NULL) {
+        errno = err;
         REQUIRE(may_fail(), "allocation failed with no limit or fault in force", NULL, n);
         REQUIRE(err == ENOMEM, "failed allocation without ENOMEM", NULL, n);
         return;

@@ -664,6 +664,28 @@ TEST(fault_on_free_with_mmap_failing) {
     check_heap("after fault_on_free");
 }
 
+/* ---- arena hints survive an out-of-memory episode --------------------------- */
+
+/* Reservations refused for want of memory do not use up the arena hints
+ * (0x00c0<<32 upward): once memory is back, arenas go where they would
+ * have gone. */
+TEST(reserve_failures_keep_the_hints) {
+    gm_option_set("scavenger", 0);
+    uintptr_t hint = gm_heap.arenaHint;
+    size_t n = 3 * ARENA; /* more than any free run: the heap must grow */
+    for (int i = 0; i < 100; i++) {
+        gm_debug_fail_os_calls(1, GM_DEBUG_OS_RESERVE);
+        errno = 0;
+        void *p = gm_malloc(n);
+        gm_debug_fail_os_calls(0, 0);
+        CHECK(p == NULL);
+        CHECK_EQ(errno, ENOMEM);
+        gm_free(p);
+    }
+    CHECK_EQ(gm_heap.arenaHint, hint);
+    check_heap("after refused reservations");
+}
+
 /* ---- no span structs to be had ------------------------------------------------ */
 
 /*
@@ -804,6 +826,7 @@ int main(void) {
     RUN(release_with_madvise_failing_keeps_pages);
     RUN(fault_on_free_with_mmap_failing);
     RUN(span_structs_unavailable);
+    RUN(reserve_failures_keep_the_hints);
     RUN(threads_and_scavenger_under_injection);
     return gmtest_summary();
 }
