@@ -530,11 +530,31 @@ static void op_option(struct input *in) {
     }
 }
 
-/* Every object we hold is still live to the allocator. */
+static int ptr_cmp(const void *a, const void *b) {
+    uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Every object we hold is still live to the allocator, and no span struct
+ * on the span fixalloc's free list is in use (or there twice). */
 static void check_all_live(void) {
-    for (int i = 0; i < nobjs; i++)
+    static uintptr_t list[1 << 16];
+    size_t n = 0;
+    pthread_mutex_lock(&gm_heap.lock);
+    for (void *q = gm_heap.spanalloc.list; q != NULL && n < sizeof list / sizeof list[0]; q = *(void **)q)
+        list[n++] = (uintptr_t)q;
+    pthread_mutex_unlock(&gm_heap.lock);
+    qsort(list, n, sizeof list[0], ptr_cmp);
+    for (size_t i = 1; i < n; i++)
+        if (list[i] == list[i - 1])
+            fail("a span struct is twice on the free list", (void *)list[i], n);
+    for (int i = 0; i < nobjs; i++) {
         if (gm_check(objs[i].p) != GM_OK)
             fail("a live object is no longer live", objs[i].p, objs[i].n);
+        uintptr_t sp = (uintptr_t)gm_span_of((uintptr_t)objs[i].p);
+        if (bsearch(&sp, list, n, sizeof list[0], ptr_cmp) != NULL)
+            fail("a live object's span struct is on the free list", objs[i].p, objs[i].n);
+    }
 }
 
 static void check_heap(const char *when) {
