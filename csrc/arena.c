@@ -26,6 +26,7 @@
  * heap for it.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/random.h>
@@ -78,7 +79,10 @@ static uintptr_t reserve(uintptr_t n) {
         uintptr_t hint = gm_heap.arenaHint;
         if (hint + n > ((uintptr_t)1 << (HEAP_ADDR_BITS - 1)))
             break;
+        errno = 0;
         void *p = gm_sysReserveAligned((void *)hint, n, ARENA_SIZE);
+        if (p == NULL && errno != EEXIST)
+            return 0; /* the kernel is out of memory: the hint stays for next time */
         gm_heap.arenaHint = hint + n;
         if (p != NULL)
             return (uintptr_t)p;
@@ -126,12 +130,24 @@ static bool register_arenas(uintptr_t base, uintptr_t n) {
     return true;
 }
 
+/* Does any arena of [base, base+n) have a record?  Records are never taken
+ * back (free() may be reading one on another thread), so address space
+ * with a record stays ours for good. */
+static bool any_registered(uintptr_t base, uintptr_t n) {
+    for (uintptr_t a = base; a < base + n; a += ARENA_SIZE)
+        if (gm_arena_map[a >> ARENA_SHIFT] != 0)
+            return true;
+    return false;
+}
+
 /*
  * Grow the mapped heap by at least n bytes (page multiple), in whole chunks
  * where the reservation allows.  Returns the base of the newly mapped range
  * (Prepared: the caller treats it as free, released pages) and its length in
- * *got, or 0 when out of memory, in which case nothing is left behind: a
- * reservation made for this call is given back.  Called with mheap.lock held.
+ * *got, or 0 when out of memory, in which case no memory is left behind: a
+ * reservation made for this call is given back, unless an arena record was
+ * published for it (then it stays reserved, as the current reservation).
+ * Called with mheap.lock held.
  */
 uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
     uintptr_t ask = (n + CHUNK_SIZE - 1) & ~(CHUNK_SIZE - 1);
@@ -155,17 +171,24 @@ uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
     if (ask > left)
         ask = left;
     uintptr_t v = gm_heap.curArenaBase;
-    if (gm_sysMap((void *)v, ask) != 0 || !register_arenas(v, ask)) {
-        /* A failed MAP_FIXED may leave a hole: re-reserve what we keep. */
-        if (fresh != 0) {
-            if (v < fresh)
-                gm_sysFault((void *)v, fresh - v);
+    int maperr = gm_sysMap((void *)v, ask);
+    if (maperr != 0 || !register_arenas(v, ask)) {
+        bool keep = fresh != 0 && any_registered(fresh, rn);
+        /* Back to Reserved, what we keep of [v, v+ask): mapped memory is
+         * given back, and a failed MAP_FIXED may have left a hole (older
+         * kernels unmap first).  If that fails after a failed map, the
+         * range may be a hole another mapping can take: never map there. */
+        uintptr_t kept_end = fresh != 0 && !keep ? fresh : v + ask;
+        bool hole = v < kept_end && !gm_sysFault((void *)v, kept_end - v) && maperr != 0;
+        if (fresh != 0 && !keep) {
             gm_sysFree((void *)fresh, rn);
             gm_heap.curArenaBase = oldBase;
             gm_heap.curArenaEnd = oldEnd;
-        } else {
-            gm_sysFault((void *)v, ask);
+        } else if (fresh != 0) {
+            gm_heap.heap_reserved += rn;
         }
+        if (hole)
+            gm_heap.curArenaBase = gm_heap.curArenaEnd;
         return 0;
     }
     if (fresh != 0)

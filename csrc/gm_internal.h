@@ -420,9 +420,9 @@ GM_HIDDEN void *gm_sysReserve(void *hint, size_t n);     /* None -> Reserved */
 GM_HIDDEN void *gm_sysReserveAligned(void *hint, size_t n, size_t align);
 GM_HIDDEN int gm_sysMap(void *v, size_t n);              /* Reserved -> Prepared */
 GM_HIDDEN void gm_sysUsed(void *v, size_t n);            /* Prepared -> Ready */
-GM_HIDDEN void gm_sysUnused(void *v, size_t n);          /* Ready -> Prepared */
+GM_HIDDEN bool gm_sysUnused(void *v, size_t n);          /* Ready -> Prepared; false: still Ready */
 GM_HIDDEN void gm_sysFree(void *v, size_t n);            /* any -> None */
-GM_HIDDEN void gm_sysFault(void *v, size_t n);           /* Ready/Prepared -> Reserved */
+GM_HIDDEN bool gm_sysFault(void *v, size_t n);           /* Ready/Prepared -> Reserved; false: unchanged */
 GM_HIDDEN void *gm_sysAlloc(size_t n);                   /* None -> Ready, for metadata */
 
 /* ---- fixalloc.c: off-heap metadata ---------------------------------------- */
@@ -668,6 +668,7 @@ GM_HIDDEN uint8_t gm_size_to_class(size_t size);
  * IFUNCs in the shared library, resolved for other objects). */
 GM_HIDDEN void *gm_malloc_internal(size_t size);
 GM_HIDDEN void gm_free_internal(void *p);
+GM_HIDDEN bool gm_free_to(gm_mcache *c, uint8_t sc, void *p, uint8_t *st);
 GM_HIDDEN uint64_t gm_bad_frees(void);
 
 /* ---- options.c -------------------------------------------------------------- */

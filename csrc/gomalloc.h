@@ -257,6 +257,32 @@ GM_API int gm_profile_read(struct gm_profile_record *out, int n, size_t record_s
 GM_API const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
 
 /*
+ * ---- Testing only ----------------------------------------------------------
+ *
+ * Fault injection in the OS layer (csrc/mem_linux.c), for tests of the
+ * out-of-memory paths: from now on, every `every`-th call (1: every call)
+ * of the kinds in `kinds` (GM_DEBUG_OS_* bits) fails as the kernel would
+ * make it fail (mmap: ENOMEM; madvise: EAGAIN or ENOMEM), without reaching
+ * the kernel.  Calls are counted in one process-wide counter, reset by each
+ * call of this function, so a single-threaded sequence of operations fails
+ * at the same points on every run.  every == 0 or kinds == 0 turns it off.
+ * The environment variables GOMALLOC_DEBUG_FAIL_EVERY=N and
+ * GOMALLOC_DEBUG_FAIL_KINDS (a number, or names separated by commas:
+ * reserve, map, fault, alloc, unused, used, all; default all) set it at
+ * start-up.  Not for production: allocations fail on purpose.
+ */
+#define GM_DEBUG_OS_RESERVE 0x01u /* mmap PROT_NONE reserving arena address space (sysReserve) */
+#define GM_DEBUG_OS_MAP 0x02u     /* mmap MAP_FIXED read/write of reserved space (sysMap) */
+#define GM_DEBUG_OS_FAULT 0x04u   /* mmap MAP_FIXED PROT_NONE (sysFault) */
+#define GM_DEBUG_OS_ALLOC 0x08u   /* mmap of metadata: span structs, caches, arena records (sysAlloc) */
+#define GM_DEBUG_OS_UNUSED 0x10u  /* madvise DONTNEED/FREE releasing free pages (sysUnused) */
+#define GM_DEBUG_OS_USED 0x20u    /* madvise HUGEPAGE (sysUsed, option thp) */
+#define GM_DEBUG_OS_ALL 0x3fu
+GM_API void gm_debug_fail_os_calls(unsigned long every, unsigned kinds);
+/* Calls failed on purpose since the last gm_debug_fail_os_calls. */
+GM_API unsigned long gm_debug_os_failures(void);
+
+/*
  * The C API of the Python package, through a PyCapsule: a Python extension
  * uses the allocator the package runs (the one pygomalloc.malloc and
  * pygomalloc.install() use) without linking to any library.  Include

@@ -530,6 +530,8 @@ static int bad_free(int code, void *p, bool checked) {
     return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
 }
 
+static bool free_to(gm_mcache *c, uint8_t sc, void *p, uint8_t *st) { return gm_free_to(c, sc, p, st); }
+
 /* Everything free_fast did not finish: NULL, large objects, objects in the
  * heap profile, tiny objects, frees on a thread without a cache or with a
  * full list, and bad pointers. */
@@ -580,14 +582,24 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
         gm_mcentral_freeObjs(sc, &f, 1);
         return GM_OK;
     }
-    gm_mclass *m = &c->cls[sc];
     c->slow_frees++;
+    if (!free_to(c, sc, p, st))
+        return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
+    return GM_OK;
+}
+
+/* Free the live object p of class sc, whose state byte is st, onto the
+ * list of cache c (flushing half of it first if it is full); false if a
+ * racing free got it first.  The caller owns c (c's thread, or the one
+ * flushing c at its thread's exit). */
+bool gm_free_to(gm_mcache *c, uint8_t sc, void *p, uint8_t *st) {
+    gm_mclass *m = &c->cls[sc];
     if (m->npush >= m->limit)
         gm_mcache_flushClass(c, sc, c->listmax[sc] / 2);
     if (!claim_live(st, sc))
-        return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
+        return false;
     free_push(m, gm_list_slot(m), m->npush, p, st);
-    return GM_OK;
+    return true;
 }
 
 void gm_free_internal(void *p) { (void)free_fast(p, false, false); }

@@ -48,6 +48,11 @@ gm_mheap gm_heap = {.lock = PTHREAD_MUTEX_INITIALIZER};
 /* Set once MADV_FREE has been used: released pages may then keep old bytes. */
 static bool madv_free_used;
 
+/* Free pages of page caches that could not be given back for want of span
+ * structs (out of memory at thread exit): mapped, neither free nor in use.
+ * Counted so that the heap check still balances.  Under lock. */
+static uint64_t lost_pages, lost_scav;
+
 /* Page bitmaps of the arenas (scavenged, faulted): page a's bit. */
 static inline uint64_t *page_word(uint64_t *bits, uintptr_t a) {
     return &bits[((a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)) / 64];
@@ -173,15 +178,22 @@ static gm_mspan *free_run_at(uintptr_t a) {
 
 /*
  * Give [base, base+npages) to the free lists, merging with neighbours.  s is
- * a span struct to describe the run (NULL: take one).  Pages' scavenged bits
- * must already be right.  Under lock.
+ * a span struct to describe the run; with NULL, a merged neighbour's struct
+ * is reused, else one is taken from fixalloc.  Returns false, having changed
+ * nothing, only when s is NULL, no neighbour is free and fixalloc fails.
+ * Pages' scavenged bits must already be right.  Under lock.
  */
-static void free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t since) {
-    if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL)
-        gm_throw("out of memory for span structures");
+static bool free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t since) {
+    gm_mspan *left = free_run_at(base - PAGE_SIZE), *right = free_run_at(base + npages * PAGE_SIZE);
+    if (left != NULL && left->startAddr + left->npages * PAGE_SIZE != base)
+        left = NULL;
+    if (right != NULL && right->startAddr != base + npages * PAGE_SIZE)
+        right = NULL;
+    if (s == NULL && left == NULL && right == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL)
+        return false;
     uintptr_t nreleased = count_released(base, npages);
-    gm_mspan *t = free_run_at(base - PAGE_SIZE);
-    if (t != NULL && t->startAddr + t->npages * PAGE_SIZE == base) {
+    gm_mspan *t = left;
+    if (t != NULL) {
         free_remove(t);
         nreleased += t->nreleased;
         set_tag(base - PAGE_SIZE, NULL);
@@ -189,18 +201,24 @@ static void free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t s
         npages += t->npages;
         if (t->unusedsince > since)
             since = t->unusedsince;
-        gm_fixalloc_free(&gm_heap.spanalloc, t);
+        if (s == NULL)
+            s = t;
+        else
+            gm_fixalloc_free(&gm_heap.spanalloc, t);
     }
     uintptr_t end = base + npages * PAGE_SIZE;
-    t = free_run_at(end);
-    if (t != NULL && t->startAddr == end) {
+    t = right;
+    if (t != NULL) {
         free_remove(t);
         nreleased += t->nreleased;
         set_tag(end, NULL);
         npages += t->npages;
         if (t->unusedsince > since)
             since = t->unusedsince;
-        gm_fixalloc_free(&gm_heap.spanalloc, t);
+        if (s == NULL)
+            s = t;
+        else
+            gm_fixalloc_free(&gm_heap.spanalloc, t);
     }
     s->startAddr = base;
     s->npages = npages;
@@ -209,21 +227,29 @@ static void free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t s
     set_tag(base, s);
     set_tag(base + (npages - 1) * PAGE_SIZE, s);
     free_insert(s);
+    return true;
 }
 
 /* Map more memory: it arrives Prepared, i.e. released. Under lock. */
 static bool grow(uintptr_t npages) {
+    /* The struct for the new run first: once mapped, the memory must go
+     * somewhere. */
+    gm_mspan *s = gm_fixalloc_alloc(&gm_heap.spanalloc);
+    if (s == NULL)
+        return false;
     uintptr_t got = 0;
     uintptr_t v = gm_arena_grow(npages * PAGE_SIZE, &got);
-    if (v == 0)
+    if (v == 0) {
+        gm_fixalloc_free(&gm_heap.spanalloc, s);
         return false;
+    }
     for (uintptr_t a = v; a < v + got; a += PAGE_SIZE) {
         gm_heap_arena *ha = gm_arena_of(a);
         uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
         ha->scavenged[i / 64] |= (uint64_t)1 << (i % 64);
     }
     ATOMIC_ADD(&gm_heap.heap_released, got);
-    free_range(NULL, v, got / PAGE_SIZE, 0);
+    (void)free_range(s, v, got / PAGE_SIZE, 0);
     /* As mheap.grow: growing should not leave more retained than the goal
      * (or the soft limit) allows once the pages it grew for are in use;
      * release the excess from other free runs. */
@@ -263,6 +289,29 @@ static uintptr_t take_pages(uintptr_t npages, gm_mspan **reuse) {
 }
 
 /*
+ * fault_on_free: the pages of [base, base+npages) that are PROT_NONE become
+ * read/write again (Prepared: fresh zero pages, still counted as released).
+ * False when the OS refuses: the pages not yet re-mapped stay faulted, and
+ * the caller puts the run back.  Under lock.
+ */
+static bool unfault_pages(uintptr_t base, uintptr_t npages) {
+    uintptr_t end = base + npages * PAGE_SIZE;
+    for (uintptr_t a = base; a < end; a += PAGE_SIZE) {
+        if (likely(!(*page_word(gm_arena_of(a)->faulted, a) & page_mask(a))))
+            continue;
+        uintptr_t b = a + PAGE_SIZE; /* one call per faulted stretch */
+        while (b < end && (*page_word(gm_arena_of(b)->faulted, b) & page_mask(b)))
+            b += PAGE_SIZE;
+        if (gm_sysMap((void *)a, b - a) != 0)
+            return false;
+        for (; a < b; a += PAGE_SIZE)
+            *page_word(gm_arena_of(a)->faulted, a) &= ~page_mask(a);
+        a -= PAGE_SIZE;
+    }
+    return true;
+}
+
+/*
  * Pages [base, base+npages) leave the heap: clear their scavenged bits and
  * raise zeroedBase past them.  Returns bitmaps (bit i for page i, npages <=
  * 64 only) or, for larger runs, whether any page was released and whether
@@ -287,13 +336,7 @@ static struct page_state claim_pages(uintptr_t base, uintptr_t npages) {
             ha->scavenged[i / 64] &= ~bit;
             ps.nscav++;
         }
-        if (unlikely(ha->faulted[i / 64] & bit)) {
-            /* fault_on_free: back to read/write (fresh zero pages). */
-            ha->faulted[i / 64] &= ~bit;
-            if (gm_sysMap((void *)a, PAGE_SIZE) != 0)
-                gm_throw("sysMap failed re-mapping a faulted page");
-            zero = true;
-        }
+        GM_ASSERT(!(ha->faulted[i / 64] & bit)); /* unfault_pages ran */
         if (!zero)
             ps.allzero = false;
         if (j < 64) {
@@ -339,24 +382,34 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
 
 /* ---- the page cache ---------------------------------------------------- */
 
-/* Give the cache's free pages back to the free lists.  Under lock. */
-static void pagecache_giveback(gm_pagecache *pc) {
+/* Give the cache's free pages back to the free lists.  Each run needs a
+ * span struct: from fixalloc, else from c's spare ones.  Returns false when
+ * neither has one: the runs not given back stay in the cache.  Under lock. */
+static bool pagecache_giveback(gm_mcache *c) {
+    gm_pagecache *pc = &c->pcache;
     uint64_t now = gm_now_ms();
     while (pc->free != 0) {
         unsigned i = (unsigned)__builtin_ctzll(pc->free);
         uint64_t rest = ~(pc->free >> i);
         unsigned n = rest == 0 ? 64 - i : (unsigned)__builtin_ctzll(rest); /* run length */
         uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << i;
+        gm_mspan *s = gm_fixalloc_alloc(&gm_heap.spanalloc);
+        if (s == NULL && c->nspancache > 0)
+            s = c->spancache[--c->nspancache];
+        if (s == NULL)
+            return false;
         for (unsigned j = i; j < i + n; j++)
             if (pc->scav & ((uint64_t)1 << j)) {
                 uintptr_t a = pc->base + (uintptr_t)j * PAGE_SIZE;
                 *page_word(gm_arena_of(a)->scavenged, a) |= page_mask(a);
             }
-        free_range(NULL, pc->base + (uintptr_t)i * PAGE_SIZE, n, now);
+        (void)free_range(s, pc->base + (uintptr_t)i * PAGE_SIZE, n, now);
         pc->free &= ~bits;
+        pc->scav &= ~bits;
     }
     pc->base = 0;
     pc->scav = pc->zero = pc->nocross = 0;
+    return true;
 }
 
 /*
@@ -378,7 +431,10 @@ static bool straddles(uintptr_t base, uintptr_t n, uintptr_t npages) {
 static bool pagecache_refill(gm_mcache *c, uintptr_t npages, bool small) {
     gm_pagecache *pc = &c->pcache;
     pthread_mutex_lock(&gm_heap.lock);
-    pagecache_giveback(pc);
+    if (!pagecache_giveback(c)) {
+        pthread_mutex_unlock(&gm_heap.lock);
+        return false;
+    }
     gm_mspan *run = free_find(npages), *s = NULL;
     uintptr_t take = run != NULL && run->npages < PAGE_CACHE_PAGES ? run->npages : PAGE_CACHE_PAGES;
     /* 64 pages cross at most one arena boundary, with 32 on one side. */
@@ -386,6 +442,13 @@ static bool pagecache_refill(gm_mcache *c, uintptr_t npages, bool small) {
         take = PAGE_CACHE_PAGES;
     uintptr_t base = take_pages(take, &s);
     if (base == 0) {
+        pthread_mutex_unlock(&gm_heap.lock);
+        return false;
+    }
+    if (!unfault_pages(base, take)) {
+        /* Back where they came from: with s, or merged with the rest of the
+         * run they were cut from, whose struct describes the whole. */
+        (void)free_range(s, base, take, gm_now_ms());
         pthread_mutex_unlock(&gm_heap.lock);
         return false;
     }
@@ -453,7 +516,14 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
 /* Give the cache's free pages and span structs back to the heap. */
 void gm_pagecache_flush(gm_mcache *c) {
     pthread_mutex_lock(&gm_heap.lock);
-    pagecache_giveback(&c->pcache);
+    if (!pagecache_giveback(c)) {
+        /* Out of span structs, even c's own: the pages cannot be described
+         * as free runs.  The cache may be about to be recycled (thread
+         * exit), so they are written off, and counted. */
+        lost_pages += (uint64_t)__builtin_popcountll(c->pcache.free);
+        lost_scav += (uint64_t)__builtin_popcountll(c->pcache.scav);
+        c->pcache = (gm_pagecache){0};
+    }
     while (c->nspancache > 0)
         gm_fixalloc_free(&gm_heap.spanalloc, c->spancache[--c->nspancache]);
     pthread_mutex_unlock(&gm_heap.lock);
@@ -483,7 +553,15 @@ gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
         return NULL;
     }
     if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
-        free_range(NULL, base, npages, gm_now_ms()); /* cannot happen without a span struct... */
+        /* The run was split (no struct came back), so its rest follows the
+         * pages taken: they merge back into it, with its struct. */
+        (void)free_range(NULL, base, npages, gm_now_ms());
+        pthread_mutex_unlock(&gm_heap.lock);
+        inuse_unreserve(npages * PAGE_SIZE);
+        return NULL;
+    }
+    if (!unfault_pages(base, npages)) {
+        (void)free_range(s, base, npages, gm_now_ms());
         pthread_mutex_unlock(&gm_heap.lock);
         inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
@@ -510,21 +588,31 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     if (!inuse_reserve(npages * PAGE_SIZE))
         return NULL;
     pthread_mutex_lock(&gm_heap.lock);
+    /* Span structs for the span, the head and the tail, before any page
+     * moves: afterwards there is no failing. */
+    gm_mspan *spare[3] = {NULL, NULL, NULL};
+    int used = 0;
+    for (int k = 0; k < 3; k++)
+        if ((spare[k] = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL)
+            break;
     gm_mspan *s = NULL;
-    uintptr_t base = take_pages(npages + extra, &s);
-    if (base == 0) {
-        pthread_mutex_unlock(&gm_heap.lock);
-        inuse_unreserve(npages * PAGE_SIZE);
-        return NULL;
-    }
+    uintptr_t base = spare[2] != NULL ? take_pages(npages + extra, &s) : 0;
     uintptr_t aligned = (base + align - 1) & ~(align - 1);
-    uintptr_t head = (aligned - base) / PAGE_SIZE, tail = extra - head;
-    if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
-        free_range(NULL, base, npages + extra, gm_now_ms());
+    if (base != 0 && s == NULL)
+        s = spare[used++];
+    if (base != 0 && !unfault_pages(aligned, npages)) {
+        (void)free_range(s, base, npages + extra, gm_now_ms());
+        base = 0;
+    }
+    if (base == 0) {
+        for (int k = used; k < 3; k++)
+            if (spare[k] != NULL)
+                gm_fixalloc_free(&gm_heap.spanalloc, spare[k]);
         pthread_mutex_unlock(&gm_heap.lock);
         inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
+    uintptr_t head = (aligned - base) / PAGE_SIZE, tail = extra - head;
     struct page_state ps = claim_pages(aligned, npages);
     init_span(s, aligned, npages, 0, ps.allzero);
     if (ps.nscav != 0)
@@ -532,9 +620,11 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     /* The unaligned head and the tail go back, their released bits intact. */
     uint64_t now = gm_now_ms();
     if (head != 0)
-        free_range(NULL, base, head, now);
+        (void)free_range(spare[used++], base, head, now);
     if (tail != 0)
-        free_range(NULL, aligned + npages * PAGE_SIZE, tail, now);
+        (void)free_range(spare[used++], aligned + npages * PAGE_SIZE, tail, now);
+    for (; used < 3; used++)
+        gm_fixalloc_free(&gm_heap.spanalloc, spare[used]);
     pthread_mutex_unlock(&gm_heap.lock);
     if (ps.nscav != 0)
         gm_sysUsed((void *)aligned, npages * PAGE_SIZE);
@@ -562,15 +652,16 @@ static void heap_free_locked(gm_mspan *s) {
         /* Debug: make the pages PROT_NONE (Reserved) until reused, so that
          * a use after free faults at once.  Under the lock: the pages must
          * not be handed out before they are faulted. */
-        gm_sysFault((void *)s->startAddr, s->npages * PAGE_SIZE);
-        for (uintptr_t a = s->startAddr; a < s->startAddr + s->npages * PAGE_SIZE; a += PAGE_SIZE) {
-            gm_heap_arena *hp = gm_arena_of(a);
-            *page_word(hp->scavenged, a) |= page_mask(a);
-            *page_word(hp->faulted, a) |= page_mask(a);
+        if (gm_sysFault((void *)s->startAddr, s->npages * PAGE_SIZE)) { /* else: stays Ready */
+            for (uintptr_t a = s->startAddr; a < s->startAddr + s->npages * PAGE_SIZE; a += PAGE_SIZE) {
+                gm_heap_arena *hp = gm_arena_of(a);
+                *page_word(hp->scavenged, a) |= page_mask(a);
+                *page_word(hp->faulted, a) |= page_mask(a);
+            }
+            ATOMIC_ADD(&gm_heap.heap_released, s->npages * PAGE_SIZE);
         }
-        ATOMIC_ADD(&gm_heap.heap_released, s->npages * PAGE_SIZE);
     }
-    free_range(s, s->startAddr, s->npages, gm_now_ms());
+    (void)free_range(s, s->startAddr, s->npages, gm_now_ms());
 }
 
 /* Give span s back.  For a small span (empty, off every list) the caller
@@ -636,8 +727,7 @@ static uintptr_t release_run(gm_mspan *s, uintptr_t budget) {
         while (a > start && !page_released(a - PAGE_SIZE) && b - a < budget - released)
             a -= PAGE_SIZE;
         uintptr_t lo = (a + phys - 1) & ~(phys - 1), hi = b & ~(phys - 1);
-        if (hi > lo) {
-            gm_sysUnused((void *)lo, hi - lo);
+        if (hi > lo && gm_sysUnused((void *)lo, hi - lo)) { /* else: the pages stay resident */
             release_statemaps(lo, hi, start, s->startAddr + s->npages * PAGE_SIZE);
             for (uintptr_t p = lo; p < hi; p += PAGE_SIZE)
                 *page_word(gm_arena_of(p)->scavenged, p) |= page_mask(p);
@@ -744,8 +834,12 @@ uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
         gm_heap.claimed = s;
         pthread_mutex_unlock(&gm_heap.lock);
         for (int i = 0; i < todo.n; i++) {
-            gm_sysUnused((void *)todo.lo[i], todo.hi[i] - todo.lo[i]);
-            release_statemaps(todo.lo[i], todo.hi[i], s->startAddr, s->startAddr + s->npages * PAGE_SIZE);
+            if (gm_sysUnused((void *)todo.lo[i], todo.hi[i] - todo.lo[i])) {
+                release_statemaps(todo.lo[i], todo.hi[i], s->startAddr, s->startAddr + s->npages * PAGE_SIZE);
+            } else { /* the pages stay resident, and counted so */
+                planned -= todo.hi[i] - todo.lo[i];
+                todo.hi[i] = todo.lo[i];
+            }
         }
         pthread_mutex_lock(&gm_heap.lock);
         for (gm_mspan **pp = &gm_heap.claimed;; pp = &(*pp)->next)
@@ -757,11 +851,13 @@ uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
         for (int i = 0; i < todo.n; i++)
             for (uintptr_t a = todo.lo[i]; a < todo.hi[i]; a += PAGE_SIZE)
                 *page_word(gm_arena_of(a)->scavenged, a) |= page_mask(a);
-        free_range(s, s->startAddr, s->npages, s->unusedsince);
+        (void)free_range(s, s->startAddr, s->npages, s->unusedsince); /* s describes it: cannot fail */
         ATOMIC_ADD(&gm_heap.heap_released, planned);
         gm_heap.scavenge_cycles++;
         gm_heap.scavenged_bytes += planned;
         total += planned;
+        if (planned == 0) /* the OS refused every release: try again later */
+            break;
     }
     pthread_mutex_unlock(&gm_heap.lock);
     return total;
@@ -777,7 +873,7 @@ void gm_heap_fork_child(void) {
         gm_mspan *s = gm_heap.claimed;
         gm_heap.claimed = s->next;
         s->next = NULL;
-        free_range(s, s->startAddr, s->npages, s->unusedsince);
+        (void)free_range(s, s->startAddr, s->npages, s->unusedsince);
     }
 }
 
@@ -841,11 +937,11 @@ int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
     }
     uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse), released = LOAD_RELAXED(&gm_heap.heap_released);
     /* Not in a child of fork() with orphaned page caches (see mcache.c). */
-    if (!gm_fork_orphans && (free_pages + cached_pages) * PAGE_SIZE + inuse != gm_heap.heap_sys) {
+    if (!gm_fork_orphans && (free_pages + cached_pages + lost_pages) * PAGE_SIZE + inuse != gm_heap.heap_sys) {
         gm_warn_check("free + cached + in-use pages != heap_sys", NULL);
         bad++;
     }
-    if (!gm_fork_orphans && (scav_pages + cached_scav) * PAGE_SIZE != released) {
+    if (!gm_fork_orphans && (scav_pages + cached_scav + lost_scav) * PAGE_SIZE != released) {
         gm_warn_check("released pages != heap_released", NULL);
         bad++;
     }

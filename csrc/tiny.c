@@ -34,6 +34,7 @@
  * slot with one atomic OR; its free takes the slow path and one atomic AND.
  * Objects are not sampled by the heap profile.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "gm_internal.h"
@@ -51,17 +52,23 @@ static inline uint32_t *word_of(const gm_mspan *s, uintptr_t i) {
     return w != NULL ? &w[i] : NULL;
 }
 
-/* A block with no live object and no owner goes back as a 16-byte object. */
-static void release_block(gm_mspan *s, uintptr_t i) {
-    gm_set_objstate(gm_objstate_ptr(s, i), OBJ_LIVE(TINY_CLASS));
-    gm_free_internal((void *)(s->startAddr + i * s->elemsize));
+/* A block with no live object and no owner goes back as a 16-byte object,
+ * onto the list of cache c: the freeing thread's, or the one being flushed
+ * (a cache an exited thread left is flushed by another thread, whose own
+ * lists must not collect its blocks). */
+static void release_block(gm_mcache *c, gm_mspan *s, uintptr_t i) {
+    uint8_t *st = gm_objstate_ptr(s, i);
+    void *block = (void *)(s->startAddr + i * s->elemsize);
+    gm_set_objstate(st, OBJ_LIVE(TINY_CLASS));
+    if (c == NULL || c == &gm_nocache || !gm_free_to(c, TINY_CLASS, block, st))
+        gm_free_internal(block);
 }
 
-static void retire(uintptr_t block, uint32_t *w) {
+static void retire(gm_mcache *c, uintptr_t block, uint32_t *w) {
     uint32_t old = __atomic_fetch_or(w, TINY_RETIRED, __ATOMIC_ACQ_REL);
     if ((old & TINY_LIVE) == 0) {
         gm_mspan *s = gm_span_of(block);
-        release_block(s, gm_span_index(s, block));
+        release_block(c, s, gm_span_index(s, block));
     }
 }
 
@@ -84,6 +91,7 @@ static uintptr_t new_block(gm_mcache *c, unsigned k) {
         pthread_mutex_unlock(&mc->lock);
         if (__atomic_load_n(&s->tinywords, __ATOMIC_ACQUIRE) == NULL) {
             gm_free_internal(b);
+            errno = ENOMEM;
             return 0;
         }
     }
@@ -100,7 +108,7 @@ void *gm_tiny_alloc(gm_mcache *c, size_t size, bool zero) {
     unsigned i = c->tinynext[k];
     if (b == 0 || i == n) {
         if (b != 0)
-            retire(b, c->tinyword[k]);
+            retire(c, b, c->tinyword[k]);
         c->tinyblock[k] = 0;
         if ((b = new_block(c, k)) == 0)
             return NULL; /* errno set by the 16-byte malloc */
@@ -144,14 +152,14 @@ int gm_tiny_free(gm_mcache *c, gm_mspan *s, uintptr_t i, uintptr_t p) {
     else
         ATOMIC_ADD(&gm_dead_tiny_frees, 1);
     if ((old & ~bit & TINY_LIVE) == 0 && (old & TINY_RETIRED))
-        release_block(s, i);
+        release_block(c, s, i);
     return GM_OK;
 }
 
 void gm_tiny_retire_all(gm_mcache *c) {
     for (unsigned k = 0; k < 4; k++) {
         if (c->tinyblock[k] != 0)
-            retire(c->tinyblock[k], c->tinyword[k]);
+            retire(c, c->tinyblock[k], c->tinyword[k]);
         c->tinyblock[k] = 0;
         c->tinyword[k] = NULL;
         c->tinynext[k] = 0;
