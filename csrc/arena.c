@@ -69,21 +69,21 @@ void gm_arena_init(void) {
     uintptr_t offset = 0;
     if (gm_opt.random_heap)
         offset = (uintptr_t)((random64() % HINT_RANDOM_ARENAS) << ARENA_SHIFT);
-    gm_heap.arenaHint = ARENA_HINT_BASE + offset;
+    gm_mheap.arenaHint = ARENA_HINT_BASE + offset;
 }
 
 /* Reserve n bytes (a multiple of ARENA_SIZE) of arena space, at the hint if
  * possible.  Returns the base or 0. */
 static uintptr_t reserve(uintptr_t n) {
     for (int i = 0; i < HINT_TRIES; i++) {
-        uintptr_t hint = gm_heap.arenaHint;
+        uintptr_t hint = gm_mheap.arenaHint;
         if (hint + n > ((uintptr_t)1 << (HEAP_ADDR_BITS - 1)))
             break;
         errno = 0;
         void *p = gm_sysReserveAligned((void *)hint, n, ARENA_SIZE);
         if (p == NULL && errno != EEXIST)
             return 0; /* the kernel is out of memory: the hint stays for next time */
-        gm_heap.arenaHint = hint + n;
+        gm_mheap.arenaHint = hint + n;
         if (p != NULL)
             return (uintptr_t)p;
     }
@@ -121,11 +121,11 @@ static bool register_arenas(uintptr_t base, uintptr_t n) {
         ha->zeroedBase = 0;
         for (uintptr_t i = 0; i < PAGES_PER_ARENA; i++)
             ha->spans[i] = &gm_nospan;
-        ATOMIC_ADD(&gm_heap.other_sys, sizeof(gm_heap_arena));
+        ATOMIC_ADD(&gm_mheap.other_sys, sizeof(gm_heap_arena));
         /* Publish after the record is complete: free() on another thread
          * may look the arena up without a lock. */
         __atomic_store_n(&gm_arena_map[a >> ARENA_SHIFT], gm_arena_map_entry(meta, a), __ATOMIC_RELEASE);
-        gm_heap.num_arenas++;
+        gm_mheap.num_arenas++;
     }
     return true;
 }
@@ -151,7 +151,7 @@ static bool any_registered(uintptr_t base, uintptr_t n) {
  */
 uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
     uintptr_t ask = (n + CHUNK_SIZE - 1) & ~(CHUNK_SIZE - 1);
-    uintptr_t oldBase = gm_heap.curArenaBase, oldEnd = gm_heap.curArenaEnd;
+    uintptr_t oldBase = gm_mheap.curArenaBase, oldEnd = gm_mheap.curArenaEnd;
     uintptr_t fresh = 0, rn = 0;
     if (oldEnd - oldBase < n) {
         rn = (n + ARENA_SIZE - 1) & ~(ARENA_SIZE - 1);
@@ -159,18 +159,18 @@ uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
         if (fresh == 0)
             return 0;
         if (fresh == oldEnd) {
-            gm_heap.curArenaEnd += rn; /* contiguous: extend */
+            gm_mheap.curArenaEnd += rn; /* contiguous: extend */
         } else {
             /* The rest of the old reservation stays Reserved and unused:
              * address space, not memory. */
-            gm_heap.curArenaBase = fresh;
-            gm_heap.curArenaEnd = fresh + rn;
+            gm_mheap.curArenaBase = fresh;
+            gm_mheap.curArenaEnd = fresh + rn;
         }
     }
-    uintptr_t left = gm_heap.curArenaEnd - gm_heap.curArenaBase;
+    uintptr_t left = gm_mheap.curArenaEnd - gm_mheap.curArenaBase;
     if (ask > left)
         ask = left;
-    uintptr_t v = gm_heap.curArenaBase;
+    uintptr_t v = gm_mheap.curArenaBase;
     int maperr = gm_sysMap((void *)v, ask);
     if (maperr != 0 || !register_arenas(v, ask)) {
         bool keep = fresh != 0 && any_registered(fresh, rn);
@@ -182,20 +182,20 @@ uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
         bool hole = v < kept_end && !gm_sysFault((void *)v, kept_end - v) && maperr != 0;
         if (fresh != 0 && !keep) {
             gm_sysFree((void *)fresh, rn);
-            gm_heap.curArenaBase = oldBase;
-            gm_heap.curArenaEnd = oldEnd;
+            gm_mheap.curArenaBase = oldBase;
+            gm_mheap.curArenaEnd = oldEnd;
         } else if (fresh != 0) {
-            gm_heap.heap_reserved += rn;
+            gm_mheap.heap_reserved += rn;
         }
         if (hole)
-            gm_heap.curArenaBase = gm_heap.curArenaEnd;
+            gm_mheap.curArenaBase = gm_mheap.curArenaEnd;
         return 0;
     }
     if (fresh != 0)
-        gm_heap.heap_reserved += rn;
-    gm_heap.curArenaBase += ask;
-    ATOMIC_ADD(&gm_heap.heap_sys, ask); /* read by the scavenger without the lock */
-    ATOMIC_ADD(&gm_heap.other_sys, ask >> STATE_SHIFT); /* the part of the state maps that can be used */
+        gm_mheap.heap_reserved += rn;
+    gm_mheap.curArenaBase += ask;
+    ATOMIC_ADD(&gm_mheap.heap_sys, ask); /* read by the scavenger without the lock */
+    ATOMIC_ADD(&gm_mheap.other_sys, ask >> STATE_SHIFT); /* the part of the state maps that can be used */
     *got = ask;
     return v;
 }

@@ -378,7 +378,7 @@ typedef struct gm_mcentral {
 #define FREE_EXACT_LISTS 128 /* free[n] holds runs of exactly n pages, n < 128 */
 #define FREE_LARGE_LISTS 40  /* large[k] holds runs with 2^(k+7) <= npages < 2^(k+8) */
 
-typedef struct gm_mheap {
+typedef struct gm_mheap_t {
     pthread_mutex_t lock;
     gm_mspan *free[FREE_EXACT_LISTS];    /* free runs by exact length. Under lock. */
     gm_mspan *large[FREE_LARGE_LISTS];   /* free runs of >= 128 pages by log2. Under lock. */
@@ -395,11 +395,11 @@ typedef struct gm_mheap {
     uint64_t num_arenas;
     uint64_t large_mallocs, large_frees, large_bytes_alloc, large_bytes_freed;
     uint64_t scavenge_cycles, scavenged_bytes;
-} gm_mheap;
+} gm_mheap_t;
 
 /* ---- Global state ----------------------------------------------------------- */
 
-extern GM_HIDDEN gm_mheap gm_heap;
+extern GM_HIDDEN gm_mheap_t gm_mheap;
 extern GM_HIDDEN gm_mcentral gm_central[NUM_CLASSES];
 extern GM_HIDDEN gm_mspan gm_emptyspan, gm_nospan;
 extern GM_HIDDEN struct gm_mcache gm_nocache;
@@ -495,20 +495,20 @@ GM_HIDDEN void gm_pages_init(void);
 /* Allocate a span of npages; sizeclass 0 for a large object.  Returns the
  * span in state SPAN_INUSE with needzero set, or NULL when out of memory
  * or over the hard limit.  Small spans come from c's page cache. */
-GM_HIDDEN gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass);
+GM_HIDDEN gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass);
 /* A large span whose start is aligned to align (a power of two > PAGE_SIZE). */
-GM_HIDDEN gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align);
-GM_HIDDEN void gm_heap_free(gm_mspan *s);
-GM_HIDDEN int gm_heap_free_large(gm_mspan *s, uintptr_t p);
+GM_HIDDEN gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align);
+GM_HIDDEN void gm_mheap_free(gm_mspan *s);
+GM_HIDDEN int gm_mheap_free_large(gm_mspan *s, uintptr_t p);
 GM_HIDDEN void gm_pagecache_flush(gm_mcache *c);
 /* Scavenge free pages until `want` bytes were released (all if want == ~0). */
-GM_HIDDEN uintptr_t gm_heap_scavenge(uintptr_t want);
-GM_HIDDEN uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms);
-GM_HIDDEN int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav);
+GM_HIDDEN uintptr_t gm_mheap_scavenge(uintptr_t want);
+GM_HIDDEN uintptr_t gm_mheap_scavenge_aged(uintptr_t want, uint64_t min_age_ms);
+GM_HIDDEN int gm_mheap_check_pages(uint64_t cached_pages, uint64_t cached_scav);
 /* Is there a free run with unreleased pages?  *oldest: the earliest
  * unusedsince among them. */
-GM_HIDDEN bool gm_heap_unreleased_free(uint64_t *oldest);
-GM_HIDDEN void gm_heap_fork_child(void);
+GM_HIDDEN bool gm_mheap_unreleased_free(uint64_t *oldest);
+GM_HIDDEN void gm_mheap_fork_child(void);
 
 /* ---- mspan.c: span bitmaps --------------------------------------------------- */
 

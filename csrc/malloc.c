@@ -398,7 +398,7 @@ static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
         return NULL;
     }
     uintptr_t npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
-    gm_mspan *s = gm_heap_alloc(c, npages, 0);
+    gm_mspan *s = gm_mheap_alloc(c, npages, 0);
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -551,7 +551,7 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
             STORE_RELAXED(&s->sampled, 0);
             gm_profile_free(p);
         }
-        code = gm_heap_free_large(s, a);
+        code = gm_mheap_free_large(s, a);
         return code != GM_OK ? bad_free(code, p, checked) : GM_OK;
     }
     uintptr_t idx = gm_span_index(s, a);
@@ -739,7 +739,7 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
         return gm_malloc_internal(size);
     }
     gm_ensure_init();
-    gm_mspan *s = gm_heap_alloc_aligned((size + PAGE_SIZE - 1) >> PAGE_SHIFT, alignment);
+    gm_mspan *s = gm_mheap_alloc_aligned((size + PAGE_SIZE - 1) >> PAGE_SHIFT, alignment);
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -775,5 +775,5 @@ size_t gm_release(void) {
     if (!atomic_load_explicit(&gm_inited, memory_order_acquire))
         return 0;
     gm_thread_flush();
-    return gm_heap_scavenge(~(uintptr_t)0);
+    return gm_mheap_scavenge(~(uintptr_t)0);
 }

@@ -112,7 +112,7 @@ static uint32_t list_bound(uint8_t sc, long long tcache_bytes) {
 void gm_mcache_init(void) {
     if (pthread_key_create(&mcache_key, mcache_destructor) != 0)
         gm_throw("pthread_key_create failed");
-    gm_fixalloc_init(&gm_heap.cachealloc, sizeof(gm_mcache), &gm_heap.mcache_sys);
+    gm_fixalloc_init(&gm_mheap.cachealloc, sizeof(gm_mcache), &gm_mheap.mcache_sys);
     /* The lists are arrays sized once, from tcache_bytes at start-up. */
     lists_entries = 0;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
@@ -132,7 +132,7 @@ static gm_freeobj *lists_alloc(void) {
         l[0].p = NULL;
         return l;
     }
-    return gm_persistentalloc(lists_entries * sizeof(gm_freeobj), 64, &gm_heap.mcache_sys);
+    return gm_persistentalloc(lists_entries * sizeof(gm_freeobj), 64, &gm_mheap.mcache_sys);
 }
 
 gm_mcache *gm_mcache_create(void) {
@@ -149,11 +149,11 @@ gm_mcache *gm_mcache_create(void) {
         pthread_setspecific(mcache_key, c);
         return c;
     }
-    c = gm_fixalloc_alloc(&gm_heap.cachealloc);
+    c = gm_fixalloc_alloc(&gm_mheap.cachealloc);
     gm_freeobj *lists = c != NULL ? lists_alloc() : NULL;
     if (lists == NULL) {
         if (c != NULL)
-            gm_fixalloc_free(&gm_heap.cachealloc, c);
+            gm_fixalloc_free(&gm_mheap.cachealloc, c);
         pthread_mutex_unlock(&registry_lock);
         return NULL;
     }
@@ -211,7 +211,7 @@ static void mcache_release(gm_mcache *c) {
     c->lists[0].p = free_lists;
     free_lists = c->lists;
     c->lists = NULL;
-    gm_fixalloc_free(&gm_heap.cachealloc, c);
+    gm_fixalloc_free(&gm_mheap.cachealloc, c);
     pthread_mutex_unlock(&registry_lock);
 }
 
@@ -370,13 +370,13 @@ void gm_mcache_fork_prepare(void) {
     pthread_mutex_lock(&registry_lock);
     for (int sc = 0; sc < NUM_CLASSES; sc++)
         pthread_mutex_lock(&gm_central[sc].lock);
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     gm_persistent_lock();
 }
 
 void gm_mcache_fork_parent(void) {
     gm_persistent_unlock();
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     for (int sc = NUM_CLASSES - 1; sc >= 0; sc--)
         pthread_mutex_unlock(&gm_central[sc].lock);
     pthread_mutex_unlock(&registry_lock);
@@ -395,8 +395,8 @@ static gm_mcache *orphans;
 
 void gm_mcache_fork_child(void) {
     gm_persistent_reinit();
-    pthread_mutex_init(&gm_heap.lock, NULL);
-    gm_heap_fork_child();
+    pthread_mutex_init(&gm_mheap.lock, NULL);
+    gm_mheap_fork_child();
     for (int sc = 0; sc < NUM_CLASSES; sc++)
         pthread_mutex_init(&gm_central[sc].lock, NULL);
     pthread_mutex_init(&registry_lock, NULL);

@@ -33,7 +33,7 @@ void gm_mcentral_init(void) {
         pthread_mutex_init(&gm_central[i].lock, NULL);
         gm_central[i].partial = gm_central[i].full = NULL;
         gm_fixalloc_init(&gm_central[i].tinywordalloc, (size_t)gm_class_to_nelems[i] * sizeof(uint32_t),
-                         &gm_heap.other_sys);
+                         &gm_mheap.other_sys);
     }
 }
 
@@ -77,7 +77,7 @@ static void release_span(gm_mcentral *mc, gm_mspan *s) {
         gm_fixalloc_free(&mc->tinywordalloc, s->tinywords);
         s->tinywords = NULL;
     }
-    gm_heap_free(s);
+    gm_mheap_free(s);
 }
 
 /*
@@ -96,7 +96,7 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
     } else {
         /* mcentral.grow, under the class lock: a fork() must see the new
          * span counted here as soon as it is in use in the heap. */
-        s = gm_heap_alloc(c, gm_class_to_allocnpages[sc], sc);
+        s = gm_mheap_alloc(c, gm_class_to_allocnpages[sc], sc);
         if (s == NULL) {
             pthread_mutex_unlock(&mc->lock);
             return NULL;
@@ -256,7 +256,7 @@ void gm_mcentral_freeBatch(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
     evict_oldest(mc, sc, k, &released);
     gm_tcbatch *b = &mc->tc[mc->ntc];
     if (b->objs == NULL)
-        b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_heap.other_sys);
+        b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_mheap.other_sys);
     if (b->objs == NULL) { /* no memory for the buffer: to the spans */
         check_canaries(sc, objs, n);
         free_objs_locked(mc, sc, objs, n, &released);

@@ -182,8 +182,8 @@ bool gm_profile_due(gm_mcache *c, size_t size) {
 static void prof_init_locked(void) {
     if (prof_inited)
         return;
-    gm_fixalloc_init(&bucketalloc, sizeof(gm_bucket), &gm_heap.other_sys);
-    gm_fixalloc_init(&sampledalloc, sizeof(gm_sampled), &gm_heap.other_sys);
+    gm_fixalloc_init(&bucketalloc, sizeof(gm_bucket), &gm_mheap.other_sys);
+    gm_fixalloc_init(&sampledalloc, sizeof(gm_sampled), &gm_mheap.other_sys);
     prof_inited = true;
 }
 

@@ -43,10 +43,10 @@ static GM_RACY_READER void collect(struct gm_stats *st) {
             cached += len * gm_class_to_size[sc];
         }
     }
-    st->mcache_inuse = gm_heap.cachealloc.inuse;
+    st->mcache_inuse = gm_mheap.cachealloc.inuse;
     gm_registry_unlock();
 
-    uint64_t large_live_bytes = LOAD_RELAXED(&gm_heap.large_bytes_alloc) - LOAD_RELAXED(&gm_heap.large_bytes_freed);
+    uint64_t large_live_bytes = LOAD_RELAXED(&gm_mheap.large_bytes_alloc) - LOAD_RELAXED(&gm_mheap.large_bytes_freed);
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         struct gm_size_class_stats *b = &st->by_size[sc];
         b->size = gm_class_to_size[sc];
@@ -60,33 +60,33 @@ static GM_RACY_READER void collect(struct gm_stats *st) {
         st->total_alloc += nmalloc[sc] * b->size;
         st->heap_alloc += (nmalloc[sc] - nfree[sc]) * b->size;
     }
-    st->by_size[0].mallocs = LOAD_RELAXED(&gm_heap.large_mallocs);
-    st->by_size[0].frees = LOAD_RELAXED(&gm_heap.large_frees);
+    st->by_size[0].mallocs = LOAD_RELAXED(&gm_mheap.large_mallocs);
+    st->by_size[0].frees = LOAD_RELAXED(&gm_mheap.large_frees);
     st->mallocs += st->by_size[0].mallocs;
     st->frees += st->by_size[0].frees;
     st->large_objects = st->by_size[0].mallocs - st->by_size[0].frees;
     st->by_size[0].spans = st->by_size[0].capacity = st->large_objects;
-    st->total_alloc += LOAD_RELAXED(&gm_heap.large_bytes_alloc);
+    st->total_alloc += LOAD_RELAXED(&gm_mheap.large_bytes_alloc);
     st->heap_alloc += large_live_bytes;
     st->heap_objects = st->mallocs - st->frees;
     st->cached_bytes = cached;
     st->transfer_bytes = gm_mcentral_tc_bytes();
     st->num_threads = nthreads;
 
-    pthread_mutex_lock(&gm_heap.lock);
-    st->heap_reserved = gm_heap.heap_reserved;
-    st->heap_sys = gm_heap.heap_sys;
-    st->heap_inuse = LOAD_RELAXED(&gm_heap.heap_inuse);
-    st->heap_released = LOAD_RELAXED(&gm_heap.heap_released);
+    pthread_mutex_lock(&gm_mheap.lock);
+    st->heap_reserved = gm_mheap.heap_reserved;
+    st->heap_sys = gm_mheap.heap_sys;
+    st->heap_inuse = LOAD_RELAXED(&gm_mheap.heap_inuse);
+    st->heap_released = LOAD_RELAXED(&gm_mheap.heap_released);
     st->heap_idle = st->heap_sys - st->heap_inuse;
-    st->mspan_inuse = gm_heap.spanalloc.inuse;
-    st->num_arenas = gm_heap.num_arenas;
-    st->scavenge_cycles = gm_heap.scavenge_cycles;
-    st->scavenged_bytes = gm_heap.scavenged_bytes;
-    pthread_mutex_unlock(&gm_heap.lock);
-    st->mspan_sys = LOAD_RELAXED(&gm_heap.mspan_sys);
-    st->mcache_sys = LOAD_RELAXED(&gm_heap.mcache_sys);
-    st->other_sys = LOAD_RELAXED(&gm_heap.other_sys);
+    st->mspan_inuse = gm_mheap.spanalloc.inuse;
+    st->num_arenas = gm_mheap.num_arenas;
+    st->scavenge_cycles = gm_mheap.scavenge_cycles;
+    st->scavenged_bytes = gm_mheap.scavenged_bytes;
+    pthread_mutex_unlock(&gm_mheap.lock);
+    st->mspan_sys = LOAD_RELAXED(&gm_mheap.mspan_sys);
+    st->mcache_sys = LOAD_RELAXED(&gm_mheap.mcache_sys);
+    st->other_sys = LOAD_RELAXED(&gm_mheap.other_sys);
     st->sys = st->heap_sys + st->mspan_sys + st->mcache_sys + st->other_sys;
     st->bad_frees = gm_bad_frees();
     for (int op = 0; op < 6; op++) {
@@ -242,17 +242,17 @@ static int check_heap(void) {
         small_pages += mc->nspans * gm_class_to_allocnpages[sc];
         pthread_mutex_unlock(&mc->lock);
     }
-    bad += gm_heap_check_pages(cached_pages, cached_scav);
+    bad += gm_mheap_check_pages(cached_pages, cached_scav);
 
     /* Cross-check the figures: in-use pages, live objects.  Not in a child
      * of fork() holding orphaned caches: their state is frozen mid-flight. */
     if (gm_fork_orphans)
         return bad;
-    uint64_t large_bytes = LOAD_RELAXED(&gm_heap.large_bytes_alloc) - LOAD_RELAXED(&gm_heap.large_bytes_freed);
-    if (small_pages * PAGE_SIZE + large_bytes != LOAD_RELAXED(&gm_heap.heap_inuse)) {
+    uint64_t large_bytes = LOAD_RELAXED(&gm_mheap.large_bytes_alloc) - LOAD_RELAXED(&gm_mheap.large_bytes_freed);
+    if (small_pages * PAGE_SIZE + large_bytes != LOAD_RELAXED(&gm_mheap.heap_inuse)) {
         fprintf(stderr, "pygomalloc: heap check: spans hold %llu bytes, heap_inuse is %llu\n",
                 (unsigned long long)(small_pages * PAGE_SIZE + large_bytes),
-                (unsigned long long)LOAD_RELAXED(&gm_heap.heap_inuse));
+                (unsigned long long)LOAD_RELAXED(&gm_mheap.heap_inuse));
         bad++;
     }
     if (span_objects - listed_objects != st.heap_objects - st.large_objects) {

@@ -43,7 +43,7 @@
 
 #include "gm_internal.h"
 
-gm_mheap gm_heap = {.lock = PTHREAD_MUTEX_INITIALIZER};
+gm_mheap_t gm_mheap = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 /* Set once MADV_FREE has been used: released pages may then keep old bytes. */
 static bool madv_free_used;
@@ -77,23 +77,23 @@ static uintptr_t count_released(uintptr_t base, uintptr_t npages) {
 static bool inuse_reserve(uintptr_t bytes) {
     long long limit = LOAD_RELAXED(&gm_opt.hard_limit);
     if (limit <= 0) {
-        ATOMIC_ADD(&gm_heap.heap_inuse, bytes);
+        ATOMIC_ADD(&gm_mheap.heap_inuse, bytes);
         return true;
     }
-    uint64_t old = LOAD_RELAXED(&gm_heap.heap_inuse);
+    uint64_t old = LOAD_RELAXED(&gm_mheap.heap_inuse);
     do {
         if (old + bytes > (uint64_t)limit)
             return false;
-    } while (!__atomic_compare_exchange_n(&gm_heap.heap_inuse, &old, old + bytes, true, __ATOMIC_RELAXED,
+    } while (!__atomic_compare_exchange_n(&gm_mheap.heap_inuse, &old, old + bytes, true, __ATOMIC_RELAXED,
                                           __ATOMIC_RELAXED));
     return true;
 }
-static void inuse_unreserve(uintptr_t bytes) { ATOMIC_ADD(&gm_heap.heap_inuse, -(uint64_t)bytes); }
+static void inuse_unreserve(uintptr_t bytes) { ATOMIC_ADD(&gm_mheap.heap_inuse, -(uint64_t)bytes); }
 
 static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms);
 
 void gm_pages_init(void) {
-    gm_fixalloc_init(&gm_heap.spanalloc, sizeof(gm_mspan), &gm_heap.mspan_sys);
+    gm_fixalloc_init(&gm_mheap.spanalloc, sizeof(gm_mspan), &gm_mheap.mspan_sys);
 }
 
 /* ---- free run lists ---------------------------------------------------- */
@@ -109,26 +109,26 @@ static void free_insert(gm_mspan *s) {
     s->sizeclass = 0;
     s->list = LIST_FREE;
     if (n < FREE_EXACT_LISTS) {
-        gm_list_push(&gm_heap.free[n], s);
-        gm_heap.freemask[n / 64] |= (uint64_t)1 << (n % 64);
+        gm_list_push(&gm_mheap.free[n], s);
+        gm_mheap.freemask[n / 64] |= (uint64_t)1 << (n % 64);
     } else {
         unsigned k = large_bucket(n);
-        gm_list_push(&gm_heap.large[k], s);
-        gm_heap.largemask |= (uint64_t)1 << k;
+        gm_list_push(&gm_mheap.large[k], s);
+        gm_mheap.largemask |= (uint64_t)1 << k;
     }
 }
 
 static void free_remove(gm_mspan *s) {
     uintptr_t n = s->npages;
     if (n < FREE_EXACT_LISTS) {
-        gm_list_unlink(&gm_heap.free[n], s);
-        if (gm_heap.free[n] == NULL)
-            gm_heap.freemask[n / 64] &= ~((uint64_t)1 << (n % 64));
+        gm_list_unlink(&gm_mheap.free[n], s);
+        if (gm_mheap.free[n] == NULL)
+            gm_mheap.freemask[n / 64] &= ~((uint64_t)1 << (n % 64));
     } else {
         unsigned k = large_bucket(n);
-        gm_list_unlink(&gm_heap.large[k], s);
-        if (gm_heap.large[k] == NULL)
-            gm_heap.largemask &= ~((uint64_t)1 << k);
+        gm_list_unlink(&gm_mheap.large[k], s);
+        if (gm_mheap.large[k] == NULL)
+            gm_mheap.largemask &= ~((uint64_t)1 << k);
     }
     s->list = LIST_NONE;
 }
@@ -137,26 +137,26 @@ static void free_remove(gm_mspan *s) {
 static gm_mspan *free_find(uintptr_t npages) {
     if (npages < FREE_EXACT_LISTS) {
         for (uintptr_t w = npages / 64; w < 2; w++) {
-            uint64_t m = gm_heap.freemask[w];
+            uint64_t m = gm_mheap.freemask[w];
             if (w == npages / 64)
                 m &= ~(uint64_t)0 << (npages % 64);
             if (m != 0)
-                return gm_heap.free[w * 64 + (uintptr_t)__builtin_ctzll(m)];
+                return gm_mheap.free[w * 64 + (uintptr_t)__builtin_ctzll(m)];
         }
-        if (gm_heap.largemask != 0)
-            return gm_heap.large[__builtin_ctzll(gm_heap.largemask)];
+        if (gm_mheap.largemask != 0)
+            return gm_mheap.large[__builtin_ctzll(gm_mheap.largemask)];
         return NULL;
     }
     unsigned k = large_bucket(npages);
     gm_mspan *best = NULL;
-    for (gm_mspan *s = gm_heap.large[k]; s != NULL; s = s->next)
+    for (gm_mspan *s = gm_mheap.large[k]; s != NULL; s = s->next)
         if (s->npages >= npages && (best == NULL || s->npages < best->npages ||
                                     (s->npages == best->npages && s->startAddr < best->startAddr)))
             best = s;
     if (best != NULL)
         return best;
-    uint64_t m = k + 1 < 64 ? gm_heap.largemask & (~(uint64_t)0 << (k + 1)) : 0;
-    return m != 0 ? gm_heap.large[__builtin_ctzll(m)] : NULL;
+    uint64_t m = k + 1 < 64 ? gm_mheap.largemask & (~(uint64_t)0 << (k + 1)) : 0;
+    return m != 0 ? gm_mheap.large[__builtin_ctzll(m)] : NULL;
 }
 
 static void set_tag(uintptr_t page, gm_mspan *v) {
@@ -189,7 +189,7 @@ static bool free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t s
         left = NULL;
     if (right != NULL && right->startAddr != base + npages * PAGE_SIZE)
         right = NULL;
-    if (s == NULL && left == NULL && right == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL)
+    if (s == NULL && left == NULL && right == NULL && (s = gm_fixalloc_alloc(&gm_mheap.spanalloc)) == NULL)
         return false;
     uintptr_t nreleased = count_released(base, npages);
     gm_mspan *t = left;
@@ -204,7 +204,7 @@ static bool free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t s
         if (s == NULL)
             s = t;
         else
-            gm_fixalloc_free(&gm_heap.spanalloc, t);
+            gm_fixalloc_free(&gm_mheap.spanalloc, t);
     }
     uintptr_t end = base + npages * PAGE_SIZE;
     t = right;
@@ -218,7 +218,7 @@ static bool free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t s
         if (s == NULL)
             s = t;
         else
-            gm_fixalloc_free(&gm_heap.spanalloc, t);
+            gm_fixalloc_free(&gm_mheap.spanalloc, t);
     }
     s->startAddr = base;
     s->npages = npages;
@@ -234,13 +234,13 @@ static bool free_range(gm_mspan *s, uintptr_t base, uintptr_t npages, uint64_t s
 static bool grow(uintptr_t npages) {
     /* The struct for the new run first: once mapped, the memory must go
      * somewhere. */
-    gm_mspan *s = gm_fixalloc_alloc(&gm_heap.spanalloc);
+    gm_mspan *s = gm_fixalloc_alloc(&gm_mheap.spanalloc);
     if (s == NULL)
         return false;
     uintptr_t got = 0;
     uintptr_t v = gm_arena_grow(npages * PAGE_SIZE, &got);
     if (v == 0) {
-        gm_fixalloc_free(&gm_heap.spanalloc, s);
+        gm_fixalloc_free(&gm_mheap.spanalloc, s);
         return false;
     }
     for (uintptr_t a = v; a < v + got; a += PAGE_SIZE) {
@@ -248,7 +248,7 @@ static bool grow(uintptr_t npages) {
         uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
         ha->scavenged[i / 64] |= (uint64_t)1 << (i % 64);
     }
-    ATOMIC_ADD(&gm_heap.heap_released, got);
+    ATOMIC_ADD(&gm_mheap.heap_released, got);
     (void)free_range(s, v, got / PAGE_SIZE, 0);
     /* As mheap.grow: growing should not leave more retained than the goal
      * (or the soft limit) allows once the pages it grew for are in use;
@@ -371,8 +371,8 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
         s->allocCache = 0;
     }
     if (sizeclass == 0) {
-        ATOMIC_ADD(&gm_heap.large_mallocs, 1);
-        ATOMIC_ADD(&gm_heap.large_bytes_alloc, npages * PAGE_SIZE);
+        ATOMIC_ADD(&gm_mheap.large_mallocs, 1);
+        ATOMIC_ADD(&gm_mheap.large_bytes_alloc, npages * PAGE_SIZE);
     }
     gm_set_spans(s, base, npages, s);
     gm_heap_arena *ha = gm_arena_of(base);
@@ -393,7 +393,7 @@ static bool pagecache_giveback(gm_mcache *c) {
         uint64_t rest = ~(pc->free >> i);
         unsigned n = rest == 0 ? 64 - i : (unsigned)__builtin_ctzll(rest); /* run length */
         uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << i;
-        gm_mspan *s = gm_fixalloc_alloc(&gm_heap.spanalloc);
+        gm_mspan *s = gm_fixalloc_alloc(&gm_mheap.spanalloc);
         if (s == NULL && c->nspancache > 0)
             s = c->spancache[--c->nspancache];
         if (s == NULL)
@@ -430,9 +430,9 @@ static bool straddles(uintptr_t base, uintptr_t n, uintptr_t npages) {
 
 static bool pagecache_refill(gm_mcache *c, uintptr_t npages, bool small) {
     gm_pagecache *pc = &c->pcache;
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     if (!pagecache_giveback(c)) {
-        pthread_mutex_unlock(&gm_heap.lock);
+        pthread_mutex_unlock(&gm_mheap.lock);
         return false;
     }
     gm_mspan *run = free_find(npages), *s = NULL;
@@ -442,27 +442,27 @@ static bool pagecache_refill(gm_mcache *c, uintptr_t npages, bool small) {
         take = PAGE_CACHE_PAGES;
     uintptr_t base = take_pages(take, &s);
     if (base == 0) {
-        pthread_mutex_unlock(&gm_heap.lock);
+        pthread_mutex_unlock(&gm_mheap.lock);
         return false;
     }
     if (!unfault_pages(base, take)) {
         /* Back where they came from: with s, or merged with the rest of the
          * run they were cut from, whose struct describes the whole. */
         (void)free_range(s, base, take, gm_now_ms());
-        pthread_mutex_unlock(&gm_heap.lock);
+        pthread_mutex_unlock(&gm_mheap.lock);
         return false;
     }
     if (s != NULL)
-        gm_fixalloc_free(&gm_heap.spanalloc, s);
+        gm_fixalloc_free(&gm_mheap.spanalloc, s);
     gm_set_spans(NULL, base, take, NULL);
     struct page_state ps = claim_pages(base, take);
     while (c->nspancache < SPAN_CACHE_MAX) {
-        gm_mspan *t = gm_fixalloc_alloc(&gm_heap.spanalloc);
+        gm_mspan *t = gm_fixalloc_alloc(&gm_mheap.spanalloc);
         if (t == NULL)
             break;
         c->spancache[c->nspancache++] = t;
     }
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     pc->base = base;
     pc->free = take == 64 ? ~(uint64_t)0 : ((uint64_t)1 << take) - 1;
     pc->scav = ps.scav;
@@ -507,7 +507,7 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
     uintptr_t base = pc->base + (uintptr_t)i * PAGE_SIZE;
     init_span(s, base, npages, sizeclass, zero);
     if (scav != 0) {
-        ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)__builtin_popcountll(scav) * PAGE_SIZE);
+        ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)__builtin_popcountll(scav) * PAGE_SIZE);
         gm_sysUsed((void *)base, npages * PAGE_SIZE);
     }
     return s;
@@ -515,7 +515,7 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
 
 /* Give the cache's free pages and span structs back to the heap. */
 void gm_pagecache_flush(gm_mcache *c) {
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     if (!pagecache_giveback(c)) {
         /* Out of span structs, even c's own: the pages cannot be described
          * as free runs.  The cache may be about to be recycled (thread
@@ -525,14 +525,14 @@ void gm_pagecache_flush(gm_mcache *c) {
         c->pcache = (gm_pagecache){0};
     }
     while (c->nspancache > 0)
-        gm_fixalloc_free(&gm_heap.spanalloc, c->spancache[--c->nspancache]);
-    pthread_mutex_unlock(&gm_heap.lock);
+        gm_fixalloc_free(&gm_mheap.spanalloc, c->spancache[--c->nspancache]);
+    pthread_mutex_unlock(&gm_mheap.lock);
     gm_scavenger_notify();
 }
 
 /* ---- allocSpan / freeSpan ----------------------------------------------- */
 
-gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
+gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
     GM_ASSERT(sizeclass == 0 || (c != NULL && npages < PAGE_CACHE_MAX_SPAN));
     if (!inuse_reserve(npages * PAGE_SIZE))
         return NULL;
@@ -544,56 +544,56 @@ gm_mspan *gm_heap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
             return s;
         }
     }
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     gm_mspan *s = NULL;
     uintptr_t base = take_pages(npages, &s);
     if (base == 0) {
-        pthread_mutex_unlock(&gm_heap.lock);
+        pthread_mutex_unlock(&gm_mheap.lock);
         inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
-    if (s == NULL && (s = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL) {
+    if (s == NULL && (s = gm_fixalloc_alloc(&gm_mheap.spanalloc)) == NULL) {
         /* The run was split (no struct came back), so its rest follows the
          * pages taken: they merge back into it, with its struct. */
         (void)free_range(NULL, base, npages, gm_now_ms());
-        pthread_mutex_unlock(&gm_heap.lock);
+        pthread_mutex_unlock(&gm_mheap.lock);
         inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
     if (!unfault_pages(base, npages)) {
         (void)free_range(s, base, npages, gm_now_ms());
-        pthread_mutex_unlock(&gm_heap.lock);
+        pthread_mutex_unlock(&gm_mheap.lock);
         inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
     struct page_state ps = claim_pages(base, npages);
     init_span(s, base, npages, 0, ps.allzero);
     if (ps.nscav != 0)
-        ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
+        ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     if (c != NULL && c->nspancache < SPAN_CACHE_MAX / 2) {
         gm_mspan *t;
-        while (c->nspancache < SPAN_CACHE_MAX && (t = gm_fixalloc_alloc(&gm_heap.spanalloc)) != NULL)
+        while (c->nspancache < SPAN_CACHE_MAX && (t = gm_fixalloc_alloc(&gm_mheap.spanalloc)) != NULL)
             c->spancache[c->nspancache++] = t;
     }
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     if (ps.nscav != 0)
         gm_sysUsed((void *)base, npages * PAGE_SIZE);
     return s;
 }
 
-gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
+gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     uintptr_t extra = align / PAGE_SIZE - 1;
     if (npages == 0)
         npages = 1;
     if (!inuse_reserve(npages * PAGE_SIZE))
         return NULL;
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     /* Span structs for the span, the head and the tail, before any page
      * moves: afterwards there is no failing. */
     gm_mspan *spare[3] = {NULL, NULL, NULL};
     int used = 0;
     for (int k = 0; k < 3; k++)
-        if ((spare[k] = gm_fixalloc_alloc(&gm_heap.spanalloc)) == NULL)
+        if ((spare[k] = gm_fixalloc_alloc(&gm_mheap.spanalloc)) == NULL)
             break;
     gm_mspan *s = NULL;
     uintptr_t base = spare[2] != NULL ? take_pages(npages + extra, &s) : 0;
@@ -607,8 +607,8 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     if (base == 0) {
         for (int k = used; k < 3; k++)
             if (spare[k] != NULL)
-                gm_fixalloc_free(&gm_heap.spanalloc, spare[k]);
-        pthread_mutex_unlock(&gm_heap.lock);
+                gm_fixalloc_free(&gm_mheap.spanalloc, spare[k]);
+        pthread_mutex_unlock(&gm_mheap.lock);
         inuse_unreserve(npages * PAGE_SIZE);
         return NULL;
     }
@@ -616,7 +616,7 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     struct page_state ps = claim_pages(aligned, npages);
     init_span(s, aligned, npages, 0, ps.allzero);
     if (ps.nscav != 0)
-        ATOMIC_ADD(&gm_heap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
+        ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     /* The unaligned head and the tail go back, their released bits intact. */
     uint64_t now = gm_now_ms();
     if (head != 0)
@@ -624,8 +624,8 @@ gm_mspan *gm_heap_alloc_aligned(uintptr_t npages, uintptr_t align) {
     if (tail != 0)
         (void)free_range(spare[used++], aligned + npages * PAGE_SIZE, tail, now);
     for (; used < 3; used++)
-        gm_fixalloc_free(&gm_heap.spanalloc, spare[used]);
-    pthread_mutex_unlock(&gm_heap.lock);
+        gm_fixalloc_free(&gm_mheap.spanalloc, spare[used]);
+    pthread_mutex_unlock(&gm_mheap.lock);
     if (ps.nscav != 0)
         gm_sysUsed((void *)aligned, npages * PAGE_SIZE);
     return s;
@@ -636,11 +636,11 @@ static void heap_free_locked(gm_mspan *s) {
     gm_heap_arena *ha = gm_arena_of(s->startAddr);
     uintptr_t i = (s->startAddr >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
     __atomic_fetch_and(&ha->pageInUse[i / 64], ~((uint64_t)1 << (i % 64)), __ATOMIC_RELAXED);
-    ATOMIC_ADD(&gm_heap.heap_inuse, -(uint64_t)(s->npages * PAGE_SIZE));
+    ATOMIC_ADD(&gm_mheap.heap_inuse, -(uint64_t)(s->npages * PAGE_SIZE));
     bool large = s->sizeclass == 0;
     if (large) {
-        ATOMIC_ADD(&gm_heap.large_frees, 1);
-        ATOMIC_ADD(&gm_heap.large_bytes_freed, s->npages * PAGE_SIZE);
+        ATOMIC_ADD(&gm_mheap.large_frees, 1);
+        ATOMIC_ADD(&gm_mheap.large_bytes_freed, s->npages * PAGE_SIZE);
     }
     gm_set_spans(s, s->startAddr, s->npages, NULL);
     s->sizeclass = 0;
@@ -658,7 +658,7 @@ static void heap_free_locked(gm_mspan *s) {
                 *page_word(hp->scavenged, a) |= page_mask(a);
                 *page_word(hp->faulted, a) |= page_mask(a);
             }
-            ATOMIC_ADD(&gm_heap.heap_released, s->npages * PAGE_SIZE);
+            ATOMIC_ADD(&gm_mheap.heap_released, s->npages * PAGE_SIZE);
         }
     }
     (void)free_range(s, s->startAddr, s->npages, gm_now_ms());
@@ -667,23 +667,23 @@ static void heap_free_locked(gm_mspan *s) {
 /* Give span s back.  For a small span (empty, off every list) the caller
  * holds its class lock, so that no fork() sees the span in neither place,
  * and calls gm_scavenger_notify() once it holds no lock. */
-void gm_heap_free(gm_mspan *s) {
-    pthread_mutex_lock(&gm_heap.lock);
+void gm_mheap_free(gm_mspan *s) {
+    pthread_mutex_lock(&gm_mheap.lock);
     heap_free_locked(s);
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
 }
 
 /* Free large object p, whose span is s.  Checked under the heap lock, so
  * that of two racing frees of the same object exactly one succeeds.
  * Returns GM_OK or GM_ERR_NOT_ALLOCATED. */
-int gm_heap_free_large(gm_mspan *s, uintptr_t p) {
-    pthread_mutex_lock(&gm_heap.lock);
+int gm_mheap_free_large(gm_mspan *s, uintptr_t p) {
+    pthread_mutex_lock(&gm_mheap.lock);
     if (gm_span_of(p) != s || LOAD_RELAXED(&s->state) != SPAN_INUSE || s->sizeclass != 0 || s->startAddr != p) {
-        pthread_mutex_unlock(&gm_heap.lock);
+        pthread_mutex_unlock(&gm_mheap.lock);
         return GM_ERR_NOT_ALLOCATED;
     }
     heap_free_locked(s);
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     gm_scavenger_notify();
     return GM_OK;
 }
@@ -747,16 +747,16 @@ static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms) {
         madv_free_used = true;
     uint64_t now = gm_now_ms();
     for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS && total < want; pass++) {
-        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[FREE_LARGE_LISTS - 1 - pass]
-                                              : gm_heap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
+        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_mheap.large[FREE_LARGE_LISTS - 1 - pass]
+                                              : gm_mheap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
         for (; s != NULL && total < want; s = s->next)
             if (s->nreleased < s->npages && now - s->unusedsince >= min_age_ms)
                 total += release_run(s, want - total);
     }
     if (total != 0) {
-        ATOMIC_ADD(&gm_heap.heap_released, total);
-        gm_heap.scavenge_cycles++;
-        gm_heap.scavenged_bytes += total;
+        ATOMIC_ADD(&gm_mheap.heap_released, total);
+        gm_mheap.scavenge_cycles++;
+        gm_mheap.scavenged_bytes += total;
     }
     return total;
 }
@@ -794,8 +794,8 @@ static uintptr_t plan_release(const gm_mspan *s, uintptr_t budget, struct stretc
 static gm_mspan *pick_unreleased(uint64_t min_age_ms) {
     uint64_t now = gm_now_ms();
     for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS; pass++) {
-        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[FREE_LARGE_LISTS - 1 - pass]
-                                              : gm_heap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
+        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_mheap.large[FREE_LARGE_LISTS - 1 - pass]
+                                              : gm_mheap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
         for (; s != NULL; s = s->next)
             if (s->nreleased < s->npages && now - s->unusedsince >= min_age_ms)
                 return s;
@@ -813,12 +813,12 @@ static gm_mspan *pick_unreleased(uint64_t min_age_ms) {
  * and no neighbour merges into it: its boundary tags say LIST_NONE), the
  * lock dropped while its stretches are released, and the run given back
  * to the free lists (merging with neighbours freed meanwhile) with its
- * pages marked released.  Claimed runs are on gm_heap.claimed, where the
+ * pages marked released.  Claimed runs are on gm_mheap.claimed, where the
  * heap checker counts them and a fork() child takes them back.
  */
-uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
+uintptr_t gm_mheap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
     uintptr_t total = 0;
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     if (LOAD_RELAXED(&gm_opt.madv_free))
         madv_free_used = true;
     while (total < want) {
@@ -830,9 +830,9 @@ uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
         if (planned == 0) /* only pieces smaller than a physical page (pages over 8 KiB): enough for now */
             break;
         free_remove(s);
-        s->next = gm_heap.claimed;
-        gm_heap.claimed = s;
-        pthread_mutex_unlock(&gm_heap.lock);
+        s->next = gm_mheap.claimed;
+        gm_mheap.claimed = s;
+        pthread_mutex_unlock(&gm_mheap.lock);
         for (int i = 0; i < todo.n; i++) {
             if (gm_sysUnused((void *)todo.lo[i], todo.hi[i] - todo.lo[i])) {
                 release_statemaps(todo.lo[i], todo.hi[i], s->startAddr, s->startAddr + s->npages * PAGE_SIZE);
@@ -841,8 +841,8 @@ uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
                 todo.hi[i] = todo.lo[i];
             }
         }
-        pthread_mutex_lock(&gm_heap.lock);
-        for (gm_mspan **pp = &gm_heap.claimed;; pp = &(*pp)->next)
+        pthread_mutex_lock(&gm_mheap.lock);
+        for (gm_mspan **pp = &gm_mheap.claimed;; pp = &(*pp)->next)
             if (*pp == s) {
                 *pp = s->next;
                 break;
@@ -852,43 +852,43 @@ uintptr_t gm_heap_scavenge_aged(uintptr_t want, uint64_t min_age_ms) {
             for (uintptr_t a = todo.lo[i]; a < todo.hi[i]; a += PAGE_SIZE)
                 *page_word(gm_arena_of(a)->scavenged, a) |= page_mask(a);
         (void)free_range(s, s->startAddr, s->npages, s->unusedsince); /* s describes it: cannot fail */
-        ATOMIC_ADD(&gm_heap.heap_released, planned);
-        gm_heap.scavenge_cycles++;
-        gm_heap.scavenged_bytes += planned;
+        ATOMIC_ADD(&gm_mheap.heap_released, planned);
+        gm_mheap.scavenge_cycles++;
+        gm_mheap.scavenged_bytes += planned;
         total += planned;
         if (planned == 0) /* the OS refused every release: try again later */
             break;
     }
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     return total;
 }
 
-uintptr_t gm_heap_scavenge(uintptr_t want) { return gm_heap_scavenge_aged(want, 0); }
+uintptr_t gm_mheap_scavenge(uintptr_t want) { return gm_mheap_scavenge_aged(want, 0); }
 
 /* In a fork() child: runs that a scavenger thread of the parent had
  * claimed go back to the free lists (their pages may be released or not:
  * the bits say not, which only overstates what is resident). */
-void gm_heap_fork_child(void) {
-    while (gm_heap.claimed != NULL) {
-        gm_mspan *s = gm_heap.claimed;
-        gm_heap.claimed = s->next;
+void gm_mheap_fork_child(void) {
+    while (gm_mheap.claimed != NULL) {
+        gm_mspan *s = gm_mheap.claimed;
+        gm_mheap.claimed = s->next;
         s->next = NULL;
         (void)free_range(s, s->startAddr, s->npages, s->unusedsince);
     }
 }
 
-bool gm_heap_unreleased_free(uint64_t *oldest) {
+bool gm_mheap_unreleased_free(uint64_t *oldest) {
     bool any = false;
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS; pass++) {
-        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_heap.large[pass] : gm_heap.free[pass - FREE_LARGE_LISTS];
+        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_mheap.large[pass] : gm_mheap.free[pass - FREE_LARGE_LISTS];
         for (; s != NULL; s = s->next)
             if (s->nreleased < s->npages && (!any || s->unusedsince < *oldest)) {
                 *oldest = s->unusedsince;
                 any = true;
             }
     }
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     return any;
 }
 
@@ -896,12 +896,12 @@ bool gm_heap_unreleased_free(uint64_t *oldest) {
 
 /* Check the free lists; returns violations.  cached_pages: free pages held in
  * page caches; cached_scav: released ones among them.  Under no lock. */
-int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
+int gm_mheap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
     int bad = 0;
     uint64_t free_pages = 0, scav_pages = 0;
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     for (int pass = 0; pass < FREE_EXACT_LISTS + FREE_LARGE_LISTS; pass++) {
-        gm_mspan *s = pass < FREE_EXACT_LISTS ? gm_heap.free[pass] : gm_heap.large[pass - FREE_EXACT_LISTS];
+        gm_mspan *s = pass < FREE_EXACT_LISTS ? gm_mheap.free[pass] : gm_mheap.large[pass - FREE_EXACT_LISTS];
         for (; s != NULL; s = s->next) {
             uintptr_t last = s->startAddr + (s->npages - 1) * PAGE_SIZE;
             if (LOAD_RELAXED(&s->state) != SPAN_FREE || s->list != LIST_FREE) {
@@ -931,13 +931,13 @@ int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
             scav_pages += nrel;
         }
     }
-    for (gm_mspan *s = gm_heap.claimed; s != NULL; s = s->next) { /* being released by a scavenger */
+    for (gm_mspan *s = gm_mheap.claimed; s != NULL; s = s->next) { /* being released by a scavenger */
         free_pages += s->npages;
         scav_pages += count_released(s->startAddr, s->npages);
     }
-    uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse), released = LOAD_RELAXED(&gm_heap.heap_released);
+    uint64_t inuse = LOAD_RELAXED(&gm_mheap.heap_inuse), released = LOAD_RELAXED(&gm_mheap.heap_released);
     /* Not in a child of fork() with orphaned page caches (see mcache.c). */
-    if (!gm_fork_orphans && (free_pages + cached_pages + lost_pages) * PAGE_SIZE + inuse != gm_heap.heap_sys) {
+    if (!gm_fork_orphans && (free_pages + cached_pages + lost_pages) * PAGE_SIZE + inuse != gm_mheap.heap_sys) {
         gm_warn_check("free + cached + in-use pages != heap_sys", NULL);
         bad++;
     }
@@ -945,6 +945,6 @@ int gm_heap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
         gm_warn_check("released pages != heap_released", NULL);
         bad++;
     }
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     return bad;
 }

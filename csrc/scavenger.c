@@ -64,8 +64,8 @@ static bool over_memory_limit(uint64_t retained) {
  * `coming` released bytes about to be made Ready for an allocation (whose
  * bytes heap_inuse already counts: the heap reserves them first). */
 uintptr_t gm_scavenge_excess(uintptr_t coming) {
-    uint64_t sys = LOAD_RELAXED(&gm_heap.heap_sys), rel = LOAD_RELAXED(&gm_heap.heap_released);
-    uint64_t inuse = LOAD_RELAXED(&gm_heap.heap_inuse);
+    uint64_t sys = LOAD_RELAXED(&gm_mheap.heap_sys), rel = LOAD_RELAXED(&gm_mheap.heap_released);
+    uint64_t inuse = LOAD_RELAXED(&gm_mheap.heap_inuse);
     uint64_t retained = sys - rel + coming;
     uint64_t goal = inuse + inuse / 100 * (uint64_t)LOAD_RELAXED(&gm_opt.retain_percent);
     if (over_memory_limit(retained))
@@ -74,7 +74,7 @@ uintptr_t gm_scavenge_excess(uintptr_t coming) {
 }
 
 static bool over_limit_now(void) {
-    return over_memory_limit(LOAD_RELAXED(&gm_heap.heap_sys) - LOAD_RELAXED(&gm_heap.heap_released));
+    return over_memory_limit(LOAD_RELAXED(&gm_mheap.heap_sys) - LOAD_RELAXED(&gm_mheap.heap_released));
 }
 
 /* The excess over the goal goes once it has been free for a tenth of the
@@ -88,9 +88,9 @@ static uint64_t goal_min_age(void) { return over_limit_now() ? 0 : (uint64_t)LOA
 static uintptr_t scavenge_pass(void) {
     uintptr_t released = 0, excess = gm_scavenge_excess(0);
     if (excess != 0)
-        released += gm_heap_scavenge_aged(excess < PASS_BYTES ? excess : PASS_BYTES, goal_min_age());
+        released += gm_mheap_scavenge_aged(excess < PASS_BYTES ? excess : PASS_BYTES, goal_min_age());
     if (released < PASS_BYTES)
-        released += gm_heap_scavenge_aged(PASS_BYTES - released, (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms));
+        released += gm_mheap_scavenge_aged(PASS_BYTES - released, (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms));
     return released;
 }
 
@@ -112,7 +112,7 @@ static void *scavenger_main(void *arg) {
         uintptr_t released = scavenge_pass();
         uint64_t spent = gm_now_ms() - t0;
         uint64_t oldest = 0;
-        bool pending = gm_heap_unreleased_free(&oldest);
+        bool pending = gm_mheap_unreleased_free(&oldest);
         uint64_t wait_ms;
         if (released >= PASS_BYTES || (released != 0 && gm_scavenge_excess(0) != 0)) {
             wait_ms = PACE * spent + 1; /* more to do: pace */

@@ -101,8 +101,8 @@ static void fail(const char *what, const void *p, size_t n) {
             (unsigned long long)st.heap_released, (unsigned long long)st.num_arenas,
             (unsigned long long)st.num_threads, (unsigned long long)st.heap_objects,
             (unsigned long long)st.mcache_sys, (unsigned long long)st.mspan_sys, (unsigned long long)st.other_sys);
-    fprintf(stderr, "  arenaHint %#lx curArena %#lx..%#lx\n", (unsigned long)gm_heap.arenaHint,
-            (unsigned long)gm_heap.curArenaBase, (unsigned long)gm_heap.curArenaEnd);
+    fprintf(stderr, "  arenaHint %#lx curArena %#lx..%#lx\n", (unsigned long)gm_mheap.arenaHint,
+            (unsigned long)gm_mheap.curArenaBase, (unsigned long)gm_mheap.curArenaEnd);
     if (p == NULL && n != 0) { /* again, here */
         errno = 0;
         void *again = gm_malloc(n);
@@ -543,10 +543,10 @@ static int ptr_cmp(const void *a, const void *b) {
 static void check_all_live(void) {
     static uintptr_t list[1 << 16];
     size_t n = 0;
-    pthread_mutex_lock(&gm_heap.lock);
-    for (void *q = gm_heap.spanalloc.list; q != NULL && n < sizeof list / sizeof list[0]; q = *(void **)q)
+    pthread_mutex_lock(&gm_mheap.lock);
+    for (void *q = gm_mheap.spanalloc.list; q != NULL && n < sizeof list / sizeof list[0]; q = *(void **)q)
         list[n++] = (uintptr_t)q;
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     qsort(list, n, sizeof list[0], ptr_cmp);
     for (size_t i = 1; i < n; i++)
         if (list[i] == list[i - 1])

@@ -258,14 +258,14 @@ TEST(transition_counters) {
      * Prepared, so handing them out is a sysUsed of exactly the object.  The
      * request must not fit any free run, and must fit what is left of the
      * current reservation. */
-    pthread_mutex_lock(&gm_heap.lock);
-    size_t left = gm_heap.curArenaEnd - gm_heap.curArenaBase, largest = 0;
+    pthread_mutex_lock(&gm_mheap.lock);
+    size_t left = gm_mheap.curArenaEnd - gm_mheap.curArenaBase, largest = 0;
     for (int k = 0; k < FREE_EXACT_LISTS + FREE_LARGE_LISTS; k++)
-        for (gm_mspan *s = k < FREE_EXACT_LISTS ? gm_heap.free[k] : gm_heap.large[k - FREE_EXACT_LISTS]; s != NULL;
+        for (gm_mspan *s = k < FREE_EXACT_LISTS ? gm_mheap.free[k] : gm_mheap.large[k - FREE_EXACT_LISTS]; s != NULL;
              s = s->next)
             if (s->npages * PAGE_SIZE > largest)
                 largest = s->npages * PAGE_SIZE;
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     size_t grow = left < 40 * MIB ? left : 40 * MIB;
     CHECK(grow > largest + PAGE_SIZE); /* precondition: the heap is small here */
     void *p = gm_malloc(grow);

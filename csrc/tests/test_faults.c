@@ -671,7 +671,7 @@ TEST(fault_on_free_with_mmap_failing) {
  * have gone. */
 TEST(reserve_failures_keep_the_hints) {
     gm_option_set("scavenger", 0);
-    uintptr_t hint = gm_heap.arenaHint;
+    uintptr_t hint = gm_mheap.arenaHint;
     size_t n = 3 * ARENA; /* more than any free run: the heap must grow */
     for (int i = 0; i < 100; i++) {
         gm_debug_fail_os_calls(1, GM_DEBUG_OS_RESERVE);
@@ -682,7 +682,7 @@ TEST(reserve_failures_keep_the_hints) {
         CHECK_EQ(errno, ENOMEM);
         gm_free(p);
     }
-    CHECK_EQ(gm_heap.arenaHint, hint);
+    CHECK_EQ(gm_mheap.arenaHint, hint);
     check_heap("after refused reservations");
 }
 
@@ -712,10 +712,10 @@ TEST(span_structs_unavailable) {
     gm_free(big);
 
     gm_debug_fail_os_calls(1, GM_DEBUG_OS_ALLOC);
-    pthread_mutex_lock(&gm_heap.lock);
-    gm_heap.spanalloc.list = NULL; /* the free structs are forgotten (a test's leak) */
-    gm_heap.spanalloc.nchunk = 0;
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
+    gm_mheap.spanalloc.list = NULL; /* the free structs are forgotten (a test's leak) */
+    gm_mheap.spanalloc.nchunk = 0;
+    pthread_mutex_unlock(&gm_mheap.lock);
     while (gm_persistentalloc(512, 8, NULL) != NULL) /* the current chunk, used up */
         ;
     /* A large object needs a span struct: none. */

@@ -1,6 +1,6 @@
 /*
  * test_pagealloc.c: the page heap (pagealloc.c), directly through
- * gm_heap_alloc / gm_heap_free and through the public API.
+ * gm_mheap_alloc / gm_mheap_free and through the public API.
  *
  *   - runs of many lengths, freed in several orders, coalesce into maximal
  *     free runs (checked independently of the core's own checker);
@@ -14,9 +14,9 @@
  *   - 200 MiB objects span several arenas and come back;
  *   - gm_aligned_alloc with alignments 16 .. 4 MiB (and 64 MiB).
  *
- * Spans taken with gm_heap_alloc directly are not counted as large objects
+ * Spans taken with gm_mheap_alloc directly are not counted as large objects
  * (large_alloc does that), so while they are live we check the page heap
- * with gm_heap_check_pages; gm_check_heap once they are gone.
+ * with gm_mheap_check_pages; gm_check_heap once they are gone.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -46,7 +46,7 @@ static int check_pages(void) {
         cp = (uint64_t)__builtin_popcountll(c->pcache.free);
         cs = (uint64_t)__builtin_popcountll(c->pcache.scav);
     }
-    return gm_heap_check_pages(cp, cs);
+    return gm_mheap_check_pages(cp, cs);
 }
 
 typedef struct {
@@ -62,16 +62,16 @@ static int cmp_run(const void *a, const void *b) {
 /* The free runs on the heap's lists, sorted by address. */
 static size_t collect_runs(void) {
     size_t n = 0;
-    pthread_mutex_lock(&gm_heap.lock);
+    pthread_mutex_lock(&gm_mheap.lock);
     for (int pass = 0; pass < FREE_EXACT_LISTS + FREE_LARGE_LISTS; pass++) {
-        gm_mspan *s = pass < FREE_EXACT_LISTS ? gm_heap.free[pass] : gm_heap.large[pass - FREE_EXACT_LISTS];
+        gm_mspan *s = pass < FREE_EXACT_LISTS ? gm_mheap.free[pass] : gm_mheap.large[pass - FREE_EXACT_LISTS];
         for (; s != NULL && n < sizeof runs / sizeof runs[0]; s = s->next) {
             runs[n].start = s->startAddr;
             runs[n].npages = s->npages;
             n++;
         }
     }
-    pthread_mutex_unlock(&gm_heap.lock);
+    pthread_mutex_unlock(&gm_mheap.lock);
     qsort(runs, n, sizeof runs[0], cmp_run);
     return n;
 }
@@ -135,14 +135,14 @@ static void check_all_free(void) {
         CHECK_EQ(largest_run(n) * PAGE_SIZE, st.heap_sys);
     }
     uintptr_t big = largest_run(n);
-    gm_mspan *s = gm_heap_alloc(NULL, big, 0);
+    gm_mspan *s = gm_mheap_alloc(NULL, big, 0);
     CHECK(s != NULL);
     if (s != NULL) {
         struct gm_stats st2 = stats();
         CHECK_EQ(st2.heap_sys, st.heap_sys);
         CHECK_EQ(st2.heap_inuse, big * PAGE_SIZE);
         CHECK_EQ(s->npages, big);
-        gm_heap_free(s);
+        gm_mheap_free(s);
     }
     CHECK_EQ(stats().heap_inuse, 0);
     CHECK_EQ(gm_check_heap(), 0);
@@ -166,7 +166,7 @@ static void alloc_free_in_order(const size_t *order, gm_mcache *c) {
     uint64_t want_inuse = inuse0;
     for (size_t i = 0; i < NRUNS; i++) {
         uintptr_t n = run_sizes[i];
-        gm_mspan *s = gm_heap_alloc(c, n, 0);
+        gm_mspan *s = gm_mheap_alloc(c, n, 0);
         spans[i] = s;
         CHECK(s != NULL);
         if (s == NULL)
@@ -196,7 +196,7 @@ static void alloc_free_in_order(const size_t *order, gm_mcache *c) {
     for (size_t k = 0; k < NRUNS; k++) {
         size_t i = order[k];
         want_inuse -= spans[i]->npages * PAGE_SIZE;
-        gm_heap_free(spans[i]);
+        gm_mheap_free(spans[i]);
         CHECK(gm_span_of(starts[i]) == NULL || gm_span_of(starts[i])->state == SPAN_FREE);
         CHECK_EQ(stats().heap_inuse, want_inuse);
         CHECK_EQ(check_pages(), 0);
@@ -263,7 +263,7 @@ TEST(heap_runs_through_page_cache) {
     uintptr_t pages = 0;
     for (int i = 0; i < 40; i++) {
         uintptr_t n = 1 + (uintptr_t)(i % (PAGE_CACHE_MAX_SPAN - 1));
-        s[i] = gm_heap_alloc(c, n, 0);
+        s[i] = gm_mheap_alloc(c, n, 0);
         CHECK(s[i] != NULL);
         if (s[i] == NULL)
             return;
@@ -276,10 +276,10 @@ TEST(heap_runs_through_page_cache) {
     }
     CHECK_EQ(stats().heap_inuse, inuse0 + pages * PAGE_SIZE);
     for (int i = 0; i < 40; i += 2)
-        gm_heap_free(s[i]);
+        gm_mheap_free(s[i]);
     CHECK_EQ(check_pages(), 0);
     for (int i = 1; i < 40; i += 2)
-        gm_heap_free(s[i]);
+        gm_mheap_free(s[i]);
     CHECK_EQ(check_pages(), 0);
     CHECK_EQ(stats().heap_inuse, inuse0);
     /* And the same runs in the page-cache path, freed in another order. */
