@@ -54,7 +54,15 @@ void *gm_persistentalloc(size_t size, size_t align, uint64_t *sysStat) {
 void gm_fixalloc_init(gm_fixalloc *f, size_t size, uint64_t *sysStat) {
     memset(f, 0, sizeof *f);
     f->size = (size + 63) & ~(size_t)63; /* whole cache lines: no false sharing */
+    f->align = 64;
     f->sys = sysStat;
+}
+
+/* Objects aligned to align (a power of two): their size is rounded up to
+ * it, and chunks start on it. */
+void gm_fixalloc_init_aligned(gm_fixalloc *f, size_t size, size_t align, uint64_t *sysStat) {
+    gm_fixalloc_init(f, (size + align - 1) & ~(align - 1), sysStat);
+    f->align = align;
 }
 
 /* Returns zeroed memory, or NULL. */
@@ -65,11 +73,11 @@ void *gm_fixalloc_alloc(gm_fixalloc *f) {
         memset(p, 0, f->size);
     } else {
         if (f->nchunk < f->size) {
-            size_t n = f->size * 64 > 16384 ? f->size * 64 : 16384;
-            void *c = gm_persistentalloc(n, 64, f->sys);
+            size_t n = f->size >= 4096 ? f->size * 8 : f->size * 64 > 16384 ? f->size * 64 : 16384;
+            void *c = gm_persistentalloc(n + (f->align > 64 ? f->align : 0), 64, f->sys);
             if (c == NULL)
                 return NULL;
-            f->chunk = (uintptr_t)c;
+            f->chunk = ((uintptr_t)c + f->align - 1) & ~(uintptr_t)(f->align - 1);
             f->nchunk = n;
         }
         p = (void *)f->chunk;

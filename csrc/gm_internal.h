@@ -98,7 +98,13 @@ GM_HIDDEN _Noreturn void gm_throw(const char *msg);
  *   OBJ_FREE          0: free in its span, never handed out or given back
  *                     by a flush; or not the start of an object.
  *   OBJ_LIVE(c)       c (1 .. NUM_CLASSES-1): handed out to the program,
- *                     of size class c.  free() reads the class from it.
+ *                     of size class c, from the default heap.  free()
+ *                     reads the class from it.
+ *   OBJ_LIVE_HEAP(c)  0x80 | c: the same, in a heap a program made
+ *                     (heap.c): free() leaves its fast path, which only
+ *                     knows the thread's default-heap lists, and the slow
+ *                     path gives the object to the thread's cache for its
+ *                     span's heap.
  *   OBJ_CACHED        freed by the program, held in some thread's free
  *                     list or a transfer cache.
  *   OBJ_TINY          a 16-byte block of tiny objects (tiny.c).
@@ -130,7 +136,9 @@ enum obj_state {
     OBJ_CACHED = 0xff,
 };
 #define OBJ_LIVE(c) ((uint8_t)(c))
-_Static_assert(NUM_CLASSES <= OBJ_TINY, "state byte values overlap");
+#define OBJ_HEAP_BIT 0x80
+#define OBJ_LIVE_HEAP(c) ((uint8_t)(OBJ_HEAP_BIT | (c)))
+_Static_assert((OBJ_HEAP_BIT | NUM_CLASSES) <= OBJ_TINY && NUM_CLASSES <= OBJ_HEAP_BIT, "state byte values overlap");
 
 /* An entry of a free list: the object and its state byte. */
 typedef struct gm_freeobj {
@@ -190,6 +198,7 @@ typedef struct gm_mspan {
     uint8_t needzero;         /* 1 if any object or page may hold non-zero bytes. Under mcentral lock (small) or owner. */
     uint8_t list;             /* enum span_list: which list the span is on. Under its owner lock. */
     uint16_t ststep;          /* elemsize / 16: state bytes from one object to the next. Immutable while in use. */
+    uint8_t liveval;          /* the state byte of its live objects: OBJ_LIVE(c), or OBJ_LIVE_HEAP(c) in a program's heap. Immutable while in use. */
     uintptr_t elemsize;       /* object size; npages*PAGE_SIZE for large. Immutable while in use. */
     uintptr_t npages;         /* pages in the span. Under mheap.lock. */
     /* Second line: fields other threads write under a lock. */
@@ -200,6 +209,7 @@ typedef struct gm_mspan {
      * returned with the span. */
     uint32_t *tinywords;
     struct gm_mcache *cachedBy; /* owning mcache, or NULL. Under mcentral.lock. */
+    struct gm_heap *heap;     /* the heap its objects belong to (heap.c). Immutable while in use. */
     uint64_t unusedsince;     /* free runs: ms timestamp when the newest page became free. Under mheap.lock. */
     uintptr_t nreleased;      /* free runs: pages released to the OS (scavenged bits set). Under mheap.lock. */
     struct gm_mspan *next;    /* list links: mcentral partial/full, heap free lists, span caches */
@@ -316,6 +326,21 @@ typedef struct gm_mcache {
     uint64_t tiny_mallocs, tiny_frees; /* tiny objects allocated / freed on this thread, ever. Owner writes, others read racily. */
     uint64_t slow_frees;            /* frees of small objects that took free's slow path (full list, sampled...). Owner only. */
     uint64_t rand;                  /* xorshift state for the sampling intervals. Owner only. */
+    /* Heaps (heap.c).  A thread's cache for the default heap is on the
+     * registry; its caches for the heaps a program made hang off it: each
+     * has its lists in the upper half of cls[] (clsbase 0x80, so that what
+     * malloc's fast path writes into the state bytes, the index of the
+     * entry it popped, is OBJ_LIVE_HEAP), and is reached by its owner
+     * through heaptab, by the heap's destroy through the heap's list. */
+    struct gm_heap *heap;           /* the heap this cache allocates from. Written by its owner (creation) or by a heap's teardown, under the heap's lock. */
+    uint8_t clsbase;                /* 0, or OBJ_HEAP_BIT for a heap cache. Immutable. */
+    int busy;                       /* heap caches: 1 while the owner works on it (heap.c's enter/leave). Atomic. */
+    uint32_t heapgen;               /* heap caches: the heap's generation when made. Immutable. */
+    struct gm_mcache *owner;        /* heap caches: the thread's default-heap cache (page cache, heaptab). Immutable. */
+    struct gm_mcache *hnext;        /* heap caches: the heap's list of caches. Under the heap's lock. */
+    struct gm_mcache *sibling;      /* heap caches: the owner's list of its heap caches (and of spare ones). Owner only. */
+    struct gm_mcache **heaptab;     /* default caches: heap id -> this thread's cache for it (may be stale: check). Owner only. */
+    struct gm_mcache *heapcaches;   /* default caches: this thread's heap caches, linked by sibling. Owner only. */
     bool linked;                    /* on the registry list. Under registry lock. */
     bool abandoned;                 /* its thread exited and left it whole, for the next new thread (mcache.c). Under registry lock. */
     uint64_t abandoned_since;       /* gm_now_ms() when it was abandoned. Under registry lock. */
@@ -323,6 +348,15 @@ typedef struct gm_mcache {
     struct gm_mcache *anext;        /* abandoned list. Under registry lock. */
 } gm_mcache;
 _Static_assert(offsetof(gm_mcache, cls) == 0, "malloc finds cls[c] at c * sizeof(gm_mclass)");
+/* mcaches are aligned to the size of cls[] (8 KiB): malloc's fast path
+ * takes the index of the entry it popped from, and the state byte it
+ * writes, from the entry's address. */
+#define MCACHE_ALIGN (MCACHE_CLS * sizeof(gm_mclass))
+_Static_assert(MCACHE_ALIGN == 8192, "cls[] fills 8 KiB");
+/* The cache holding entry m (m may point into the middle of a cache). */
+GM_INLINE gm_mcache *gm_mcache_of(const void *m) { return (gm_mcache *)((uintptr_t)m & ~(uintptr_t)(MCACHE_ALIGN - 1)); }
+/* Class sc's entry of cache c. */
+GM_INLINE gm_mclass *gm_mclass_of(gm_mcache *c, uint8_t sc) { return &c->cls[c->clsbase + sc]; }
 
 /* The length of a list with these counters (see gm_mclass), clamped to
  * 0..listmax so that a racy read by another thread stays in range. */
@@ -345,6 +379,7 @@ typedef struct gm_fixalloc {
     size_t nchunk;      /* bytes left in chunk */
     uint64_t inuse;     /* bytes handed out and not freed */
     uint64_t *sys;      /* stat credited with chunk memory */
+    size_t align;       /* object alignment: 64, or a larger power of two */
 } gm_fixalloc;
 
 /* ---- mcentral (mcentral.go) ------------------------------------------------ */
@@ -363,6 +398,8 @@ typedef struct gm_tcbatch {
 
 typedef struct gm_mcentral {
     pthread_mutex_t lock;
+    struct gm_heap *heap; /* the heap whose spans of this class it holds. Immutable. */
+    uint8_t sizeclass;    /* Immutable. */
     gm_mspan *partial; /* uncached spans with free slots (list == LIST_PARTIAL). */
     gm_mspan *full;    /* uncached spans without free slots (list == LIST_FULL). */
     uint64_t nspans;   /* in-use spans of this class, cached or not. Under lock. */
@@ -429,6 +466,7 @@ GM_HIDDEN void *gm_sysAlloc(size_t n);                   /* None -> Ready, for m
 
 GM_HIDDEN void *gm_persistentalloc(size_t size, size_t align, uint64_t *sysStat);
 GM_HIDDEN void gm_fixalloc_init(gm_fixalloc *f, size_t size, uint64_t *sysStat);
+GM_HIDDEN void gm_fixalloc_init_aligned(gm_fixalloc *f, size_t size, size_t align, uint64_t *sysStat);
 GM_HIDDEN void *gm_fixalloc_alloc(gm_fixalloc *f);
 GM_HIDDEN void gm_fixalloc_free(gm_fixalloc *f, void *p);
 GM_HIDDEN void gm_persistent_lock(void);
@@ -643,7 +681,22 @@ extern GM_HIDDEN uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSE
 /* Set in a child of fork() when other threads' caches were orphaned. */
 extern GM_HIDDEN bool gm_fork_orphans;
 
-extern GM_HIDDEN __thread gm_mcache *gm_tls_mcache;
+/* The calling thread's caches.  free is its default-heap cache, where
+ * free()'s fast path pushes (the only objects it takes, OBJ_LIVE(c), are
+ * the default heap's).  alloc is where its mallocs go: the same cache, or,
+ * while a heap is the thread's default (gm_heap_set_default), that heap's
+ * cache biased by OBJ_HEAP_BIT entries, so that malloc's size table (byte
+ * offsets of default-heap entries) lands on the heap cache's entries.
+ * gm_mcache_of(alloc) is the cache itself. */
+struct gm_tls {
+    gm_mcache *alloc;
+    gm_mcache *free;
+};
+extern GM_HIDDEN __thread struct gm_tls gm_tls;
+#define gm_tls_mcache (gm_tls.free)
+/* The biased pointer of heap cache c for gm_tls.alloc (c itself for a
+ * default-heap cache). */
+GM_INLINE gm_mcache *gm_alloc_ptr(gm_mcache *c) { return (gm_mcache *)((char *)c + c->clsbase * sizeof(gm_mclass)); }
 /* Set on a thread whose cache was handed back at exit: its later frees go
  * straight to the spans instead of creating a cache that would leak. */
 extern GM_HIDDEN __thread bool gm_tls_exiting;

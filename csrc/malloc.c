@@ -263,7 +263,7 @@ uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
 /* ---- the calling thread's mcache ------------------------------------------ */
 
 /*
- * gm_tls_mcache uses TLS descriptors (-mtls-dialect=gnu2) in the shared
+ * gm_tls (gm_internal.h) uses TLS descriptors (-mtls-dialect=gnu2) in the shared
  * library, never initial-exec TLS, because libgomalloc.so may be dlopen'ed
  * (the cffi module needs it) and the static TLS block may have no room.  A
  * descriptor costs a call on every access.  But a library loaded at
@@ -274,7 +274,7 @@ uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
  * x86-64; a dynamic block's argument is a pointer instead).  The public
  * fast paths are therefore IFUNCs: their resolver reads the library's own
  * descriptor and, when the block is static, picks the variants that read
- * the mcache pointer at thread pointer + offset, as initial-exec code does
+ * the cache pointers at thread pointer + offset, as initial-exec code does
  * (two instructions).  Otherwise, or if the descriptor is not relocated
  * yet when a resolver runs, it picks the variants that use the descriptor:
  * slower, always right.  The C tests and the fuzzer, which link the core
@@ -282,35 +282,47 @@ uint8_t gm_size_to_class(size_t size) { return size_to_class(size); }
  */
 #if defined(GM_SHARED) && defined(__x86_64__)
 #define GM_TLS_SWITCH 1
-/* gm_tls_mcache's offset from the thread pointer, once a resolver found the
- * TLS block static; 0 otherwise. */
+/* gm_tls's offset from the thread pointer, once a resolver found the TLS
+ * block static; 0 otherwise. */
 static intptr_t tls_static_offset;
 
-GM_INLINE gm_mcache *tls_mcache(bool fixed) {
+GM_INLINE gm_mcache *tls_alloc(bool fixed) {
     if (fixed) {
         gm_mcache *c;
         __asm__("movq %%fs:(%1), %0" : "=r"(c) : "r"(tls_static_offset));
         return c;
     }
-    return gm_tls_mcache;
+    return gm_tls.alloc;
+}
+GM_INLINE gm_mcache *tls_free(bool fixed) {
+    if (fixed) {
+        gm_mcache *c;
+        __asm__("movq %%fs:%c2(%1), %0" : "=r"(c) : "r"(tls_static_offset), "i"(offsetof(struct gm_tls, free)));
+        return c;
+    }
+    return gm_tls.free;
 }
 
-/* Is gm_tls_mcache in the static TLS block?  (Called by IFUNC resolvers,
- * while the dynamic linker relocates: reads only this library's memory.) */
+/* Is gm_tls in the static TLS block?  (Called by IFUNC resolvers, while
+ * the dynamic linker relocates: reads only this library's memory.) */
 static bool tls_is_static(void) {
     struct tlsdesc {
         void *entry;
         intptr_t arg;
     } const *d;
-    __asm__("leaq gm_tls_mcache@TLSDESC(%%rip), %0" : "=a"(d));
+    __asm__("leaq gm_tls@TLSDESC(%%rip), %0" : "=a"(d));
     if (tls_static_offset == 0 && d->entry != NULL && d->arg < 0 && d->arg > -((intptr_t)1 << 30))
         tls_static_offset = d->arg;
     return tls_static_offset != 0;
 }
 #else
-GM_INLINE gm_mcache *tls_mcache(bool fixed) {
+GM_INLINE gm_mcache *tls_alloc(bool fixed) {
     (void)fixed;
-    return gm_tls_mcache;
+    return gm_tls.alloc;
+}
+GM_INLINE gm_mcache *tls_free(bool fixed) {
+    (void)fixed;
+    return gm_tls.free;
 }
 #endif
 

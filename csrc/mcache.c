@@ -43,9 +43,9 @@ static gm_freeobj sentinel[1];
 /* The mcache of a thread that has none (yet, or any more): every list is
  * empty and has no room (limit 0), every span is gm_emptyspan, so both fast
  * paths fall through to the slow paths, which know it.  Never written. */
-gm_mcache gm_nocache = {.cls = {[0 ... MCACHE_CLS - 1] = NO_LIST}};
+gm_mcache gm_nocache __attribute__((aligned(MCACHE_ALIGN))) = {.cls = {[0 ... MCACHE_CLS - 1] = NO_LIST}};
 
-__thread gm_mcache *gm_tls_mcache = &gm_nocache;
+__thread struct gm_tls gm_tls = {&gm_nocache, &gm_nocache};
 __thread bool gm_tls_exiting;
 
 uint32_t gm_list_cap[NUM_CLASSES];
@@ -76,8 +76,8 @@ static void mcache_release(gm_mcache *c);
 static void mcache_destructor(void *arg) {
     gm_mcache *c = arg;
     gm_tls_exiting = true;
-    if (gm_tls_mcache == c)
-        gm_tls_mcache = &gm_nocache;
+    if (gm_tls.free == c)
+        gm_tls.free = gm_tls.alloc = &gm_nocache;
     pthread_mutex_lock(&registry_lock);
     bool keep = nabandoned < ABANDONED_MAX;
     if (keep) {
@@ -112,7 +112,7 @@ static uint32_t list_bound(uint8_t sc, long long tcache_bytes) {
 void gm_mcache_init(void) {
     if (pthread_key_create(&mcache_key, mcache_destructor) != 0)
         gm_throw("pthread_key_create failed");
-    gm_fixalloc_init(&gm_mheap.cachealloc, sizeof(gm_mcache), &gm_mheap.mcache_sys);
+    gm_fixalloc_init_aligned(&gm_mheap.cachealloc, sizeof(gm_mcache), MCACHE_ALIGN, &gm_mheap.mcache_sys);
     /* The lists are arrays sized once, from tcache_bytes at start-up. */
     lists_entries = 0;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
@@ -145,7 +145,7 @@ gm_mcache *gm_mcache_create(void) {
         c->anext = NULL;
         nowned++;
         pthread_mutex_unlock(&registry_lock);
-        gm_tls_mcache = c;
+        gm_tls.free = gm_tls.alloc = c;
         pthread_setspecific(mcache_key, c);
         return c;
     }
@@ -184,7 +184,7 @@ gm_mcache *gm_mcache_create(void) {
     c->linked = true;
     nowned++;
     pthread_mutex_unlock(&registry_lock);
-    gm_tls_mcache = c;
+    gm_tls.free = gm_tls.alloc = c;
     pthread_setspecific(mcache_key, c);
     return c;
 }

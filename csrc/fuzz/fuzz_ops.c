@@ -243,10 +243,18 @@ struct worker {
 };
 static struct worker workers[NWORKERS];
 
+/* libFuzzer's timeout alarm interrupts sem_wait (EINTR): a worker that took
+ * that for a post would run a stale job. */
+static void sem_wait_posted(sem_t *s) {
+    while (sem_wait(s) != 0)
+        if (errno != EINTR)
+            fail("sem_wait failed", NULL, 0);
+}
+
 static void *worker_main(void *arg) {
     struct worker *w = arg;
     for (;;) {
-        sem_wait(&w->go);
+        sem_wait_posted(&w->go);
         struct job *j = w->job;
         errno = 0;
         switch (j->call) {
@@ -281,7 +289,7 @@ static void run(int k, struct job *j) {
     struct worker *w = &workers[k % NWORKERS];
     w->job = j;
     sem_post(&w->go);
-    sem_wait(&w->done);
+    sem_wait_posted(&w->done);
 }
 
 /* The worker exits (its cache goes back) and a new one takes its place. */
