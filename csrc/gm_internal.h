@@ -49,6 +49,10 @@
 #define GM_ASSERT(c) ((void)0)
 #endif
 GM_HIDDEN _Noreturn void gm_throw(const char *msg);
+struct gm_heap;
+/* Functions that read counters their owner threads write without atomics:
+ * a benign race, by design (statistics), hidden from ThreadSanitizer. */
+#define GM_RACY_READER __attribute__((no_sanitize("thread")))
 
 /* Relaxed atomics for fields written by one thread and read by others (stats,
  * bitmaps read by the free fast path).  On x86-64 they compile to plain moves. */
@@ -159,6 +163,7 @@ enum span_list {
     LIST_PARTIAL = 1, /* mcentral.partial: uncached, has free slots */
     LIST_FULL = 2,    /* mcentral.full: uncached, no free slots */
     LIST_FREE = 3,    /* mheap free run lists */
+    LIST_HEAPLARGE = 4, /* a program's heap's list of large spans (heap.c) */
 };
 
 /*
@@ -334,7 +339,8 @@ typedef struct gm_mcache {
      * through heaptab, by the heap's destroy through the heap's list. */
     struct gm_heap *heap;           /* the heap this cache allocates from. Written by its owner (creation) or by a heap's teardown, under the heap's lock. */
     uint8_t clsbase;                /* 0, or OBJ_HEAP_BIT for a heap cache. Immutable. */
-    int busy;                       /* heap caches: 1 while the owner works on it (heap.c's enter/leave). Atomic. */
+    int busy;                       /* heap caches: > 0 while the owner works on it (heap.c's enter/leave; they nest). Owner writes, atomic. */
+    bool inscope;                   /* heap caches: the owner's default heap is this cache's (a scope: busy stays raised). Set under heaps_lock, atomic. */
     uint32_t heapgen;               /* heap caches: the heap's generation when made. Immutable. */
     struct gm_mcache *owner;        /* heap caches: the thread's default-heap cache (page cache, heaptab). Immutable. */
     struct gm_mcache *hnext;        /* heap caches: the heap's list of caches. Under the heap's lock. */
@@ -415,7 +421,7 @@ typedef struct gm_mcentral {
 #define FREE_EXACT_LISTS 128 /* free[n] holds runs of exactly n pages, n < 128 */
 #define FREE_LARGE_LISTS 40  /* large[k] holds runs with 2^(k+7) <= npages < 2^(k+8) */
 
-typedef struct gm_mheap_t {
+typedef struct gm_mheap_s {
     pthread_mutex_t lock;
     gm_mspan *free[FREE_EXACT_LISTS];    /* free runs by exact length. Under lock. */
     gm_mspan *large[FREE_LARGE_LISTS];   /* free runs of >= 128 pages by log2. Under lock. */
@@ -423,6 +429,7 @@ typedef struct gm_mheap_t {
     uint64_t largemask;              /* bit k: large[k] non-empty. Under lock. */
     uintptr_t curArenaBase, curArenaEnd; /* reserved, not yet mapped address space. Under lock. */
     struct gm_mspan *claimed;        /* free runs a scavenger took off the lists to release without the lock (next-linked). Under lock. */
+    uint64_t quarantined_pages;      /* pages of destroyed heaps' spans in the quarantine (heap.c), faulted. Under lock. */
     uintptr_t arenaHint;             /* next address to try when reserving. Under lock. */
     gm_fixalloc spanalloc;           /* mspan structs. Under lock. */
     gm_fixalloc cachealloc;          /* mcache structs. Under registry lock. */
@@ -533,9 +540,14 @@ GM_HIDDEN void gm_pages_init(void);
 /* Allocate a span of npages; sizeclass 0 for a large object.  Returns the
  * span in state SPAN_INUSE with needzero set, or NULL when out of memory
  * or over the hard limit.  Small spans come from c's page cache. */
-GM_HIDDEN gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass);
+GM_HIDDEN gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, struct gm_heap *hp);
 /* A large span whose start is aligned to align (a power of two > PAGE_SIZE). */
-GM_HIDDEN gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align);
+GM_HIDDEN gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align, struct gm_heap *hp);
+/* A destroyed heap's span (state bytes cleared, on no list) goes back to
+ * the page heap, or, faulted, to the quarantine. */
+GM_HIDDEN void gm_mheap_release_heap_span(gm_mspan *s, bool fault);
+/* A quarantined span's pages join the free runs (faulted, released). */
+GM_HIDDEN void gm_mheap_free_faulted(gm_mspan *s);
 GM_HIDDEN void gm_mheap_free(gm_mspan *s);
 GM_HIDDEN int gm_mheap_free_large(gm_mspan *s, uintptr_t p);
 GM_HIDDEN void gm_pagecache_flush(gm_mcache *c);
@@ -610,7 +622,7 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
                 return NULL;
             s->allocCache = (cache >> theBit) >> 1;
             s->freeindex = freeidx;
-            gm_set_objstate(gm_objstate_ptr(s, result), OBJ_LIVE(s->sizeclass));
+            gm_set_objstate(gm_objstate_ptr(s, result), s->liveval);
             void *p = (void *)(s->startAddr + result * s->elemsize);
             gm_clear_canary(s, p);
             return p;
@@ -621,38 +633,39 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
 
 /* ---- mcentral.c ------------------------------------------------------------- */
 
-GM_HIDDEN void gm_mcentral_init(void);
-/* Give mcache c a span of class sc with free slots (cacheSpan). */
+/* Give mcache c a span of class sc of c's heap with free slots (cacheSpan). */
 GM_HIDDEN gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc);
 /* Give a cached span back (uncacheSpan). */
 GM_HIDDEN void gm_mcentral_uncacheSpan(gm_mspan *s);
-/* Return n freed objects of class sc to their spans (where a freed object
- * goes); returns how many went back.  Entries that fail validation are
- * reported and skipped. */
-GM_HIDDEN uint64_t gm_mcentral_freeObjs(uint8_t sc, const gm_freeobj *objs, uint32_t n);
-/* n freed objects of class sc leave an mcache: copied whole into the
- * transfer cache if it has room, else back to the spans. */
-GM_HIDDEN void gm_mcentral_freeBatch(uint8_t sc, const gm_freeobj *objs, uint32_t n);
-/* Copy the newest batch of the transfer cache of class sc into out if it
- * holds at most max objects; returns their number (0: none taken). */
-GM_HIDDEN uint32_t gm_mcentral_takeBatch(uint8_t sc, gm_freeobj *out, uint32_t max);
+/* Return n freed objects of mc's class and heap to their spans (where a
+ * freed object goes); returns how many went back.  Entries that fail
+ * validation are reported and skipped. */
+GM_HIDDEN uint64_t gm_mcentral_freeObjs(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n);
+/* n freed objects leave an mcache: copied whole into mc's transfer cache
+ * if it has room, else back to the spans. */
+GM_HIDDEN void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n);
+/* Copy the newest batch of mc's transfer cache into out if it holds at
+ * most max objects; returns their number (0: none taken). */
+GM_HIDDEN uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max);
 /* Empty every transfer cache into the spans (gm_release). */
 GM_HIDDEN void gm_mcentral_drainAll(void);
+/* Empty mc's transfer cache into the spans. */
+GM_HIDDEN void gm_mcentral_drain(gm_mcentral *mc);
 /* Move the batches that came in at least age_ms ago to the spans (the
  * scavenger).  Returns whether batches remain, the oldest's arrival in
  * *oldest. */
 GM_HIDDEN bool gm_mcentral_drainAged(uint64_t age_ms, uint64_t *oldest);
 /* Bytes of objects in the transfer caches. */
 GM_HIDDEN uint64_t gm_mcentral_tc_bytes(void);
-/* Check every object in the transfer caches, counting them in *n; returns
- * violations. */
-GM_HIDDEN int gm_mcentral_check_tc(uint64_t *n);
-/* Check span s of class sc against the invariants; cached says whether an
- * mcache owns it.  Returns violations. */
+/* Check every object in heap hp's transfer caches, counting them in *n;
+ * returns violations. */
+GM_HIDDEN int gm_mcentral_check_tc(struct gm_heap *hp, uint64_t *n);
+/* Check span s against the invariants; cached says whether an mcache owns
+ * it.  Returns violations. */
 GM_HIDDEN int gm_span_check(const gm_mspan *s, bool cached);
-GM_HIDDEN int gm_mcentral_check_lists(uint64_t *nuncached);
-/* Is entry f a cached object of class sc (its state byte, its span)? */
-GM_HIDDEN bool gm_freeobj_valid(const gm_freeobj *f, uint8_t sc);
+GM_HIDDEN int gm_mcentral_check_lists(struct gm_heap *hp, uint64_t *nuncached);
+/* Is entry f a cached object of mc's class and heap (its state byte, its span)? */
+GM_HIDDEN bool gm_freeobj_valid(const gm_freeobj *f, const gm_mcentral *mc);
 
 /* ---- mcache.c ------------------------------------------------------------- */
 
@@ -660,6 +673,12 @@ GM_HIDDEN bool gm_freeobj_valid(const gm_freeobj *f, uint8_t sc);
 extern GM_HIDDEN uint32_t gm_list_cap[NUM_CLASSES];
 GM_HIDDEN void gm_mcache_init(void);
 GM_HIDDEN gm_mcache *gm_mcache_create(void);
+/* A cache struct and lists block for a heap cache (gm_mcache_reset_lists
+ * makes its lists), and back. */
+GM_HIDDEN gm_mcache *gm_mcache_new_heap_cache(void);
+GM_HIDDEN void gm_mcache_free_heap_cache(gm_mcache *hc);
+/* Every list of c empty, at cls[clsbase + class], counters at zero. */
+GM_HIDDEN void gm_mcache_reset_lists(gm_mcache *c, uint8_t clsbase);
 GM_HIDDEN void *gm_mcache_refill(gm_mcache *c, uint8_t sc);
 GM_HIDDEN void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep);
 GM_HIDDEN bool gm_mcache_receive(gm_mcache *c, uint8_t sc);
@@ -700,6 +719,80 @@ GM_INLINE gm_mcache *gm_alloc_ptr(gm_mcache *c) { return (gm_mcache *)((char *)c
 /* Set on a thread whose cache was handed back at exit: its later frees go
  * straight to the spans instead of creating a cache that would leak. */
 extern GM_HIDDEN __thread bool gm_tls_exiting;
+
+/* ---- heap.c: heaps programs hold ------------------------------------------ */
+
+/*
+ * A heap: spans and caches of its own on the same page heap, arenas and
+ * size classes as everything else (see heap.c).  The default heap
+ * (gm_default_heap, id 0) is where malloc allocates; a program makes
+ * others with gm_heap_new and hands them out through opaque handles
+ * (slot + generation), so that a destroyed heap's handle is refused,
+ * never followed.
+ */
+#define MAX_HEAPS 4096
+typedef struct gm_heap {
+    gm_mcentral central[NUM_CLASSES]; /* its spans of each class no cache owns, and its transfer caches */
+    uint32_t id;                /* slot in the heap table; 0: the default heap. Immutable while alive. */
+    uint32_t gen;               /* the slot's generation (handles carry it). Immutable while alive. */
+    int dead;                   /* destroy/delete has begun: no work on it may begin. Atomic. */
+    bool scoped;                /* was some thread's default heap (gm_heap_set_default). Atomic. */
+    bool fault_on_destroy;      /* destroyed memory becomes PROT_NONE for a while. Immutable. */
+    int deleting;               /* gm_heap_delete is moving its spans to the default heap. Atomic. */
+    pthread_mutex_t lock;       /* its large spans and its caches list (order: before the class locks and mheap.lock) */
+    gm_mspan *large;            /* its large objects' spans, linked by next/prev. Under lock. */
+    struct gm_mcache *caches;   /* the threads' caches for it, linked by hnext. Under lock. */
+    uint64_t limit;             /* bytes of spans it may hold (0: none). Immutable. */
+    uint64_t inuse;             /* bytes of spans it holds (reserved before they are taken). Atomic. */
+    uint64_t peak;              /* the most inuse has been. Atomic. */
+    uint64_t large_mallocs, large_frees; /* its large objects, ever. Atomic. */
+    uint64_t dead_nmalloc[NUM_CLASSES], dead_nfree[NUM_CLASSES]; /* counts of its caches that are gone. Under lock. */
+    char name[48];              /* Immutable. */
+} gm_heap;
+
+extern GM_HIDDEN gm_heap gm_default_heap;
+#define gm_central (gm_default_heap.central)
+GM_HIDDEN void gm_heaps_init(void);
+/* The live heap a handle names, or NULL (errno EINVAL) for a bad or stale one. */
+GM_HIDDEN gm_heap *gm_heap_get(gm_heap_t *h);
+/* The handle of heap hp. */
+GM_HIDDEN gm_heap_t *gm_heap_handle(const gm_heap *hp);
+/* Thread dc's cache for heap hp, made on first use; NULL when out of
+ * memory.  dc is the calling thread's default-heap cache. */
+GM_HIDDEN gm_mcache *gm_heap_cache(gm_mcache *dc, gm_heap *hp);
+/* Work on heap cache hc begins (false: its heap is being destroyed) / ends. */
+GM_HIDDEN bool gm_heap_enter(gm_mcache *hc);
+GM_HIDDEN void gm_heap_leave(gm_mcache *hc);
+/* Count bytes of spans into heap hp's use, under its limit (false: over). */
+GM_HIDDEN bool gm_heap_reserve(gm_heap *hp, uintptr_t bytes);
+GM_HIDDEN void gm_heap_unreserve(gm_heap *hp, uintptr_t bytes);
+/* A large span of a program's heap is made / freed. */
+GM_HIDDEN void gm_heap_large_added(gm_heap *hp, gm_mspan *s);
+GM_HIDDEN bool gm_heap_large_removed(gm_heap *hp, gm_mspan *s, uintptr_t p);
+/* Free the live object p of a program's heap (its span s, state byte st)
+ * onto the calling thread's cache for the heap.  Returns GM_OK,
+ * GM_ERR_NOT_ALLOCATED, or GM_HEAP_MOVED: the heap was deleted meanwhile,
+ * the object is the default heap's now. */
+#define GM_HEAP_MOVED (-2)
+GM_HIDDEN int gm_heap_free_obj(gm_mspan *s, void *p, uint8_t *st);
+/* A thread's default cache goes: its heap caches go with it. */
+GM_HIDDEN void gm_heap_release_caches(gm_mcache *dc);
+/* Every heap, in turn (for stats, checks, the scavenger, fork). */
+GM_HIDDEN void gm_heaps_lock(void);
+GM_HIDDEN void gm_heaps_unlock(void);
+GM_HIDDEN gm_heap *gm_heaps_next(gm_heap *prev);
+GM_HIDDEN void gm_heaps_fork_child(void);
+GM_HIDDEN void gm_heap_counts(gm_heap *hp, uint64_t *nmalloc, uint64_t *nfree, uint64_t *cached, uint64_t *ncaches);
+/* A destroyed heap's faulted span waits here for decay_ms before its pages
+ * are reused; drain gives back those at least age_ms old (false: none left;
+ * else the oldest's time in *oldest). */
+GM_HIDDEN void gm_heap_quarantine(gm_mspan *s);
+GM_HIDDEN void gm_heap_leave_scope(gm_mcache *hc);
+GM_HIDDEN bool gm_heap_quarantine_drain(uint64_t age_ms, uint64_t *oldest);
+/* malloc.c: aligned allocation from cache c. */
+GM_HIDDEN void *gm_aligned_from(gm_mcache *c, size_t alignment, size_t size);
+/* malloc.c: allocate from cache c (a heap cache's own pointer), as malloc does. */
+GM_HIDDEN void *gm_malloc_from(gm_mcache *c, size_t size, bool zero);
 
 /* ---- malloc.c: public API and error reporting ------------------------------ */
 

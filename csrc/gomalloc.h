@@ -257,6 +257,94 @@ GM_API int gm_profile_read(struct gm_profile_record *out, int n, size_t record_s
 GM_API const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
 
 /*
+ * ---- Heaps -------------------------------------------------------------------
+ *
+ * A heap holds allocations that belong together (a request, a document, a
+ * model): their memory comes from spans of the heap's own, so that the
+ * heap can have a budget (its allocations fail with ENOMEM, and no other,
+ * when its spans would pass it), report what it holds, and be thrown away
+ * in one call.  malloc and the gm_ functions above allocate from the
+ * default heap; gm_free frees any heap's object, from any thread.
+ * Allocating from a heap takes no lock in the common case (each thread has
+ * a cache per heap it uses).
+ *
+ * gm_heap_t is an opaque handle: a destroyed heap's handle is refused
+ * (EINVAL), never followed.  Up to 4095 heaps may exist at once.
+ */
+typedef struct gm_heap_handle gm_heap_t;
+
+struct gm_heap_options {
+    size_t size;           /* sizeof(struct gm_heap_options): later versions only append */
+    const char *name;      /* shown in statistics and reports (copied; may be NULL) */
+    uint64_t limit;        /* bytes of spans the heap may hold; 0: no limit of its own */
+    int fault_on_destroy;  /* 1: gm_heap_destroy makes the heap's memory PROT_NONE for a while
+                            * (a dangling pointer then crashes at once), as Go's arenas do */
+};
+
+/* A new heap (opts may be NULL: no name, no limit).  NULL with errno
+ * ENOMEM, EINVAL (bad options) or EAGAIN (too many heaps). */
+GM_API gm_heap_t *gm_heap_new(const struct gm_heap_options *opts);
+/* The default heap's handle (never destroyed). */
+GM_API gm_heap_t *gm_heap_default(void);
+/* As gm_malloc and friends, from heap h.  NULL with errno ENOMEM (also
+ * over the heap's limit) or EINVAL (h destroyed or not a heap). */
+GM_API void *gm_heap_malloc(gm_heap_t *h, size_t size);
+GM_API void *gm_heap_calloc(gm_heap_t *h, size_t nmemb, size_t size);
+/* ptr (NULL, or a live object of any heap) moves into heap h if it has to move. */
+GM_API void *gm_heap_realloc(gm_heap_t *h, void *ptr, size_t size);
+GM_API void *gm_heap_aligned_alloc(gm_heap_t *h, size_t alignment, size_t size);
+/* The heap of the live object ptr, or NULL (ptr is not a live object). */
+GM_API gm_heap_t *gm_heap_of(const void *ptr);
+/* Free ptr, which must be a live object of heap h: GM_OK, or an enum
+ * gm_error (GM_ERR_NOT_OURS when it lives in another heap, too); never aborts. */
+GM_API int gm_heap_free(gm_heap_t *h, void *ptr);
+/* Free every object of heap h at once (in time proportional to its spans,
+ * not its objects) and the heap itself.  Returns 0; EINVAL for a bad or
+ * destroyed handle (destroying twice is an error, not a crash); EBUSY when
+ * h has live objects and was some thread's default heap (a scope): they
+ * may be in use anywhere, so they are not freed under their users (use
+ * gm_heap_delete).  Allocations on other threads racing the destroy fail
+ * with EINVAL. */
+GM_API int gm_heap_destroy(gm_heap_t *h);
+/* The heap goes, its live objects stay: they become the default heap's
+ * (freed by gm_free as before).  0 or EINVAL. */
+GM_API int gm_heap_delete(gm_heap_t *h);
+
+struct gm_heap_stats {
+    uint64_t size;          /* set by the caller to sizeof(struct gm_heap_stats), as for gm_read_stats */
+    uint64_t limit;         /* the heap's limit (0: none) */
+    uint64_t inuse;         /* bytes of spans the heap holds */
+    uint64_t peak_inuse;    /* the most inuse has been */
+    uint64_t alloc;         /* bytes of live objects (rounded up to their size class) */
+    uint64_t objects;       /* live objects */
+    uint64_t mallocs;       /* objects allocated, ever */
+    uint64_t frees;         /* objects freed, ever */
+    uint64_t total_alloc;   /* bytes allocated, ever */
+    uint64_t large_objects; /* live objects larger than GM_MAX_SMALL_SIZE */
+    uint64_t cached_bytes;  /* part of inuse in the threads' caches for it (freed objects kept for reuse) */
+    uint64_t num_caches;    /* threads' caches for it */
+    char name[48];
+    struct gm_size_class_stats by_size[GM_NUM_SIZE_CLASSES];
+};
+/* Fill *st for heap h (the default heap's handle included), as gm_read_stats
+ * does: st->size first.  0 or EINVAL. */
+GM_API int gm_heap_read_stats(gm_heap_t *h, struct gm_heap_stats *st);
+/* Call fn(object, usable size, arg) for every live object of heap h, until
+ * fn returns nonzero (returned).  No other thread may allocate from or free
+ * into h meanwhile.  0, fn's nonzero value, or EINVAL (bad handle). */
+GM_API int gm_heap_visit(gm_heap_t *h, int (*fn)(void *ptr, size_t size, void *arg), void *arg);
+/* Make h the calling thread's default heap: malloc (under the preload
+ * library), gm_malloc and the interpreter's allocations under
+ * pygomalloc.install() come from h until it is set back (NULL or
+ * gm_heap_default() restore the default heap).  Returns the previous
+ * default's handle, or NULL with errno EINVAL (bad handle: the thread's
+ * default is unchanged).  A heap that has been a default is not destroyed
+ * while it has live objects (EBUSY). */
+GM_API gm_heap_t *gm_heap_set_default(gm_heap_t *h);
+/* The calling thread's default heap. */
+GM_API gm_heap_t *gm_heap_get_default(void);
+
+/*
  * ---- Testing only ----------------------------------------------------------
  *
  * Fault injection in the OS layer (csrc/mem_linux.c), for tests of the

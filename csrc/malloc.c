@@ -154,7 +154,7 @@ void gm_init_slow(void) {
         gm_sys_init();
         gm_pages_init();
         gm_arena_init();
-        gm_mcentral_init();
+        gm_heaps_init();
         gm_mcache_init();
         init_class_offsets();
         /* Published before pthread_atfork and atexit, which may allocate. */
@@ -328,37 +328,37 @@ GM_INLINE gm_mcache *tls_free(bool fixed) {
 
 /* ---- malloc ---------------------------------------------------------------- */
 
-static GM_NOINLINE void *malloc_slow(size_t size, bool zero);
-
+static GM_NOINLINE void *malloc_slow(size_t size, bool zero, gm_mcache *c);
 
 /* The object on top of list m is wrong: its state byte does not say
  * OBJ_CACHED, or its canary was overwritten.  Reports it; returns the
  * object when it may still be handed out (only its contents were written
  * after free), else drops the entry and returns NULL. */
-static GM_NOINLINE void *pop_bad(gm_mclass *m, uint8_t sc, gm_freeobj *top) {
+static GM_NOINLINE void *pop_bad(gm_mclass *m, uint8_t live, gm_freeobj *top) {
     void *p = top->p;
+    uint8_t sc = live & ~OBJ_HEAP_BIT;
     m->limit += LIST_UNIT; /* the entry leaves the list either way */
     if (LOAD_RELAXED(top->st) != OBJ_CACHED) {
         gm_report_corruption(p, sc, "its state says it is not on a free list (the allocator's memory was overwritten)");
         return NULL;
     }
     gm_report_corruption(p, sc, "written after it was freed");
-    gm_set_objstate(top->st, OBJ_LIVE(sc));
+    gm_set_objstate(top->st, live);
     ((uint64_t *)p)[0] = ((uint64_t *)p)[1] = 0;
     return p;
 }
 
-/* Pop the newest object of list m, of class sc, or NULL (empty, or a bad
- * entry dropped).  The entry below the bottom is a NULL sentinel, so an
- * empty list needs no test of its own. */
-GM_INLINE void *list_pop(gm_mclass *m, uint8_t sc) {
+/* Pop the newest object of list m, or NULL (empty, or a bad entry
+ * dropped); live is the state byte it gets.  The entry below the bottom is
+ * a NULL sentinel, so an empty list needs no test of its own. */
+GM_INLINE void *list_pop(gm_mclass *m, uint8_t live) {
     gm_freeobj *top = gm_list_slot(m) - 1;
     void *p = top->p;
     if (likely(p != NULL)) {
         uint8_t *st = top->st;
         if (unlikely(LOAD_RELAXED(st) != OBJ_CACHED || !canary_ok(p)))
-            return pop_bad(m, sc, top);
-        gm_set_objstate(st, OBJ_LIVE(sc));
+            return pop_bad(m, live, top);
+        gm_set_objstate(st, live);
         *(uint64_t *)p = 0;
         m->limit += LIST_UNIT;
     }
@@ -366,11 +366,16 @@ GM_INLINE void *list_pop(gm_mclass *m, uint8_t sc) {
 }
 
 /*
- * The fast path: steps 2 and 3 of the overview.  Measured with callgrind in
- * bench/callgrind_fastpath.py (see README for the instruction counts).
+ * The fast path: steps 2 and 3 of the overview.  c is where the calling
+ * thread's mallocs go: its default-heap cache, or a heap cache seen
+ * through a pointer biased by OBJ_HEAP_BIT entries (gm_internal.h, struct
+ * gm_tls); either way the entry the size table leads to is the class's,
+ * and, caches being aligned to the size of cls[], the entry's index is the
+ * state byte a live object gets (OBJ_LIVE(c) or OBJ_LIVE_HEAP(c)).
+ * Measured with callgrind in bench/callgrind_fastpath.py (see README for
+ * the instruction counts).
  */
-GM_INLINE void *malloc_fast(size_t size, bool fixed_tls) {
-    gm_mcache *c = tls_mcache(fixed_tls);
+GM_INLINE void *malloc_fast(size_t size, gm_mcache *c) {
     uintptr_t off;
     if (likely(size <= GM_SC_SMALL_SIZE_MAX))
         off = LOAD_RELAXED(&size_offset[size]);
@@ -378,9 +383,9 @@ GM_INLINE void *malloc_fast(size_t size, bool fixed_tls) {
         off = LOAD_RELAXED(&class128_offset[(size - GM_SC_SMALL_SIZE_MAX + GM_SC_LARGE_SIZE_DIV - 1) /
                                             GM_SC_LARGE_SIZE_DIV]);
     else
-        return malloc_slow(size, false);
+        return malloc_slow(size, false, c);
     gm_mclass *m = (gm_mclass *)((char *)c + off);
-    uint8_t sc = (uint8_t)(off / sizeof(gm_mclass));
+    uint8_t live = (uint8_t)((uintptr_t)m / sizeof(gm_mclass));
     gm_freeobj *top = gm_list_slot(m) - 1;
     void *p = top->p;
     if (likely(p != NULL)) {
@@ -390,71 +395,71 @@ GM_INLINE void *malloc_fast(size_t size, bool fixed_tls) {
         /* A plain read: a cached object's byte is written by its list's
          * owner only (a racing free's compare-and-swap fails on it). */
         if (unlikely(*st != OBJ_CACHED || !canary_ok(p)))
-            return malloc_slow(size, false);
-        gm_set_objstate(st, OBJ_LIVE(sc));
+            return malloc_slow(size, false, c);
+        gm_set_objstate(st, live);
         *(uint64_t *)p = 0;
         m->limit += LIST_UNIT;
         return p;
     }
     p = gm_nextFreeFast(m->span);
     if (likely(p != NULL)) {
-        c->nspan[sc]++;
+        gm_mcache_of(m)->nspan[live & ~OBJ_HEAP_BIT]++;
         return p;
     }
-    return malloc_slow(size, false);
+    return malloc_slow(size, false, c);
 }
 
+/* A large object from cache c's heap (c: the cache itself). */
 static void *large_alloc(gm_mcache *c, size_t size, bool zero) {
     if (size > ((size_t)1 << HEAP_ADDR_BITS)) {
         errno = ENOMEM;
         return NULL;
     }
     uintptr_t npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT;
-    gm_mspan *s = gm_mheap_alloc(c, npages, 0);
+    gm_mspan *s = gm_mheap_alloc(c->owner != NULL ? c->owner : c, npages, 0, c->heap);
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
     }
     s->sampled = 0;
+    if (c->heap != &gm_default_heap)
+        gm_heap_large_added(c->heap, s);
     if (zero && s->needzero)
         memset((void *)s->startAddr, 0, size);
     return (void *)s->startAddr;
 }
 
-static void *malloc_slow_inner(size_t size, bool zero);
+static void *malloc_slow_inner(size_t size, bool zero, gm_mcache *c);
 
 /* While the heap profile samples, every malloc comes here (see
  * gm_route_update), and counts its bytes towards the thread's next sample;
  * with the tiny allocator on, so do mallocs of 1 to TINY_MAX bytes. */
-static GM_NOINLINE void *malloc_slow(size_t size, bool zero) {
-    void *p = malloc_slow_inner(size, zero);
+static GM_NOINLINE void *malloc_slow(size_t size, bool zero, gm_mcache *c) {
+    void *p = malloc_slow_inner(size, zero, c);
     if (unlikely(LOAD_RELAXED(&gm_opt.profile_rate) != 0) && p != NULL &&
         !(size - 1 < TINY_MAX && LOAD_RELAXED(&gm_opt.tiny)) && gm_profile_due(gm_tls_mcache, size))
         gm_profile_alloc(p, size);
     return p;
 }
 
-void *gm_malloc_small_unsampled(gm_mcache *c, size_t size) {
-    (void)c;
-    return malloc_slow_inner(size, false);
-}
+void *gm_malloc_small_unsampled(gm_mcache *c, size_t size) { return malloc_slow_inner(size, false, c); }
 
-GM_INLINE void *malloc_slow_inner(size_t size, bool zero) {
+GM_INLINE void *malloc_slow_inner(size_t size, bool zero, gm_mcache *biased) {
     gm_ensure_init();
-    gm_mcache *c = gm_tls_mcache;
+    gm_mcache *c = gm_mcache_of(biased);
     if (c == &gm_nocache && (c = gm_mcache_create()) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
     if (size > MAX_SMALL_SIZE)
         return large_alloc(c, size, zero);
-    if (size - 1 < TINY_MAX && LOAD_RELAXED(&gm_opt.tiny))
+    if (size - 1 < TINY_MAX && LOAD_RELAXED(&gm_opt.tiny) && c->clsbase == 0)
         return gm_tiny_alloc(c, size, zero);
     /* size 0 gets the 16-byte class: a distinct pointer per malloc(0). */
-    uint8_t sc = size_to_class(size);
-    gm_mclass *m = &c->cls[sc];
+    uint8_t sc = size_to_class(size), live = c->clsbase | sc;
+    gm_mclass *m = gm_mclass_of(c, sc);
     for (;;) {
-        void *p = list_pop(m, sc);
+        void *p = list_pop(m, live);
         if (p != NULL) {
             if (zero)
                 memset(p, 0, size);
@@ -465,7 +470,7 @@ GM_INLINE void *malloc_slow_inner(size_t size, bool zero) {
         /* Steps 3 to 7, with the transfer cache before nextFreeIndex: a
          * batch another thread flushed is taken whole. */
         p = gm_nextFreeFast(m->span);
-        if (p == NULL && LOAD_RELAXED(&gm_central[sc].ntc) != 0 && gm_mcache_receive(c, sc))
+        if (p == NULL && LOAD_RELAXED(&c->heap->central[sc].ntc) != 0 && gm_mcache_receive(c, sc))
             continue;
         if (p == NULL && (p = gm_mcache_refill(c, sc)) == NULL) {
             errno = ENOMEM;
@@ -478,7 +483,12 @@ GM_INLINE void *malloc_slow_inner(size_t size, bool zero) {
     }
 }
 
-void *gm_malloc_internal(size_t size) { return malloc_fast(size, false); }
+void *gm_malloc_internal(size_t size) { return malloc_fast(size, gm_tls.alloc); }
+
+void *gm_malloc_from(gm_mcache *c, size_t size, bool zero) {
+    gm_mcache *biased = gm_alloc_ptr(c);
+    return zero ? malloc_slow(size, true, biased) : malloc_fast(size, biased);
+}
 
 void *gm_calloc(size_t nmemb, size_t size) {
     size_t total;
@@ -486,7 +496,7 @@ void *gm_calloc(size_t nmemb, size_t size) {
         errno = ENOMEM;
         return NULL;
     }
-    return malloc_slow(total, true);
+    return malloc_slow(total, true, gm_tls.alloc);
 }
 
 /* ---- free -------------------------------------------------------------------- */
@@ -504,11 +514,11 @@ GM_INLINE void free_push(gm_mclass *m, gm_freeobj *f, uint64_t npush, void *p, u
     m->npush = npush + LIST_UNIT;
 }
 
-/* The one transition two threads may race for: LIVE(sc) -> CACHED(sc).
- * Exactly one of two frees of an object succeeds. */
-GM_INLINE bool claim_live(uint8_t *st, uint8_t sc) {
-    uint8_t expect = OBJ_LIVE(sc);
-    return __atomic_compare_exchange_n(st, &expect, OBJ_CACHED, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+/* The one transition two threads may race for: live -> OBJ_CACHED (live:
+ * OBJ_LIVE(c) or OBJ_LIVE_HEAP(c)).  Exactly one of two frees of an object
+ * succeeds. */
+GM_INLINE bool claim_live(uint8_t *st, uint8_t live) {
+    return __atomic_compare_exchange_n(st, &live, OBJ_CACHED, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
 /*
@@ -527,7 +537,7 @@ GM_INLINE int free_fast(void *p, bool checked, bool fixed_tls) {
     if (likely((a & outside) == 0 && (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) != 0)) {
         uint8_t *st = gm_state_at(e, a);
         uintptr_t b = LOAD_RELAXED(st);
-        gm_mclass *m = (gm_mclass *)((char *)tls_mcache(fixed_tls) + b * sizeof(gm_mclass));
+        gm_mclass *m = (gm_mclass *)((char *)tls_free(fixed_tls) + b * sizeof(gm_mclass));
         uint64_t npush = m->npush;
         int64_t d = (int64_t)(npush - m->limit); /* < 0: room; the top's offset from end */
         if (likely(d < 0 && claim_live(st, (uint8_t)b))) {
@@ -541,8 +551,6 @@ GM_INLINE int free_fast(void *p, bool checked, bool fixed_tls) {
 static int bad_free(int code, void *p, bool checked) {
     return checked ? (ATOMIC_ADD(&bad_frees, 1), code) : gm_report(code, p, "free");
 }
-
-static bool free_to(gm_mcache *c, uint8_t sc, void *p, uint8_t *st) { return gm_free_to(c, sc, p, st); }
 
 /* Everything free_fast did not finish: NULL, large objects, objects in the
  * heap profile, tiny objects, frees on a thread without a cache or with a
@@ -558,7 +566,12 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
     if (unlikely(s == NULL || LOAD_RELAXED(&s->state) != SPAN_INUSE)) /* freed by a racing free since gm_check */
         return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
     uint8_t sc = s->sizeclass;
+    gm_heap *hp = LOAD_RELAXED(&s->heap);
     if (sc == 0) {
+        /* A program's heap's large object leaves the heap's list first:
+         * of two racing frees, one finds it there. */
+        if (hp != &gm_default_heap && hp != NULL && !gm_heap_large_removed(hp, s, a))
+            return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
         if (unlikely(LOAD_RELAXED(&s->sampled))) {
             STORE_RELAXED(&s->sampled, 0);
             gm_profile_free(p);
@@ -576,9 +589,14 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
         /* In the heap profile: out of it, then freed as any.  The racing
          * double free loses here or at claim_live below. */
         uint8_t expect = OBJ_SAMPLED;
-        if (!__atomic_compare_exchange_n(st, &expect, OBJ_LIVE(sc), false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        if (!__atomic_compare_exchange_n(st, &expect, s->liveval, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
             return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
         gm_profile_free(p);
+    }
+    if (hp != &gm_default_heap) { /* a program's heap's object: to the thread's cache for that heap */
+        code = gm_heap_free_obj(s, p, st);
+        if (code != GM_HEAP_MOVED)
+            return code != GM_OK ? bad_free(code, p, checked) : GM_OK;
     }
     gm_mcache *c = gm_tls_mcache;
     if (c == &gm_nocache && !gm_tls_exiting)
@@ -586,16 +604,16 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
     if (c == NULL || c == &gm_nocache) {
         /* A thread whose cache is gone (exiting), or none could be had:
          * straight to the span. */
-        if (!claim_live(st, sc))
+        if (!claim_live(st, OBJ_LIVE(sc)))
             return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
         canary_set(p);
         gm_freeobj f = {p, st};
         ATOMIC_ADD(&gm_dead_nfree[sc], 1);
-        gm_mcentral_freeObjs(sc, &f, 1);
+        gm_mcentral_freeObjs(&gm_central[sc], &f, 1);
         return GM_OK;
     }
     c->slow_frees++;
-    if (!free_to(c, sc, p, st))
+    if (!gm_free_to(c, sc, p, st))
         return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
     return GM_OK;
 }
@@ -605,10 +623,10 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
  * racing free got it first.  The caller owns c (c's thread, or the one
  * flushing c at its thread's exit). */
 bool gm_free_to(gm_mcache *c, uint8_t sc, void *p, uint8_t *st) {
-    gm_mclass *m = &c->cls[sc];
+    gm_mclass *m = gm_mclass_of(c, sc);
     if (m->npush >= m->limit)
         gm_mcache_flushClass(c, sc, c->listmax[sc] / 2);
-    if (!claim_live(st, sc))
+    if (!claim_live(st, c->clsbase | sc))
         return false;
     free_push(m, gm_list_slot(m), m->npush, p, st);
     return true;
@@ -640,7 +658,7 @@ GM_INLINE int free_owned(void *p, bool fixed_tls) {
         body                                            \
     }
 #endif
-GM_TLS_VARIANTS(void *, gm_malloc, (size_t size), return malloc_fast(size, fixed_tls);)
+GM_TLS_VARIANTS(void *, gm_malloc, (size_t size), return malloc_fast(size, tls_alloc(fixed_tls));)
 GM_TLS_VARIANTS(void, gm_free, (void *p), (void)free_fast(p, false, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_checked, (void *p), return free_fast(p, true, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_owned, (void *p), return free_owned(p, fixed_tls);)
@@ -673,7 +691,7 @@ int gm_check(const void *p) {
         return gm_tiny_check(s, i, a);
     if (!gm_span_is_slot(s, a))
         return interior(s, a);
-    return st == OBJ_LIVE(s->sizeclass) || st == OBJ_SAMPLED ? GM_OK : GM_ERR_NOT_ALLOCATED;
+    return st == s->liveval || st == OBJ_SAMPLED ? GM_OK : GM_ERR_NOT_ALLOCATED;
 }
 
 /* ---- the rest of the family ------------------------------------------------ */
@@ -722,7 +740,9 @@ void *gm_realloc(void *p, size_t size) {
     return q;
 }
 
-void *gm_aligned_alloc(size_t alignment, size_t size) {
+/* Aligned allocation from cache c (biased or not): from the classes whose
+ * size is a multiple of the alignment, or a large span. */
+void *gm_aligned_from(gm_mcache *biased, size_t alignment, size_t size) {
     if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
         errno = EINVAL;
         return NULL;
@@ -734,7 +754,7 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
     if (size == 0)
         size = 1; /* a distinct object, as malloc(0) */
     if (alignment <= 8) /* a tiny object's slot is aligned to its size */
-        return gm_malloc_internal(size < alignment ? alignment : size);
+        return malloc_fast(size < alignment ? alignment : size, biased);
     if (alignment <= PAGE_SIZE) {
         /* Objects of a class whose size is a multiple of alignment are
          * aligned: spans start on 8 KiB boundaries. */
@@ -744,21 +764,26 @@ void *gm_aligned_alloc(size_t alignment, size_t size) {
         if (n <= MAX_SMALL_SIZE) {
             for (uint8_t sc = size_to_class(n); sc < NUM_CLASSES; sc++)
                 if (gm_class_to_size[sc] % alignment == 0)
-                    return gm_malloc_internal(gm_class_to_size[sc]);
+                    return malloc_fast(gm_class_to_size[sc], biased);
         }
-        if (size <= MAX_SMALL_SIZE)
-            size = MAX_SMALL_SIZE + 1; /* a large span is page aligned */
-        return gm_malloc_internal(size);
+        /* a large span is page aligned */
+        return malloc_slow(size <= MAX_SMALL_SIZE ? MAX_SMALL_SIZE + 1 : size, false, biased);
     }
     gm_ensure_init();
-    gm_mspan *s = gm_mheap_alloc_aligned((size + PAGE_SIZE - 1) >> PAGE_SHIFT, alignment);
+    gm_mcache *c = gm_mcache_of(biased);
+    gm_heap *hp = c != &gm_nocache && c->heap != NULL ? c->heap : &gm_default_heap;
+    gm_mspan *s = gm_mheap_alloc_aligned((size + PAGE_SIZE - 1) >> PAGE_SHIFT, alignment, hp);
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
     }
     s->sampled = 0;
+    if (hp != &gm_default_heap)
+        gm_heap_large_added(hp, s);
     return (void *)s->startAddr;
 }
+
+void *gm_aligned_alloc(size_t alignment, size_t size) { return gm_aligned_from(gm_tls.alloc, alignment, size); }
 
 int gm_posix_memalign(void **out, size_t alignment, size_t size) {
     if (alignment < sizeof(void *) || (alignment & (alignment - 1)) != 0)
@@ -787,5 +812,7 @@ size_t gm_release(void) {
     if (!atomic_load_explicit(&gm_inited, memory_order_acquire))
         return 0;
     gm_thread_flush();
+    uint64_t oldest;
+    (void)gm_heap_quarantine_drain(0, &oldest); /* destroyed heaps' faulting pages too */
     return gm_mheap_scavenge(~(uintptr_t)0);
 }

@@ -76,6 +76,9 @@ static void mcache_release(gm_mcache *c);
 static void mcache_destructor(void *arg) {
     gm_mcache *c = arg;
     gm_tls_exiting = true;
+    gm_mcache *scope = gm_mcache_of(gm_tls.alloc);
+    if (scope != c && scope != &gm_nocache)
+        gm_heap_leave_scope(scope); /* the thread ends in a heap's scope: the scope ends */
     if (gm_tls.free == c)
         gm_tls.free = gm_tls.alloc = &gm_nocache;
     pthread_mutex_lock(&registry_lock);
@@ -135,6 +138,63 @@ static gm_freeobj *lists_alloc(void) {
     return gm_persistentalloc(lists_entries * sizeof(gm_freeobj), 64, &gm_mheap.mcache_sys);
 }
 
+/* A cache struct with its lists block.  Under registry_lock. */
+static gm_mcache *new_cache(void) {
+    gm_mcache *c = gm_fixalloc_alloc(&gm_mheap.cachealloc);
+    gm_freeobj *lists = c != NULL ? lists_alloc() : NULL;
+    if (lists == NULL) {
+        if (c != NULL)
+            gm_fixalloc_free(&gm_mheap.cachealloc, c);
+        return NULL;
+    }
+    c->lists = lists;
+    return c;
+}
+
+/* Back to the pools.  Under registry_lock. */
+static void free_cache(gm_mcache *c) {
+    c->lists[0].p = free_lists;
+    free_lists = c->lists;
+    c->lists = NULL;
+    gm_fixalloc_free(&gm_mheap.cachealloc, c);
+}
+
+void gm_mcache_reset_lists(gm_mcache *c, uint8_t clsbase) {
+    long long tcache_bytes = LOAD_RELAXED(&gm_opt.tcache_bytes);
+    c->clsbase = clsbase;
+    for (int i = 0; i < MCACHE_CLS; i++)
+        c->cls[i] = (gm_mclass)NO_LIST;
+    gm_freeobj *pos = c->lists;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        uint32_t cap = gm_list_cap[sc], max = list_bound((uint8_t)sc, tcache_bytes);
+        c->listmax[sc] = max < cap ? max : cap;
+        c->nspan[sc] = c->nflush[sc] = c->nrecv[sc] = 0;
+        if (cap == 0)
+            continue;
+        /* pos[0] is the sentinel: zero from persistentalloc, and never
+         * written since (lists_alloc clears the one word it borrows), so
+         * the pages of classes a thread never uses are never touched. */
+        GM_ASSERT(pos[0].p == NULL);
+        gm_mclass *m = gm_mclass_of(c, (uint8_t)sc);
+        m->end = pos + 1 + c->listmax[sc];
+        m->limit = c->listmax[sc] * LIST_UNIT;
+        pos += cap + 1;
+    }
+}
+
+gm_mcache *gm_mcache_new_heap_cache(void) {
+    pthread_mutex_lock(&registry_lock);
+    gm_mcache *c = new_cache();
+    pthread_mutex_unlock(&registry_lock);
+    return c;
+}
+
+void gm_mcache_free_heap_cache(gm_mcache *hc) {
+    pthread_mutex_lock(&registry_lock);
+    free_cache(hc);
+    pthread_mutex_unlock(&registry_lock);
+}
+
 gm_mcache *gm_mcache_create(void) {
     pthread_mutex_lock(&registry_lock);
     gm_mcache *c = abandoned;
@@ -149,33 +209,13 @@ gm_mcache *gm_mcache_create(void) {
         pthread_setspecific(mcache_key, c);
         return c;
     }
-    c = gm_fixalloc_alloc(&gm_mheap.cachealloc);
-    gm_freeobj *lists = c != NULL ? lists_alloc() : NULL;
-    if (lists == NULL) {
-        if (c != NULL)
-            gm_fixalloc_free(&gm_mheap.cachealloc, c);
+    c = new_cache();
+    if (c == NULL) {
         pthread_mutex_unlock(&registry_lock);
         return NULL;
     }
-    c->lists = lists;
-    long long tcache_bytes = LOAD_RELAXED(&gm_opt.tcache_bytes);
-    for (int i = 0; i < MCACHE_CLS; i++)
-        c->cls[i] = (gm_mclass)NO_LIST;
-    gm_freeobj *pos = lists;
-    for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        uint32_t cap = gm_list_cap[sc], max = list_bound((uint8_t)sc, tcache_bytes);
-        c->listmax[sc] = max < cap ? max : cap;
-        c->nspan[sc] = c->nflush[sc] = c->nrecv[sc] = 0;
-        if (cap == 0)
-            continue;
-        /* pos[0] is the sentinel: zero from persistentalloc, and never
-         * written since (lists_alloc clears the one word it borrows), so
-         * the pages of classes a thread never uses are never touched. */
-        GM_ASSERT(pos[0].p == NULL);
-        c->cls[sc].end = pos + 1 + c->listmax[sc];
-        c->cls[sc].limit = c->listmax[sc] * LIST_UNIT;
-        pos += cap + 1;
-    }
+    gm_mcache_reset_lists(c, 0);
+    c->heap = &gm_default_heap;
     c->prev = NULL;
     c->next = registry;
     if (registry != NULL)
@@ -203,15 +243,13 @@ static void registry_unlink(gm_mcache *c) {
 /* Flush everything and recycle c.  No thread owns c: its owner is gone
  * (or is us, leaving), and it is on no list but the registry. */
 static void mcache_release(gm_mcache *c) {
+    gm_heap_release_caches(c);
     gm_mcache_flushAll(c);
     pthread_mutex_lock(&registry_lock);
     gm_stats_fold_mcache(c);
     if (c->linked)
         registry_unlink(c);
-    c->lists[0].p = free_lists;
-    free_lists = c->lists;
-    c->lists = NULL;
-    gm_fixalloc_free(&gm_mheap.cachealloc, c);
+    free_cache(c);
     pthread_mutex_unlock(&registry_lock);
 }
 
@@ -258,7 +296,7 @@ void gm_stats_fold_mcache(gm_mcache *c) {
     ATOMIC_ADD(&gm_dead_tiny_frees, c->tiny_frees);
     c->tiny_mallocs = c->tiny_frees = 0;
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
-        gm_mclass *m = &c->cls[sc];
+        gm_mclass *m = gm_mclass_of(c, (uint8_t)sc);
         ATOMIC_ADD(&gm_dead_nmalloc[sc], m->limit / LIST_UNIT - c->listmax[sc] - c->nflush[sc] + c->nrecv[sc] + c->nspan[sc]);
         ATOMIC_ADD(&gm_dead_nfree[sc], m->npush / LIST_UNIT);
         /* The list is empty (flushed), or lost with an orphan. */
@@ -274,7 +312,7 @@ void gm_stats_fold_mcache(gm_mcache *c) {
  * an object, or NULL when out of memory.
  */
 void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
-    gm_mclass *m = &c->cls[sc];
+    gm_mclass *m = gm_mclass_of(c, sc);
     gm_mspan *s = m->span;
     if (s != &gm_emptyspan) {
         uintptr_t i = gm_span_nextFreeIndex(s);
@@ -302,16 +340,17 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
  * recently freed objects leave it, for the transfer cache or their spans
  * (one copy; the kept ones move down to the bottom of the array). */
 void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
-    gm_mclass *m = &c->cls[sc];
+    gm_mclass *m = gm_mclass_of(c, sc);
+    gm_mcentral *mc = &c->heap->central[sc];
     uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]);
     if (len <= keep)
         return;
     uint32_t n = len - keep;
     gm_freeobj *base = gm_list_base(m, c->listmax[sc]);
     if (keep == 0)
-        gm_mcentral_freeObjs(sc, base, n); /* emptied: straight to the spans */
+        gm_mcentral_freeObjs(mc, base, n); /* emptied: straight to the spans */
     else
-        gm_mcentral_freeBatch(sc, base, n);
+        gm_mcentral_freeBatch(mc, base, n);
     memmove(base, base + n, keep * sizeof *base);
     m->limit += n * LIST_UNIT;
     c->nflush[sc] += n;
@@ -320,9 +359,9 @@ void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
 /* The list of class sc is empty: take a batch from the transfer cache, if
  * it has one that fits.  Returns whether the list has objects now. */
 bool gm_mcache_receive(gm_mcache *c, uint8_t sc) {
-    gm_mclass *m = &c->cls[sc];
+    gm_mclass *m = gm_mclass_of(c, sc);
     GM_ASSERT(gm_list_len(m->npush, m->limit, c->listmax[sc]) == 0);
-    uint32_t n = gm_mcentral_takeBatch(sc, gm_list_base(m, c->listmax[sc]), c->listmax[sc]);
+    uint32_t n = gm_mcentral_takeBatch(&c->heap->central[sc], gm_list_base(m, c->listmax[sc]), c->listmax[sc]);
     if (n == 0)
         return false;
     m->limit -= n * LIST_UNIT;
@@ -332,15 +371,18 @@ bool gm_mcache_receive(gm_mcache *c, uint8_t sc) {
 
 /* Everything back to the spans and the heap (thread exit, gm_release). */
 void gm_mcache_flushAll(gm_mcache *c) {
-    gm_tiny_retire_all(c); /* first: empty blocks land on the lists flushed below */
+    if (c->clsbase == 0)
+        gm_tiny_retire_all(c); /* first: empty blocks land on the lists flushed below */
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         gm_mcache_flushClass(c, (uint8_t)sc, 0);
-        if (c->cls[sc].span != &gm_emptyspan) {
-            gm_mcentral_uncacheSpan(c->cls[sc].span);
-            c->cls[sc].span = &gm_emptyspan;
+        gm_mclass *m = gm_mclass_of(c, (uint8_t)sc);
+        if (m->span != &gm_emptyspan) {
+            gm_mcentral_uncacheSpan(m->span);
+            m->span = &gm_emptyspan;
         }
     }
-    gm_pagecache_flush(c);
+    if (c->clsbase == 0)
+        gm_pagecache_flush(c);
 }
 
 /* ---- registry, for stats and the heap check ----------------------------- */
@@ -366,10 +408,16 @@ gm_mcache *gm_registry_first(void) { return registry; }
 
 /* ---- fork ------------------------------------------------------------------ */
 
+/* Every lock, in the lock order: the heaps table, each heap's lock, the
+ * registry, each heap's class locks, the page heap, persistentalloc. */
 void gm_mcache_fork_prepare(void) {
+    gm_heaps_lock();
+    for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp))
+        pthread_mutex_lock(&hp->lock);
     pthread_mutex_lock(&registry_lock);
-    for (int sc = 0; sc < NUM_CLASSES; sc++)
-        pthread_mutex_lock(&gm_central[sc].lock);
+    for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp))
+        for (int sc = 0; sc < NUM_CLASSES; sc++)
+            pthread_mutex_lock(&hp->central[sc].lock);
     pthread_mutex_lock(&gm_mheap.lock);
     gm_persistent_lock();
 }
@@ -377,9 +425,13 @@ void gm_mcache_fork_prepare(void) {
 void gm_mcache_fork_parent(void) {
     gm_persistent_unlock();
     pthread_mutex_unlock(&gm_mheap.lock);
-    for (int sc = NUM_CLASSES - 1; sc >= 0; sc--)
-        pthread_mutex_unlock(&gm_central[sc].lock);
+    for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp))
+        for (int sc = NUM_CLASSES - 1; sc >= 0; sc--)
+            pthread_mutex_unlock(&hp->central[sc].lock);
     pthread_mutex_unlock(&registry_lock);
+    for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp))
+        pthread_mutex_unlock(&hp->lock);
+    gm_heaps_unlock();
 }
 
 /*
@@ -397,8 +449,10 @@ void gm_mcache_fork_child(void) {
     gm_persistent_reinit();
     pthread_mutex_init(&gm_mheap.lock, NULL);
     gm_mheap_fork_child();
-    for (int sc = 0; sc < NUM_CLASSES; sc++)
-        pthread_mutex_init(&gm_central[sc].lock, NULL);
+    gm_heaps_fork_child();
+    for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp))
+        for (int sc = 0; sc < NUM_CLASSES; sc++)
+            pthread_mutex_init(&hp->central[sc].lock, NULL);
     pthread_mutex_init(&registry_lock, NULL);
     pthread_cond_init(&reaped, NULL);
     reaping = checking = 0; /* a reaper's cache, mid-flush, is orphaned below */
@@ -407,6 +461,11 @@ void gm_mcache_fork_child(void) {
     while (c != NULL) {
         gm_mcache *next = c->next;
         if (c != gm_tls_mcache && !c->abandoned) { /* abandoned caches were quiescent: they stay adoptable */
+            /* Its heap caches will never be left by their thread. */
+            for (gm_mcache *hc = c->heapcaches; hc != NULL; hc = hc->sibling) {
+                hc->busy = 0;
+                hc->inscope = false;
+            }
             gm_stats_fold_mcache(c);
             registry_unlink(c);
             c->next = orphans;

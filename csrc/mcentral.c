@@ -26,16 +26,6 @@
 
 #include "gm_internal.h"
 
-gm_mcentral gm_central[NUM_CLASSES];
-
-void gm_mcentral_init(void) {
-    for (int i = 0; i < NUM_CLASSES; i++) {
-        pthread_mutex_init(&gm_central[i].lock, NULL);
-        gm_central[i].partial = gm_central[i].full = NULL;
-        gm_fixalloc_init(&gm_central[i].tinywordalloc, (size_t)gm_class_to_nelems[i] * sizeof(uint32_t),
-                         &gm_mheap.other_sys);
-    }
-}
 
 static void list_add(gm_mcentral *mc, gm_mspan *s) {
     if (s->allocCount < s->nelems) {
@@ -86,7 +76,7 @@ static void release_span(gm_mcentral *mc, gm_mspan *s) {
  * memory.
  */
 gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
-    gm_mcentral *mc = &gm_central[sc];
+    gm_mcentral *mc = &c->heap->central[sc];
     pthread_mutex_lock(&mc->lock);
     gm_mspan *s = mc->partial;
     if (s != NULL) {
@@ -96,7 +86,7 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
     } else {
         /* mcentral.grow, under the class lock: a fork() must see the new
          * span counted here as soon as it is in use in the heap. */
-        s = gm_mheap_alloc(c, gm_class_to_allocnpages[sc], sc);
+        s = gm_mheap_alloc(c->owner != NULL ? c->owner : c, gm_class_to_allocnpages[sc], sc, c->heap);
         if (s == NULL) {
             pthread_mutex_unlock(&mc->lock);
             return NULL;
@@ -118,7 +108,7 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
  * hand out (0 bits at and above freeindex) go back.
  */
 void gm_mcentral_uncacheSpan(gm_mspan *s) {
-    gm_mcentral *mc = &gm_central[s->sizeclass];
+    gm_mcentral *mc = &s->heap->central[s->sizeclass];
     pthread_mutex_lock(&mc->lock);
     uintptr_t fi = s->freeindex, nwords = (s->nelems + 63) / 64;
     uint32_t unused = 0;
@@ -145,10 +135,11 @@ void gm_mcentral_uncacheSpan(gm_mspan *s) {
     pthread_mutex_unlock(&mc->lock);
 }
 
-bool gm_freeobj_valid(const gm_freeobj *f, uint8_t sc) {
+bool gm_freeobj_valid(const gm_freeobj *f, const gm_mcentral *mc) {
     uintptr_t a = (uintptr_t)f->p;
     gm_mspan *s = gm_span_of(a);
-    return s != NULL && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == sc && gm_span_is_slot(s, a) &&
+    return s != NULL && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == mc->sizeclass &&
+           LOAD_RELAXED(&s->heap) == mc->heap && gm_span_is_slot(s, a) &&
            f->st == gm_objstate_ptr(s, gm_span_index(s, a)) && LOAD_RELAXED(f->st) == OBJ_CACHED;
 }
 
@@ -162,13 +153,14 @@ bool gm_freeobj_valid(const gm_freeobj *f, uint8_t sc) {
  * reported and skipped.  Returns how many went back; *released says
  * whether a span went back to the heap.
  */
-static uint64_t free_objs_locked(gm_mcentral *mc, uint8_t sc, const gm_freeobj *objs, uint32_t n, bool *released) {
+static uint64_t free_objs_locked(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, bool *released) {
     uint64_t done = 0;
+    uint8_t sc = mc->sizeclass;
     for (uint32_t k = 0; k < n; k++) {
         const gm_freeobj *f = &objs[k];
         uintptr_t a = (uintptr_t)f->p;
         gm_mspan *s = gm_span_of(a);
-        if (unlikely(s == NULL || s->sizeclass != sc || LOAD_RELAXED(f->st) != OBJ_CACHED ||
+        if (unlikely(s == NULL || s->sizeclass != sc || s->heap != mc->heap || LOAD_RELAXED(f->st) != OBJ_CACHED ||
                      !gm_span_is_slot(s, a) || f->st != gm_objstate_ptr(s, gm_span_index(s, a)))) {
             gm_report_corruption(f->p, sc, "a free list entry is not a freed object of its class");
             continue;
@@ -208,12 +200,11 @@ static void check_canaries(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
     }
 }
 
-uint64_t gm_mcentral_freeObjs(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
-    gm_mcentral *mc = &gm_central[sc];
+uint64_t gm_mcentral_freeObjs(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n) {
     bool released = false;
-    check_canaries(sc, objs, n);
+    check_canaries(mc->sizeclass, objs, n);
     pthread_mutex_lock(&mc->lock);
-    uint64_t done = free_objs_locked(mc, sc, objs, n, &released);
+    uint64_t done = free_objs_locked(mc, objs, n, &released);
     pthread_mutex_unlock(&mc->lock);
     if (released)
         gm_scavenger_notify();
@@ -224,11 +215,11 @@ uint64_t gm_mcentral_freeObjs(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
 
 /* Send the k oldest batches of mc's transfer cache to the spans, keeping
  * their buffers (moved to the free end of tc[]).  Under lock. */
-static void evict_oldest(gm_mcentral *mc, uint8_t sc, uint32_t k, bool *released) {
+static void evict_oldest(gm_mcentral *mc, uint32_t k, bool *released) {
     gm_freeobj *bufs[TC_BATCHES];
     for (uint32_t i = 0; i < k; i++) {
-        check_canaries(sc, mc->tc[i].objs, mc->tc[i].n);
-        free_objs_locked(mc, sc, mc->tc[i].objs, mc->tc[i].n, released);
+        check_canaries(mc->sizeclass, mc->tc[i].objs, mc->tc[i].n);
+        free_objs_locked(mc, mc->tc[i].objs, mc->tc[i].n, released);
         mc->tc_objects -= mc->tc[i].n;
         bufs[i] = mc->tc[i].objs;
     }
@@ -238,11 +229,11 @@ static void evict_oldest(gm_mcentral *mc, uint8_t sc, uint32_t k, bool *released
     STORE_RELAXED(&mc->ntc, mc->ntc - k);
 }
 
-void gm_mcentral_freeBatch(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
-    gm_mcentral *mc = &gm_central[sc];
+void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n) {
+    uint8_t sc = mc->sizeclass;
     uint64_t size = gm_class_to_size[sc];
     if (n * size > TC_BYTES || n > gm_list_cap[sc]) {
-        gm_mcentral_freeObjs(sc, objs, n);
+        gm_mcentral_freeObjs(mc, objs, n);
         return;
     }
     /* Room is made by sending the oldest batches to the spans: under a
@@ -253,13 +244,13 @@ void gm_mcentral_freeBatch(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
     uint32_t k = 0, objects = mc->tc_objects;
     while (k < mc->ntc && (mc->ntc - k == TC_BATCHES || (objects + n) * size > TC_BYTES))
         objects -= mc->tc[k++].n;
-    evict_oldest(mc, sc, k, &released);
+    evict_oldest(mc, k, &released);
     gm_tcbatch *b = &mc->tc[mc->ntc];
     if (b->objs == NULL)
         b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_mheap.other_sys);
     if (b->objs == NULL) { /* no memory for the buffer: to the spans */
         check_canaries(sc, objs, n);
-        free_objs_locked(mc, sc, objs, n, &released);
+        free_objs_locked(mc, objs, n, &released);
     } else {
         memcpy(b->objs, objs, n * sizeof *objs);
         b->n = n;
@@ -272,8 +263,7 @@ void gm_mcentral_freeBatch(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
         gm_scavenger_notify();
 }
 
-uint32_t gm_mcentral_takeBatch(uint8_t sc, gm_freeobj *out, uint32_t max) {
-    gm_mcentral *mc = &gm_central[sc];
+uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max) {
     uint32_t n = 0;
     pthread_mutex_lock(&mc->lock);
     if (mc->ntc > 0 && mc->tc[mc->ntc - 1].n <= max) {
@@ -289,27 +279,44 @@ uint32_t gm_mcentral_takeBatch(uint8_t sc, gm_freeobj *out, uint32_t max) {
     return n;
 }
 
+/* Move the batches of mc that came in at least age_ms ago to the spans;
+ * the oldest left's arrival in *oldest (if *left). */
+static void drain_central(gm_mcentral *mc, uint64_t now, uint64_t age_ms, bool *left, uint64_t *oldest,
+                          bool *released) {
+    if (LOAD_RELAXED(&mc->ntc) == 0)
+        return;
+    pthread_mutex_lock(&mc->lock);
+    uint32_t k = 0;
+    while (k < mc->ntc && now - mc->tc[k].since >= age_ms)
+        k++;
+    evict_oldest(mc, k, released);
+    if (mc->ntc != 0 && (!*left || mc->tc[0].since < *oldest)) {
+        *oldest = mc->tc[0].since;
+        *left = true;
+    }
+    pthread_mutex_unlock(&mc->lock);
+}
+
 bool gm_mcentral_drainAged(uint64_t age_ms, uint64_t *oldest) {
     uint64_t now = gm_now_ms();
     bool left = false, released = false;
-    for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        gm_mcentral *mc = &gm_central[sc];
-        if (LOAD_RELAXED(&mc->ntc) == 0)
-            continue;
-        pthread_mutex_lock(&mc->lock);
-        uint32_t k = 0;
-        while (k < mc->ntc && now - mc->tc[k].since >= age_ms)
-            k++;
-        evict_oldest(mc, (uint8_t)sc, k, &released);
-        if (mc->ntc != 0 && (!left || mc->tc[0].since < *oldest)) {
-            *oldest = mc->tc[0].since;
-            left = true;
-        }
-        pthread_mutex_unlock(&mc->lock);
-    }
+    gm_heaps_lock(); /* no heap is destroyed meanwhile */
+    for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp))
+        for (int sc = 1; sc < NUM_CLASSES; sc++)
+            drain_central(&hp->central[sc], now, age_ms, &left, oldest, &released);
+    gm_heaps_unlock();
     if (released)
         gm_scavenger_notify();
     return left;
+}
+
+/* Every batch of mc to the spans (a heap's delete). */
+void gm_mcentral_drain(gm_mcentral *mc) {
+    bool left = false, released = false;
+    uint64_t oldest = 0;
+    drain_central(mc, gm_now_ms(), 0, &left, &oldest, &released);
+    if (released)
+        gm_scavenger_notify();
 }
 
 void gm_mcentral_drainAll(void) {
@@ -319,11 +326,13 @@ void gm_mcentral_drainAll(void) {
 
 uint64_t gm_mcentral_tc_bytes(void) {
     uint64_t bytes = 0;
-    for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        pthread_mutex_lock(&gm_central[sc].lock);
-        bytes += (uint64_t)gm_central[sc].tc_objects * gm_class_to_size[sc];
-        pthread_mutex_unlock(&gm_central[sc].lock);
-    }
+    for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp))
+        for (int sc = 1; sc < NUM_CLASSES; sc++) {
+            gm_mcentral *mc = &hp->central[sc];
+            pthread_mutex_lock(&mc->lock);
+            bytes += (uint64_t)mc->tc_objects * gm_class_to_size[sc];
+            pthread_mutex_unlock(&mc->lock);
+        }
     return bytes;
 }
 
@@ -366,7 +375,7 @@ int gm_span_check(const gm_mspan *s, bool cached) {
     for (uintptr_t i = 0; i < s->nelems; i++) {
         uint8_t st = gm_objstate(s, i);
         bool taken = i < s->freeindex || gm_bit(s->allocBits, i);
-        if (!(st == OBJ_FREE || st == OBJ_LIVE(s->sizeclass) || st == OBJ_CACHED ||
+        if (!(st == OBJ_FREE || st == s->liveval || st == OBJ_CACHED ||
               st == OBJ_SAMPLED || st == OBJ_TINY) ||
             (st == OBJ_TINY && (s->sizeclass != TINY_CLASS || gm_tiny_check_block(s, i)))) {
             gm_warn_check("bad object state byte", s);
@@ -405,15 +414,15 @@ int gm_span_check(const gm_mspan *s, bool cached) {
 
 /* Check the uncached spans; returns violations, and the number of spans in
  * *nuncached.  Takes each class lock in turn. */
-int gm_mcentral_check_lists(uint64_t *nuncached) {
+int gm_mcentral_check_lists(gm_heap *hp, uint64_t *nuncached) {
     int bad = 0;
     *nuncached = 0;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        gm_mcentral *mc = &gm_central[sc];
+        gm_mcentral *mc = &hp->central[sc];
         pthread_mutex_lock(&mc->lock);
         for (int l = 0; l < 2; l++)
             for (gm_mspan *s = l ? mc->full : mc->partial; s != NULL; s = s->next) {
-                if (s->sizeclass != sc || s->cachedBy != NULL) {
+                if (s->sizeclass != sc || s->cachedBy != NULL || s->heap != hp) {
                     gm_warn_check("span on the wrong mcentral, or cached", s);
                     bad++;
                 }
@@ -426,16 +435,16 @@ int gm_mcentral_check_lists(uint64_t *nuncached) {
 }
 
 /* Every object in a transfer cache must be a cached object of its class. */
-int gm_mcentral_check_tc(uint64_t *nobjects) {
+int gm_mcentral_check_tc(gm_heap *hp, uint64_t *nobjects) {
     int bad = 0;
     *nobjects = 0;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        gm_mcentral *mc = &gm_central[sc];
+        gm_mcentral *mc = &hp->central[sc];
         pthread_mutex_lock(&mc->lock);
         uint64_t total = 0;
         for (uint32_t i = 0; i < mc->ntc; i++) {
             for (uint32_t k = 0; k < mc->tc[i].n; k++)
-                if (!gm_freeobj_valid(&mc->tc[i].objs[k], (uint8_t)sc)) {
+                if (!gm_freeobj_valid(&mc->tc[i].objs[k], mc)) {
                     gm_warn_check("bad object in a transfer cache batch", gm_span_of((uintptr_t)mc->tc[i].objs[k].p));
                     bad++;
                     break;

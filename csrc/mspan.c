@@ -74,6 +74,6 @@ uintptr_t gm_span_nextFreeIndex(gm_mspan *s) {
         gm_span_refillAllocCache(s, sfreeindex / 8);
     s->freeindex = sfreeindex;
     GM_ASSERT(gm_objstate(s, result) == OBJ_FREE);
-    gm_set_objstate(gm_objstate_ptr(s, result), OBJ_LIVE(s->sizeclass));
+    gm_set_objstate(gm_objstate_ptr(s, result), s->liveval);
     return result;
 }

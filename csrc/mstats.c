@@ -15,9 +15,6 @@
 
 #include "gm_internal.h"
 
-/* Reads counters that their owner threads write without atomics: a benign
- * race, by design (see above), so hidden from ThreadSanitizer. */
-#define GM_RACY_READER __attribute__((no_sanitize("thread")))
 #define RACY(x) (*(volatile const __typeof__(x) *)&(x))
 
 /* Every figure, into a whole struct of the library's own layout. */
@@ -45,6 +42,14 @@ static GM_RACY_READER void collect(struct gm_stats *st) {
     }
     st->mcache_inuse = gm_mheap.cachealloc.inuse;
     gm_registry_unlock();
+    /* The heaps programs made: their caches and their caches' dead counts. */
+    uint64_t nspans[NUM_CLASSES] = {0}, ncaches = 0;
+    for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp)) {
+        if (hp != &gm_default_heap)
+            gm_heap_counts(hp, nmalloc, nfree, &cached, &ncaches);
+        for (int sc = 1; sc < NUM_CLASSES; sc++)
+            nspans[sc] += RACY(hp->central[sc].nspans);
+    }
 
     uint64_t large_live_bytes = LOAD_RELAXED(&gm_mheap.large_bytes_alloc) - LOAD_RELAXED(&gm_mheap.large_bytes_freed);
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
@@ -53,7 +58,7 @@ static GM_RACY_READER void collect(struct gm_stats *st) {
         b->npages = gm_class_to_allocnpages[sc];
         b->mallocs = nmalloc[sc];
         b->frees = nfree[sc];
-        b->spans = RACY(gm_central[sc].nspans);
+        b->spans = nspans[sc];
         b->capacity = b->spans * gm_class_to_nelems[sc];
         st->mallocs += nmalloc[sc];
         st->frees += nfree[sc];
@@ -172,76 +177,115 @@ int gm_check_heap(void) {
     return bad;
 }
 
+/* Check cache c (a thread's default-heap cache, or one of its heap caches):
+ * its lists and its cached spans; counts into the totals.  The caller
+ * holds the registry lock (default caches) or the heap's lock. */
+static int check_cache(gm_mcache *c, uint64_t *listed_objects, uint64_t *span_objects, uint64_t *nspans) {
+    int bad = 0;
+    for (int i = 0; i < MCACHE_CLS; i++) {
+        int sc = i - c->clsbase;
+        if ((sc <= 0 || sc >= NUM_CLASSES || c->listmax[sc] == 0) && (c->cls[i].npush != 0 || c->cls[i].limit != 0)) {
+            gm_warn_check("an mcache entry that is not a size class has a list", NULL);
+            bad++;
+        }
+    }
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        gm_mclass *m = gm_mclass_of(c, (uint8_t)sc);
+        gm_mcentral *mc = &c->heap->central[sc];
+        uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]), n = 0;
+        int64_t d = (int64_t)(m->npush - m->limit);
+        if (c->listmax[sc] > gm_list_cap[sc] || d > 0 || d % (int64_t)LIST_UNIT != 0 || m->npush % LIST_UNIT != 0 ||
+            d / (int64_t)LIST_UNIT + c->listmax[sc] < 0 || gm_list_base(m, c->listmax[sc])[-1].p != NULL) {
+            gm_warn_check("mcache free list counters or sentinel are off", NULL);
+            bad++;
+            continue;
+        }
+        for (gm_freeobj *f = gm_list_base(m, c->listmax[sc]); n < len; n++, f++)
+            if (!gm_freeobj_valid(f, mc)) {
+                gm_warn_check("bad object on an mcache free list", gm_span_of((uintptr_t)f->p));
+                bad++;
+                break;
+            }
+        *listed_objects += n;
+        if (m->span != &gm_emptyspan) {
+            pthread_mutex_lock(&mc->lock);
+            if (m->span->cachedBy != c || m->span->sizeclass != sc || m->span->heap != c->heap) {
+                gm_warn_check("cached span not owned by its mcache", m->span);
+                bad++;
+            }
+            bad += gm_span_check(m->span, true);
+            *span_objects += span_live(m->span);
+            nspans[sc]++;
+            pthread_mutex_unlock(&mc->lock);
+        }
+    }
+    return bad;
+}
+
+/* Check heap hp's mcentrals and transfer caches; nspans holds the spans
+ * its caches own, per class. */
+static int check_centrals(gm_heap *hp, uint64_t *nspans, uint64_t *listed_objects, uint64_t *span_objects,
+                          uint64_t *small_pages) {
+    int bad = 0;
+    uint64_t nuncached = 0, tc_objects = 0;
+    bad += gm_mcentral_check_lists(hp, &nuncached);
+    bad += gm_mcentral_check_tc(hp, &tc_objects);
+    *listed_objects += tc_objects;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        gm_mcentral *mc = &hp->central[sc];
+        pthread_mutex_lock(&mc->lock);
+        for (int l = 0; l < 2; l++)
+            for (gm_mspan *s = l ? mc->full : mc->partial; s != NULL; s = s->next) {
+                nspans[sc]++;
+                *span_objects += span_live(s);
+            }
+        if (nspans[sc] != mc->nspans && !gm_fork_orphans) {
+            fprintf(stderr, "pygomalloc: heap check: heap %u class %d has %llu spans, mcentral counts %llu\n", hp->id,
+                    sc, (unsigned long long)nspans[sc], (unsigned long long)mc->nspans);
+            bad++;
+        }
+        *small_pages += mc->nspans * gm_class_to_allocnpages[sc];
+        pthread_mutex_unlock(&mc->lock);
+    }
+    return bad;
+}
+
 static int check_heap(void) {
     int bad = 0;
-    uint64_t cached_pages = 0, cached_scav = 0, listed_objects = 0, span_objects = 0;
+    uint64_t cached_pages = 0, cached_scav = 0, listed_objects = 0, span_objects = 0, small_pages = 0;
     uint64_t nspans[NUM_CLASSES] = {0};
     struct gm_stats st;
     collect(&st);
 
     gm_registry_lock();
     for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {
-        for (int i = 0; i < MCACHE_CLS; i++)
-            if ((i == 0 || i >= NUM_CLASSES || c->listmax[i] == 0) && (c->cls[i].npush != 0 || c->cls[i].limit != 0)) {
-                gm_warn_check("an mcache entry that is not a size class has a list", NULL);
-                bad++;
-            }
         cached_pages += (uint64_t)__builtin_popcountll(c->pcache.free);
         cached_scav += (uint64_t)__builtin_popcountll(c->pcache.scav);
-        for (int sc = 1; sc < NUM_CLASSES; sc++) {
-            gm_mclass *m = &c->cls[sc];
-            uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]), n = 0;
-            int64_t d = (int64_t)(m->npush - m->limit);
-            if (c->listmax[sc] > gm_list_cap[sc] || d > 0 || d % (int64_t)LIST_UNIT != 0 || m->npush % LIST_UNIT != 0 ||
-                d / (int64_t)LIST_UNIT + c->listmax[sc] < 0 || gm_list_base(m, c->listmax[sc])[-1].p != NULL) {
-                gm_warn_check("mcache free list counters or sentinel are off", NULL);
+        if (c->heap != &gm_default_heap || c->clsbase != 0) {
+            gm_warn_check("a thread's default cache is not the default heap's", NULL);
+            bad++;
+            continue;
+        }
+        bad += check_cache(c, &listed_objects, &span_objects, nspans);
+    }
+    gm_registry_unlock();
+    bad += check_centrals(&gm_default_heap, nspans, &listed_objects, &span_objects, &small_pages);
+    gm_heaps_lock();
+    for (gm_heap *hp = gm_heaps_next(&gm_default_heap); hp != NULL; hp = gm_heaps_next(hp)) {
+        uint64_t hspans[NUM_CLASSES] = {0};
+        pthread_mutex_lock(&hp->lock);
+        for (gm_mcache *hc = hp->caches; hc != NULL; hc = hc->hnext) {
+            if (hc->heap != hp || hc->clsbase != OBJ_HEAP_BIT) {
+                gm_warn_check("a heap cache on the wrong heap's list", NULL);
                 bad++;
                 continue;
             }
-            for (gm_freeobj *f = gm_list_base(m, c->listmax[sc]); n < len; n++, f++)
-                if (!gm_freeobj_valid(f, (uint8_t)sc)) {
-                    gm_warn_check("bad object on an mcache free list", gm_span_of((uintptr_t)f->p));
-                    bad++;
-                    break;
-                }
-            listed_objects += n;
-            if (m->span != &gm_emptyspan) {
-                gm_mcentral *mc = &gm_central[sc];
-                pthread_mutex_lock(&mc->lock);
-                if (m->span->cachedBy != c || m->span->sizeclass != sc) {
-                    gm_warn_check("cached span not owned by its mcache", m->span);
-                    bad++;
-                }
-                bad += gm_span_check(m->span, true);
-                span_objects += span_live(m->span);
-                nspans[sc]++;
-                pthread_mutex_unlock(&mc->lock);
-            }
+            bad += check_cache(hc, &listed_objects, &span_objects, hspans);
         }
+        pthread_mutex_unlock(&hp->lock);
+        bad += check_centrals(hp, hspans, &listed_objects, &span_objects, &small_pages);
     }
-    gm_registry_unlock();
-
-    uint64_t nuncached = 0, tc_objects = 0;
-    bad += gm_mcentral_check_lists(&nuncached);
-    bad += gm_mcentral_check_tc(&tc_objects);
-    listed_objects += tc_objects;
-    uint64_t small_pages = 0;
-    for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        gm_mcentral *mc = &gm_central[sc];
-        pthread_mutex_lock(&mc->lock);
-        for (int l = 0; l < 2; l++)
-            for (gm_mspan *s = l ? mc->full : mc->partial; s != NULL; s = s->next) {
-                nspans[sc]++;
-                span_objects += span_live(s);
-            }
-        if (nspans[sc] != mc->nspans && !gm_fork_orphans) {
-            fprintf(stderr, "pygomalloc: heap check: class %d has %llu spans, mcentral counts %llu\n", sc,
-                    (unsigned long long)nspans[sc], (unsigned long long)mc->nspans);
-            bad++;
-        }
-        small_pages += mc->nspans * gm_class_to_allocnpages[sc];
-        pthread_mutex_unlock(&mc->lock);
-    }
+    gm_heaps_unlock();
     bad += gm_mheap_check_pages(cached_pages, cached_scav);
 
     /* Cross-check the figures: in-use pages, live objects.  Not in a child

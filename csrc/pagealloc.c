@@ -349,8 +349,11 @@ static struct page_state claim_pages(uintptr_t base, uintptr_t npages) {
     return ps;
 }
 
-/* The span's heap_inuse bytes were reserved (inuse_reserve). */
-static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t sizeclass, bool zero) {
+/* The span's heap_inuse bytes were reserved (inuse_reserve), and its
+ * heap's (gm_heap_reserve). */
+static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t sizeclass, bool zero, gm_heap *hp) {
+    s->heap = hp;
+    s->liveval = hp == &gm_default_heap ? OBJ_LIVE(sizeclass) : OBJ_LIVE_HEAP(sizeclass);
     s->startAddr = base;
     s->npages = npages;
     STORE_RELAXED(&s->state, SPAN_INUSE);
@@ -486,7 +489,7 @@ static uint64_t pagecache_fits(const gm_pagecache *pc, uintptr_t npages, bool sm
     return m;
 }
 
-static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
+static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, gm_heap *hp) {
     gm_pagecache *pc = &c->pcache;
     uint64_t m = pagecache_fits(pc, npages, sizeclass != 0);
     if (m == 0 || c->nspancache == 0) {
@@ -505,7 +508,7 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
     pc->zero &= ~bits;
     gm_mspan *s = c->spancache[--c->nspancache];
     uintptr_t base = pc->base + (uintptr_t)i * PAGE_SIZE;
-    init_span(s, base, npages, sizeclass, zero);
+    init_span(s, base, npages, sizeclass, zero, hp);
     if (scav != 0) {
         ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)__builtin_popcountll(scav) * PAGE_SIZE);
         gm_sysUsed((void *)base, npages * PAGE_SIZE);
@@ -532,15 +535,33 @@ void gm_pagecache_flush(gm_mcache *c) {
 
 /* ---- allocSpan / freeSpan ----------------------------------------------- */
 
-gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
+/* heap_inuse and heap hp's use both count the bytes before the pages are
+ * taken (limits exact under concurrency); both_unreserve gives them back. */
+static bool both_reserve(gm_heap *hp, uintptr_t bytes) {
+    if (hp != &gm_default_heap && !gm_heap_reserve(hp, bytes))
+        return false;
+    if (!inuse_reserve(bytes)) {
+        if (hp != &gm_default_heap)
+            gm_heap_unreserve(hp, bytes);
+        return false;
+    }
+    return true;
+}
+static void both_unreserve(gm_heap *hp, uintptr_t bytes) {
+    inuse_unreserve(bytes);
+    if (hp != &gm_default_heap)
+        gm_heap_unreserve(hp, bytes);
+}
+
+gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, gm_heap *hp) {
     GM_ASSERT(sizeclass == 0 || (c != NULL && npages < PAGE_CACHE_MAX_SPAN));
-    if (!inuse_reserve(npages * PAGE_SIZE))
+    if (!both_reserve(hp, npages * PAGE_SIZE))
         return NULL;
     if (c != NULL && npages < PAGE_CACHE_MAX_SPAN) {
-        gm_mspan *s = pagecache_alloc(c, npages, sizeclass);
+        gm_mspan *s = pagecache_alloc(c, npages, sizeclass, hp);
         if (s != NULL || sizeclass != 0) {
             if (s == NULL)
-                inuse_unreserve(npages * PAGE_SIZE);
+                both_unreserve(hp, npages * PAGE_SIZE);
             return s;
         }
     }
@@ -549,7 +570,7 @@ gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
     uintptr_t base = take_pages(npages, &s);
     if (base == 0) {
         pthread_mutex_unlock(&gm_mheap.lock);
-        inuse_unreserve(npages * PAGE_SIZE);
+        both_unreserve(hp, npages * PAGE_SIZE);
         return NULL;
     }
     if (s == NULL && (s = gm_fixalloc_alloc(&gm_mheap.spanalloc)) == NULL) {
@@ -557,17 +578,17 @@ gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
          * pages taken: they merge back into it, with its struct. */
         (void)free_range(NULL, base, npages, gm_now_ms());
         pthread_mutex_unlock(&gm_mheap.lock);
-        inuse_unreserve(npages * PAGE_SIZE);
+        both_unreserve(hp, npages * PAGE_SIZE);
         return NULL;
     }
     if (!unfault_pages(base, npages)) {
         (void)free_range(s, base, npages, gm_now_ms());
         pthread_mutex_unlock(&gm_mheap.lock);
-        inuse_unreserve(npages * PAGE_SIZE);
+        both_unreserve(hp, npages * PAGE_SIZE);
         return NULL;
     }
     struct page_state ps = claim_pages(base, npages);
-    init_span(s, base, npages, 0, ps.allzero);
+    init_span(s, base, npages, 0, ps.allzero, hp);
     if (ps.nscav != 0)
         ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     if (c != NULL && c->nspancache < SPAN_CACHE_MAX / 2) {
@@ -581,11 +602,11 @@ gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass) {
     return s;
 }
 
-gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align) {
+gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align, gm_heap *hp) {
     uintptr_t extra = align / PAGE_SIZE - 1;
     if (npages == 0)
         npages = 1;
-    if (!inuse_reserve(npages * PAGE_SIZE))
+    if (!both_reserve(hp, npages * PAGE_SIZE))
         return NULL;
     pthread_mutex_lock(&gm_mheap.lock);
     /* Span structs for the span, the head and the tail, before any page
@@ -609,12 +630,12 @@ gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align) {
             if (spare[k] != NULL)
                 gm_fixalloc_free(&gm_mheap.spanalloc, spare[k]);
         pthread_mutex_unlock(&gm_mheap.lock);
-        inuse_unreserve(npages * PAGE_SIZE);
+        both_unreserve(hp, npages * PAGE_SIZE);
         return NULL;
     }
     uintptr_t head = (aligned - base) / PAGE_SIZE, tail = extra - head;
     struct page_state ps = claim_pages(aligned, npages);
-    init_span(s, aligned, npages, 0, ps.allzero);
+    init_span(s, aligned, npages, 0, ps.allzero, hp);
     if (ps.nscav != 0)
         ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
     /* The unaligned head and the tail go back, their released bits intact. */
@@ -632,36 +653,78 @@ gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align) {
 }
 
 /* freeSpan, with the heap lock held. */
-static void heap_free_locked(gm_mspan *s) {
+/* The span leaves the in-use figures and the span map (the first half of
+ * freeSpan).  Under lock. */
+static void span_gone(gm_mspan *s) {
     gm_heap_arena *ha = gm_arena_of(s->startAddr);
     uintptr_t i = (s->startAddr >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
     __atomic_fetch_and(&ha->pageInUse[i / 64], ~((uint64_t)1 << (i % 64)), __ATOMIC_RELAXED);
-    ATOMIC_ADD(&gm_mheap.heap_inuse, -(uint64_t)(s->npages * PAGE_SIZE));
-    bool large = s->sizeclass == 0;
-    if (large) {
+    both_unreserve(s->heap, s->npages * PAGE_SIZE);
+    if (s->sizeclass == 0) {
         ATOMIC_ADD(&gm_mheap.large_frees, 1);
         ATOMIC_ADD(&gm_mheap.large_bytes_freed, s->npages * PAGE_SIZE);
     }
     gm_set_spans(s, s->startAddr, s->npages, NULL);
+    s->heap = NULL;
+}
+
+/* Make the pages of s PROT_NONE (Reserved) until reused, so that a use
+ * after free faults at once: false if the OS refused (they stay Ready).
+ * Under the lock: the pages must not be handed out before they are
+ * faulted. */
+static bool fault_pages(gm_mspan *s) { return gm_sysFault((void *)s->startAddr, s->npages * PAGE_SIZE); }
+
+/* Mark the faulted pages of s so (released, faulted).  Under the lock. */
+static void mark_faulted(gm_mspan *s) {
+    for (uintptr_t a = s->startAddr; a < s->startAddr + s->npages * PAGE_SIZE; a += PAGE_SIZE) {
+        gm_heap_arena *hp = gm_arena_of(a);
+        *page_word(hp->scavenged, a) |= page_mask(a);
+        *page_word(hp->faulted, a) |= page_mask(a);
+    }
+    ATOMIC_ADD(&gm_mheap.heap_released, s->npages * PAGE_SIZE);
+}
+
+static void clear_span(gm_mspan *s) {
     s->sizeclass = 0;
     s->divMul = 0;
     s->objstate = NULL;
     s->ststep = 0;
     s->cachedBy = NULL;
-    if (unlikely(gm_opt.fault_on_free >= (large ? 1 : 2))) {
-        /* Debug: make the pages PROT_NONE (Reserved) until reused, so that
-         * a use after free faults at once.  Under the lock: the pages must
-         * not be handed out before they are faulted. */
-        if (gm_sysFault((void *)s->startAddr, s->npages * PAGE_SIZE)) { /* else: stays Ready */
-            for (uintptr_t a = s->startAddr; a < s->startAddr + s->npages * PAGE_SIZE; a += PAGE_SIZE) {
-                gm_heap_arena *hp = gm_arena_of(a);
-                *page_word(hp->scavenged, a) |= page_mask(a);
-                *page_word(hp->faulted, a) |= page_mask(a);
-            }
-            ATOMIC_ADD(&gm_mheap.heap_released, s->npages * PAGE_SIZE);
-        }
+}
+
+static void heap_free_locked(gm_mspan *s) {
+    bool large = s->sizeclass == 0;
+    span_gone(s);
+    clear_span(s);
+    if (unlikely(gm_opt.fault_on_free >= (large ? 1 : 2)) && fault_pages(s)) /* debug option */
+        mark_faulted(s);
+    (void)free_range(s, s->startAddr, s->npages, gm_now_ms());
+}
+
+void gm_mheap_release_heap_span(gm_mspan *s, bool fault) {
+    pthread_mutex_lock(&gm_mheap.lock);
+    span_gone(s);
+    clear_span(s);
+    if (fault && fault_pages(s)) {
+        /* Out of the heap's figures and the span map, but on no free list:
+         * counted apart until the quarantine gives it back. */
+        STORE_RELAXED(&s->state, SPAN_DEAD);
+        gm_mheap.quarantined_pages += s->npages;
+        pthread_mutex_unlock(&gm_mheap.lock);
+        gm_heap_quarantine(s);
+        return;
     }
     (void)free_range(s, s->startAddr, s->npages, gm_now_ms());
+    pthread_mutex_unlock(&gm_mheap.lock);
+}
+
+void gm_mheap_free_faulted(gm_mspan *s) {
+    pthread_mutex_lock(&gm_mheap.lock);
+    gm_mheap.quarantined_pages -= s->npages;
+    mark_faulted(s);
+    (void)free_range(s, s->startAddr, s->npages, gm_now_ms());
+    pthread_mutex_unlock(&gm_mheap.lock);
+    gm_scavenger_notify();
 }
 
 /* Give span s back.  For a small span (empty, off every list) the caller
@@ -937,6 +1000,7 @@ int gm_mheap_check_pages(uint64_t cached_pages, uint64_t cached_scav) {
     }
     uint64_t inuse = LOAD_RELAXED(&gm_mheap.heap_inuse), released = LOAD_RELAXED(&gm_mheap.heap_released);
     /* Not in a child of fork() with orphaned page caches (see mcache.c). */
+    free_pages += gm_mheap.quarantined_pages; /* a destroyed heap's, faulted for a while */
     if (!gm_fork_orphans && (free_pages + cached_pages + lost_pages) * PAGE_SIZE + inuse != gm_mheap.heap_sys) {
         gm_warn_check("free + cached + in-use pages != heap_sys", NULL);
         bad++;

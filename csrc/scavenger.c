@@ -109,6 +109,14 @@ static void *scavenger_main(void *arg) {
             tc_oldest = ab_oldest;
             tc_pending = true;
         }
+        /* Spans of heaps destroyed with fault_on_destroy stay PROT_NONE for
+         * decay_ms (heap.c), then their pages are free pages again. */
+        uint64_t q_oldest = 0;
+        if (gm_heap_quarantine_drain((uint64_t)LOAD_RELAXED(&gm_opt.decay_ms), &q_oldest) &&
+            (!tc_pending || q_oldest < tc_oldest)) {
+            tc_oldest = q_oldest;
+            tc_pending = true;
+        }
         uintptr_t released = scavenge_pass();
         uint64_t spent = gm_now_ms() - t0;
         uint64_t oldest = 0;

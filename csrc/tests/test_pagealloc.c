@@ -135,7 +135,7 @@ static void check_all_free(void) {
         CHECK_EQ(largest_run(n) * PAGE_SIZE, st.heap_sys);
     }
     uintptr_t big = largest_run(n);
-    gm_mspan *s = gm_mheap_alloc(NULL, big, 0);
+    gm_mspan *s = gm_mheap_alloc(NULL, big, 0, &gm_default_heap);
     CHECK(s != NULL);
     if (s != NULL) {
         struct gm_stats st2 = stats();
@@ -166,7 +166,7 @@ static void alloc_free_in_order(const size_t *order, gm_mcache *c) {
     uint64_t want_inuse = inuse0;
     for (size_t i = 0; i < NRUNS; i++) {
         uintptr_t n = run_sizes[i];
-        gm_mspan *s = gm_mheap_alloc(c, n, 0);
+        gm_mspan *s = gm_mheap_alloc(c, n, 0, &gm_default_heap);
         spans[i] = s;
         CHECK(s != NULL);
         if (s == NULL)
@@ -263,7 +263,7 @@ TEST(heap_runs_through_page_cache) {
     uintptr_t pages = 0;
     for (int i = 0; i < 40; i++) {
         uintptr_t n = 1 + (uintptr_t)(i % (PAGE_CACHE_MAX_SPAN - 1));
-        s[i] = gm_mheap_alloc(c, n, 0);
+        s[i] = gm_mheap_alloc(c, n, 0, &gm_default_heap);
         CHECK(s[i] != NULL);
         if (s[i] == NULL)
             return;
