@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "gm_internal.h"
+#include "observe.h"
 
 #ifndef MADV_FREE
 #define MADV_FREE 8
@@ -143,6 +144,7 @@ void gm_sysUnused(void *v, size_t n) {
     if (madvise(v, n, advice) != 0 && advice == MADV_FREE)
         madvise(v, n, MADV_DONTNEED); /* kernels before 4.5 */
     count(SYS_UNUSED, n);
+    gm_obs_released((uintptr_t)v, n);
 }
 
 void gm_sysFree(void *v, size_t n) {

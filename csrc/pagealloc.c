@@ -42,6 +42,7 @@
 #include <time.h>
 
 #include "gm_internal.h"
+#include "observe.h"
 
 gm_mheap gm_heap = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -223,6 +224,7 @@ static bool grow(uintptr_t npages) {
         ha->scavenged[i / 64] |= (uint64_t)1 << (i % 64);
     }
     ATOMIC_ADD(&gm_heap.heap_released, got);
+    gm_obs_grow(v, got);
     free_range(NULL, v, got / PAGE_SIZE, 0);
     /* As mheap.grow: growing should not leave more retained than the goal
      * (or the soft limit) allows once the pages it grew for are in use;
@@ -292,6 +294,7 @@ static struct page_state claim_pages(uintptr_t base, uintptr_t npages) {
             ha->faulted[i / 64] &= ~bit;
             if (gm_sysMap((void *)a, PAGE_SIZE) != 0)
                 gm_throw("sysMap failed re-mapping a faulted page");
+            gm_obs_remapped(a, PAGE_SIZE);
             zero = true;
         }
         if (!zero)
@@ -335,6 +338,7 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
     gm_heap_arena *ha = gm_arena_of(base);
     uintptr_t i = (base >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
     __atomic_fetch_or(&ha->pageInUse[i / 64], (uint64_t)1 << (i % 64), __ATOMIC_RELAXED);
+    gm_obs_span_alloc(base, npages, sizeclass);
 }
 
 /* ---- the page cache ---------------------------------------------------- */
@@ -570,6 +574,7 @@ static void heap_free_locked(gm_mspan *s) {
         }
         ATOMIC_ADD(&gm_heap.heap_released, s->npages * PAGE_SIZE);
     }
+    gm_obs_span_free(s->startAddr, s->npages);
     free_range(s, s->startAddr, s->npages, gm_now_ms());
 }
 
