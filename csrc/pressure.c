@@ -317,17 +317,18 @@ uint64_t gm_cgroup_limit_read(void) {
     return best;
 }
 
-/* The "high" count of memory.events (fd open on it). */
-static uint64_t read_high(int fd) {
+/* The "high" count of memory.events (fd open on it), or `old` if the file
+ * has none (being rewritten: a file standing in for the cgroup's). */
+static uint64_t read_high(int fd, uint64_t old) {
     char buf[512];
     ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
     if (n <= 0)
-        return 0;
+        return old;
     buf[n] = 0;
     for (char *p = buf; p != NULL && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (strncmp(p, "high ", 5) == 0)
+        if (strncmp(p, "high ", 5) == 0 && strchr(p, '\n') != NULL)
             return strtoull(p + 5, NULL, 10);
-    return 0;
+    return old;
 }
 
 /* ---- kernel triggers ------------------------------------------------------- */
@@ -386,7 +387,7 @@ static int open_source_locked(gm_threshold *t) {
         }
         t->fd = fd;
         t->wd = wd;
-        t->high = read_high(fd);
+        t->high = read_high(fd, 0);
         return 0;
     }
     return 0;
@@ -446,7 +447,7 @@ static void *watcher_main(void *arg) {
                     ;
                 for (int i = 0; i < GM_PRESSURE_MAX; i++)
                     if (thr[i].used && thr[i].kind == GM_PRESSURE_CGROUP && thr[i].fd >= 0) {
-                        uint64_t high = read_high(thr[i].fd);
+                        uint64_t high = read_high(thr[i].fd, thr[i].high);
                         if (high > thr[i].high)
                             thr[i].events += high - thr[i].high;
                         thr[i].high = high;

@@ -164,6 +164,9 @@ def test_every_option_is_described_from_its_table_row() -> None:
             assert text == "0 or 1"
         elif o.unit == "choice":
             assert text == ", ".join(map(str, range(o.min, o.max))) + f" or {o.max}"
+        elif o.auto:
+            assert text.endswith(f" from {o.min} to {o.max}, or auto (a percentage of the cgroup's "
+                                 "memory limit)"), text
         else:
             assert text.endswith(f" from {o.min} to {o.max}"), text
         for bad in (o.min - 1, o.max + 1):

@@ -468,17 +468,20 @@ def set_option(name: str, value: int | str) -> None:
     again).
     """
     key = _check_option_name(name)
+    shown = value
     try:
         if isinstance(value, str):
             if value.strip().lower() != "auto":
                 raise ValueError(f"pygomalloc option {name!r} cannot be {value!r}: "
                                  f"expected {describe_option(name)}")
             value = lib.GM_OPTION_AUTO
+        elif value == lib.GM_OPTION_AUTO:  # C's sentinel for "auto": ints from Python are numbers
+            raise OverflowError
         code = lib.gm_option_set(key, value)
     except OverflowError:
         code = lib.EINVAL
     if code:
-        raise ValueError(f"pygomalloc option {name!r} cannot be {value}: expected {describe_option(name)}")
+        raise ValueError(f"pygomalloc option {name!r} cannot be {shown!r}: expected {describe_option(name)}")
 
 
 class RejectedOption(NamedTuple):

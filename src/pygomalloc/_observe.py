@@ -20,6 +20,11 @@ from ._gomalloc import ffi, lib
 __all__ = [
     "ARENA_PAGES",
     "ArenaMap",
+    "PAGE_FAULTED",
+    "PAGE_FREE",
+    "PAGE_LARGE",
+    "PAGE_RELEASED",
+    "PAGE_RESERVED",
     "PAGE_SIZE",
     "PAGE_STATES",
     "PressureEvent",
