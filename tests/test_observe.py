@@ -396,3 +396,45 @@ def test_profile_format_errors() -> None:
         gm.profile_bytes("svg")
     with pytest.raises(ValueError):
         gm.profile_bytes("collapsed", sample="space")
+
+
+# --------------------------------------------------------------------------
+# The command line
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pygomalloc", *args], capture_output=True, text=True,
+                          timeout=300, check=False, cwd=cwd)
+
+
+def test_map_command_prints_the_map() -> None:
+    r = run_cli("map", "--objects", "2000")
+    assert r.returncode == 0, r.stderr
+    assert "arena 0x" in r.stdout and "small spans" in r.stdout
+    assert any(line.startswith("  |") and "#" in line for line in r.stdout.splitlines())
+    r = run_cli("stats", "--objects", "2000", "--map")
+    assert r.returncode == 0 and "arena 0x" in r.stdout
+
+
+def test_map_plot_and_pyrun_outputs(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "heap.png"
+    r = run_cli("map", "--demo", "fragment", "--objects", "5000", "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert r.stdout.count("arena 0x") >= 3  # three panels
+    script = tmp_path / "s.py"
+    script.write_text("keep = [bytes(5000) for _ in range(2000)]\n")
+    out_png, out_prof = tmp_path / "s.png", tmp_path / "s.folded"
+    r = run_cli("pyrun", "--no-stats", "--profile", "64K", "--profile-out", str(out_prof),
+                "--profile-format", "collapsed", "--map", str(out_png), str(script))
+    assert r.returncode == 0, r.stderr
+    assert out_png.read_bytes()[:4] == b"\x89PNG"
+    assert sum(int(ln.rsplit(" ", 1)[1]) for ln in out_prof.read_text().splitlines()) > 2000 * 5000 // 2
+
+
+def test_pyrun_profile_out_needs_profile(tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    r = run_cli("pyrun", "--profile-out", str(tmp_path / "p.pb.gz"), str(script))
+    assert r.returncode == 2 and "needs --profile" in r.stderr
