@@ -435,14 +435,18 @@ static int pgm_sample_hook(void *ctx, int event, const struct gm_sample *s)
         pgm_count(why);
         return 0;
     }
-    /* An untrack of this address still queued belongs to an older object. */
+    /* An untrack of this address still queued belongs to an older object:
+     * made now (outside the lock: tracemalloc may free). */
+    int stale = 0;
     pthread_mutex_lock(&pgm_defer_lock);
     for (int k = 0; k < pgm_ndefer; k++)
         if (pgm_defer[k] == (uintptr_t)s->ptr) {
             pgm_defer[k--] = pgm_defer[--pgm_ndefer];
-            PyTraceMalloc_Untrack(PGM_TRACE_DOMAIN, (uintptr_t)s->ptr);
+            stale = 1;
         }
     pthread_mutex_unlock(&pgm_defer_lock);
+    if (stale)
+        PyTraceMalloc_Untrack(PGM_TRACE_DOMAIN, (uintptr_t)s->ptr);
     if (PyTraceMalloc_Track(PGM_TRACE_DOMAIN, (uintptr_t)s->ptr, (size_t)s->est_bytes) != 0) {
         pgm_count(PGM_NOT_TRACING);
         return 0;
@@ -508,17 +512,21 @@ static int pgm_pressure_fd(void) { return pgm_event_fd; }
 static int pgm_pending(void *arg)
 {
     (void)arg;
-    struct gm_pressure_event ev[PGM_EVENTS];
-    int nev;
+    static struct gm_pressure_event ev[PGM_EVENTS]; /* main thread only */
+    static uintptr_t untrack[PGM_DEFER];
+    int nev, nun;
     pthread_mutex_lock(&pgm_defer_lock);
     pgm_scheduled = 0;
-    for (int k = 0; k < pgm_ndefer; k++)
-        PyTraceMalloc_Untrack(PGM_TRACE_DOMAIN, pgm_defer[k]);
+    nun = pgm_ndefer;
+    memcpy(untrack, pgm_defer, (size_t)nun * sizeof untrack[0]);
     pgm_ndefer = 0;
     nev = pgm_nevents;
     memcpy(ev, pgm_events, (size_t)nev * sizeof ev[0]);
     pgm_nevents = 0;
     pthread_mutex_unlock(&pgm_defer_lock);
+    /* Outside the lock: tracemalloc frees, and a free may queue here. */
+    for (int k = 0; k < nun; k++)
+        PyTraceMalloc_Untrack(PGM_TRACE_DOMAIN, untrack[k]);
     for (int k = 0; k < nev; k++)
         pgm_pressure_dispatch(ev[k].id, ev[k].kind, ev[k].rising, ev[k].level, ev[k].heap_inuse,
                               ev[k].count, ev[k].value);
