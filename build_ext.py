@@ -190,6 +190,14 @@ static PyMemAllocatorEx pgm_prev[PGM_NDOMAINS]; /* the allocator our wrapper rep
 static int pgm_wrapped;                          /* bit d: our wrapper is installed in domain d. Under the GIL. */
 static int pgm_route[PGM_NDOMAINS];              /* 1: new blocks of domain d come from pygomalloc. Relaxed atomics. */
 
+/* In a section of their own, so that the sample hook below knows their
+ * code: what they allocate is Python's own (tracemalloc's domain 0). */
+#define PGM_PYMEM __attribute__((section("pgm_pymem"), noinline))
+static void *pgm_py_malloc(void *ctx, size_t n) PGM_PYMEM;
+static void *pgm_py_calloc(void *ctx, size_t nelem, size_t elsize) PGM_PYMEM;
+static void *pgm_py_realloc(void *ctx, void *p, size_t n) PGM_PYMEM;
+static void pgm_py_free(void *ctx, void *p) PGM_PYMEM;
+
 static void *pgm_py_malloc(void *ctx, size_t n)
 {
     PyMemAllocatorEx *prev = ctx;
@@ -257,6 +265,306 @@ static uintptr_t pgm_libc_malloc(size_t size)
 static void pgm_libc_free(uintptr_t p)
 {
     free((void *)p);
+}
+
+/* ---- Native memory seen from Python (pygomalloc._observe) ----------------
+ *
+ * trace_native: the core's sample hook reports each sampled allocation made
+ * by C code to tracemalloc, in domain PGM_TRACE_DOMAIN, with the estimate of
+ * the bytes it stands for, and untracks it when it is freed.  The hook runs
+ * inside malloc and free, on any thread, so it calls into Python only when
+ * that is safe: the thread has a thread state and holds the GIL, the
+ * interpreter is initialised and not finalizing, and this is not a child of
+ * a fork() that Python did not make (until os.fork's after_in_child hook
+ * says the interpreter is whole).  Otherwise the report is dropped and
+ * counted; a dropped untrack is deferred instead (a small queue, drained by
+ * a pending call on the main thread), since a stale trace would inflate the
+ * totals.  What the interpreter allocates itself (its code calls malloc, or
+ * the PyMem wrappers above do) is not reported: tracemalloc traces it in
+ * domain 0 already, and tracemalloc's own bookkeeping allocates from inside
+ * its lock, where a report would deadlock.  The core's in_profile flag
+ * keeps what PyTraceMalloc_Track allocates from being sampled.
+ *
+ * on_pressure: the core's watcher thread calls pgm_pressure_handler, which
+ * queues the event (no allocation), schedules pgm_pending on the main
+ * thread with Py_AddPendingCall, and writes an eventfd (pressure_fd) that
+ * Python code may wait on; pgm_pending hands the queued events to
+ * pgm_pressure_dispatch (Python) at a safe point.  Never from inside malloc.
+ */
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define PGM_TRACE_DOMAIN 0x676d /* "gm" */
+enum { PGM_TRACKED, PGM_UNTRACKED, PGM_NO_GIL, PGM_INTERPRETER, PGM_NOT_TRACING, PGM_UNSAFE,
+       PGM_DEFERRED, PGM_LOST, PGM_NCOUNTS };
+static uint64_t pgm_counts[PGM_NCOUNTS]; /* relaxed atomics */
+static int pgm_trace_enabled;            /* relaxed */
+static int pgm_fork_unsafe;              /* a fork() child Python has not made whole */
+static int pgm_shutdown;                 /* the interpreter is going: no more pending calls */
+
+extern const char __start_pgm_pymem[] __attribute__((visibility("hidden")));
+extern const char __stop_pgm_pymem[] __attribute__((visibility("hidden")));
+
+#define PGM_RANGES 16
+struct pgm_ranges { int n; uintptr_t lo[PGM_RANGES], hi[PGM_RANGES]; };
+static struct pgm_ranges pgm_interp, pgm_shim; /* set before the hook, then read only */
+
+static int pgm_in(const struct pgm_ranges *r, const void *pc)
+{
+    for (int i = 0; i < r->n; i++)
+        if ((uintptr_t)pc >= r->lo[i] && (uintptr_t)pc < r->hi[i])
+            return 1;
+    return 0;
+}
+
+static void pgm_count(int which) { __atomic_fetch_add(&pgm_counts[which], 1, __ATOMIC_RELAXED); }
+
+/* Executable segments of the interpreter (the object holding
+ * PyObject_Malloc: python itself or libpython) and of the preload shim. */
+static int pgm_find_code(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    uintptr_t interp_base = (uintptr_t)arg, low = UINTPTR_MAX;
+    const char *name = info->dlpi_name ? info->dlpi_name : "";
+    size_t n = strlen(name);
+    struct pgm_ranges *r = NULL;
+    for (int i = 0; i < info->dlpi_phnum; i++)
+        if (info->dlpi_phdr[i].p_type == PT_LOAD && info->dlpi_phdr[i].p_vaddr < low)
+            low = info->dlpi_phdr[i].p_vaddr;
+    if (low != UINTPTR_MAX && info->dlpi_addr + low == interp_base) /* dladdr's dli_fbase */
+        r = &pgm_interp;
+    else if (n >= 22 && strcmp(name + n - 22, "libgomalloc_preload.so") == 0)
+        r = &pgm_shim;
+    if (r == NULL)
+        return 0;
+    for (int i = 0; i < info->dlpi_phnum && r->n < PGM_RANGES; i++)
+        if (info->dlpi_phdr[i].p_type == PT_LOAD && (info->dlpi_phdr[i].p_flags & PF_X)) {
+            r->lo[r->n] = info->dlpi_addr + info->dlpi_phdr[i].p_vaddr;
+            r->hi[r->n] = r->lo[r->n] + info->dlpi_phdr[i].p_memsz;
+            r->n++;
+        }
+    return 0;
+}
+
+/* -1 if this thread may call into Python now, else the reason it may not. */
+static int pgm_py_unsafe(void)
+{
+    if (__atomic_load_n(&pgm_fork_unsafe, __ATOMIC_RELAXED))
+        return PGM_UNSAFE;
+    if (!Py_IsInitialized())
+        return PGM_UNSAFE;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyThreadState *ts = PyThreadState_GetUnchecked();
+    int finalizing = Py_IsFinalizing();
+#else
+    PyThreadState *ts = _PyThreadState_UncheckedGet();
+    int finalizing = _Py_IsFinalizing();
+#endif
+    if (finalizing)
+        return PGM_UNSAFE;
+    if (ts == NULL || ts != PyGILState_GetThisThreadState() || !PyGILState_Check())
+        return PGM_NO_GIL;
+    return -1;
+}
+
+/* Untracks that could not be made at once: made by pgm_pending. */
+#define PGM_DEFER 1024
+static pthread_mutex_t pgm_defer_lock = PTHREAD_MUTEX_INITIALIZER;
+static uintptr_t pgm_defer[PGM_DEFER];
+static int pgm_ndefer;
+static int pgm_scheduled; /* pgm_pending is queued; under pgm_defer_lock */
+
+static int pgm_pending(void *arg);
+/* Python's dispatcher of pressure events (extern "Python", _observe.py). */
+static void pgm_pressure_dispatch(int, int, int, uint64_t, uint64_t, uint64_t, uint64_t);
+
+/* Queue pgm_pending once (pgm_defer_lock held).  No GIL needed. */
+static void pgm_schedule_locked(void)
+{
+    if (pgm_scheduled || __atomic_load_n(&pgm_shutdown, __ATOMIC_RELAXED) ||
+        __atomic_load_n(&pgm_fork_unsafe, __ATOMIC_RELAXED) || !Py_IsInitialized())
+        return;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (Py_IsFinalizing())
+        return;
+#else
+    if (_Py_IsFinalizing())
+        return;
+#endif
+    if (Py_AddPendingCall(pgm_pending, NULL) == 0)
+        pgm_scheduled = 1;
+}
+
+static int pgm_sample_hook(void *ctx, int event, const struct gm_sample *s)
+{
+    (void)ctx;
+    int why;
+    if (event == GM_SAMPLE_FREE) {
+        if (pgm_py_unsafe() < 0) {
+            PyTraceMalloc_Untrack(PGM_TRACE_DOMAIN, (uintptr_t)s->ptr);
+            pgm_count(PGM_UNTRACKED);
+            return 0;
+        }
+        pthread_mutex_lock(&pgm_defer_lock);
+        if (pgm_ndefer < PGM_DEFER) {
+            pgm_defer[pgm_ndefer++] = (uintptr_t)s->ptr;
+            pgm_count(PGM_DEFERRED);
+            pgm_schedule_locked();
+        } else {
+            pgm_count(PGM_LOST);
+        }
+        pthread_mutex_unlock(&pgm_defer_lock);
+        return 0;
+    }
+    if (!__atomic_load_n(&pgm_trace_enabled, __ATOMIC_RELAXED))
+        return 0;
+    uint32_t i = 0;
+    while (i < s->nstack && pgm_in(&pgm_shim, s->stack[i]))
+        i++;
+    if (i < s->nstack && (pgm_in(&pgm_interp, s->stack[i]) ||
+                          ((const char *)s->stack[i] >= __start_pgm_pymem &&
+                           (const char *)s->stack[i] < __stop_pgm_pymem))) {
+        pgm_count(PGM_INTERPRETER);
+        return 0;
+    }
+    if ((why = pgm_py_unsafe()) >= 0) {
+        pgm_count(why);
+        return 0;
+    }
+    /* An untrack of this address still queued belongs to an older object:
+     * made now (outside the lock: tracemalloc may free). */
+    int stale = 0;
+    pthread_mutex_lock(&pgm_defer_lock);
+    for (int k = 0; k < pgm_ndefer; k++)
+        if (pgm_defer[k] == (uintptr_t)s->ptr) {
+            pgm_defer[k--] = pgm_defer[--pgm_ndefer];
+            stale = 1;
+        }
+    pthread_mutex_unlock(&pgm_defer_lock);
+    if (stale)
+        PyTraceMalloc_Untrack(PGM_TRACE_DOMAIN, (uintptr_t)s->ptr);
+    if (PyTraceMalloc_Track(PGM_TRACE_DOMAIN, (uintptr_t)s->ptr, (size_t)s->est_bytes) != 0) {
+        pgm_count(PGM_NOT_TRACING);
+        return 0;
+    }
+    pgm_count(PGM_TRACKED);
+    return 1;
+}
+
+/* Once, with the GIL: find the code ranges and install the hook (it stays:
+ * frees of tracked objects are reported after trace_native(False) too). */
+static void pgm_trace_set(int on)
+{
+    static int hooked;
+    if (!hooked) {
+        Dl_info info;
+        if (dladdr((void *)&PyObject_Malloc, &info) != 0)
+            dl_iterate_phdr(pgm_find_code, info.dli_fbase);
+        gm_set_sample_hook(pgm_sample_hook, NULL);
+        hooked = 1;
+    }
+    __atomic_store_n(&pgm_trace_enabled, on, __ATOMIC_RELAXED);
+}
+
+static void pgm_trace_counts(uint64_t *out)
+{
+    for (int i = 0; i < PGM_NCOUNTS; i++)
+        out[i] = __atomic_load_n(&pgm_counts[i], __ATOMIC_RELAXED);
+}
+
+/* Pressure events, queued by the watcher thread for the main thread. */
+#define PGM_EVENTS 64
+static struct gm_pressure_event pgm_events[PGM_EVENTS];
+static int pgm_nevents;  /* under pgm_defer_lock */
+static uint64_t pgm_events_lost;
+static int pgm_event_fd = -1;
+
+static void pgm_pressure_handler(void *ctx, const struct gm_pressure_event *ev)
+{
+    (void)ctx;
+    pthread_mutex_lock(&pgm_defer_lock);
+    if (pgm_nevents < PGM_EVENTS)
+        pgm_events[pgm_nevents++] = *ev;
+    else
+        pgm_events_lost++;
+    pgm_schedule_locked();
+    pthread_mutex_unlock(&pgm_defer_lock);
+    uint64_t one = 1;
+    if (pgm_event_fd >= 0)
+        (void)!write(pgm_event_fd, &one, sizeof one);
+}
+
+static int pgm_pressure_set(int on)
+{
+    if (on && pgm_event_fd < 0)
+        pgm_event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return gm_set_pressure_handler(on ? pgm_pressure_handler : NULL, NULL);
+}
+
+static int pgm_pressure_fd(void) { return pgm_event_fd; }
+
+/* On the main thread, with the GIL (a pending call): the deferred untracks,
+ * then the pressure events, one call of Python's dispatcher each. */
+static int pgm_pending(void *arg)
+{
+    (void)arg;
+    static struct gm_pressure_event ev[PGM_EVENTS]; /* main thread only */
+    static uintptr_t untrack[PGM_DEFER];
+    int nev, nun;
+    pthread_mutex_lock(&pgm_defer_lock);
+    pgm_scheduled = 0;
+    nun = pgm_ndefer;
+    memcpy(untrack, pgm_defer, (size_t)nun * sizeof untrack[0]);
+    pgm_ndefer = 0;
+    nev = pgm_nevents;
+    memcpy(ev, pgm_events, (size_t)nev * sizeof ev[0]);
+    pgm_nevents = 0;
+    pthread_mutex_unlock(&pgm_defer_lock);
+    /* Outside the lock: tracemalloc frees, and a free may queue here. */
+    for (int k = 0; k < nun; k++)
+        PyTraceMalloc_Untrack(PGM_TRACE_DOMAIN, untrack[k]);
+    for (int k = 0; k < nev; k++)
+        pgm_pressure_dispatch(ev[k].id, ev[k].kind, ev[k].rising, ev[k].level, ev[k].heap_inuse,
+                              ev[k].count, ev[k].value);
+    return 0;
+}
+
+/* The interpreter's atexit: no more pending calls, no more reports. */
+static void pgm_observe_shutdown(void)
+{
+    __atomic_store_n(&pgm_shutdown, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&pgm_trace_enabled, 0, __ATOMIC_RELAXED);
+    gm_set_pressure_handler(NULL, NULL);
+}
+
+/* fork(): in the child, Python is not whole until os.fork's hooks ran. */
+static void pgm_atfork_child(void)
+{
+    __atomic_store_n(&pgm_fork_unsafe, 1, __ATOMIC_RELAXED);
+    pthread_mutex_init(&pgm_defer_lock, NULL);
+    pgm_scheduled = 0;
+    pgm_nevents = 0;
+    pgm_ndefer = 0;
+}
+
+static void pgm_observe_init(void)
+{
+    pthread_atfork(NULL, NULL, pgm_atfork_child);
+}
+
+/* os.register_at_fork(after_in_child=...): the interpreter is whole again. */
+static void pgm_after_python_fork(void)
+{
+    if (pgm_event_fd >= 0) {
+        close(pgm_event_fd); /* the parent's: make our own */
+        pgm_event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    }
+    __atomic_store_n(&pgm_fork_unsafe, 0, __ATOMIC_RELAXED);
+    gm_pressure_restart();
 }
 """
 
@@ -377,6 +685,40 @@ static void pgm_libc_free(uintptr_t p);
 static uintptr_t pgm_capi_pointer(void);
 static uintptr_t pgm_capi_name_pointer(void);
 static int pgm_pymem_route(int mask, int on);
+
+/* Seeing native memory (pygomalloc._observe). */
+#define PGM_TRACE_DOMAIN ...
+#define PGM_NCOUNTS ...
+static void pgm_trace_set(int on);
+static void pgm_trace_counts(uint64_t *out);
+extern "Python" void pgm_pressure_dispatch(int, int, int, uint64_t, uint64_t, uint64_t, uint64_t);
+static int pgm_pressure_set(int on);
+static int pgm_pressure_fd(void);
+static void pgm_observe_shutdown(void);
+static void pgm_observe_init(void);
+static void pgm_after_python_fork(void);
+
+#define GM_PAGE_SIZE ...
+#define GM_ARENA_PAGES ...
+#define GM_PAGE_LARGE ...
+#define GM_PAGE_FREE ...
+#define GM_PAGE_RELEASED ...
+#define GM_PAGE_FAULTED ...
+#define GM_PAGE_RESERVED ...
+const uint8_t *gm_page_map(int i, uintptr_t *base);
+
+#define GM_PRESSURE_BYTES ...
+#define GM_PRESSURE_MEMORY_LIMIT ...
+#define GM_PRESSURE_HARD_LIMIT ...
+#define GM_PRESSURE_PSI ...
+#define GM_PRESSURE_CGROUP ...
+#define GM_PRESSURE_FALLING ...
+int gm_pressure_add(int kind, uint64_t value, uint64_t window_us, int flags);
+int gm_pressure_remove(int id);
+
+#define GM_OPTION_AUTO ...
+int gm_option_is_auto(const char *name);
+uint64_t gm_limits_refresh(void);
 """
 
 ffibuilder = FFI()

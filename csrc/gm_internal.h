@@ -827,9 +827,11 @@ struct gm_options {
     long long scavenger;      /* the background scavenger thread returns free pages to the OS */
     long long decay_ms;       /* free pages unused this long are returned even under the goal */
     long long retain_percent; /* free Ready pages kept, as a percentage of the in-use heap (the goal) */
-    /* soft limit on retained heap bytes: above it every free page is released (0: none) */
+    /* soft limit on retained heap bytes: above it every free page is released (0: none; auto:
+     * auto_memory_limit_percent of the cgroup's memory limit) */
     long long memory_limit;
-    /* allocations fail (NULL/ENOMEM, MemoryError) rather than push heap_inuse past it (0: none) */
+    /* allocations fail (NULL/ENOMEM, MemoryError) rather than push heap_inuse past it (0: none;
+     * auto: auto_hard_limit_percent of the cgroup's memory limit) */
     long long hard_limit;
     /* release with MADV_FREE instead of MADV_DONTNEED (RSS then drops only under memory pressure) */
     long long madv_free;
@@ -853,6 +855,11 @@ struct gm_options {
     /* arena hints start at a random offset (up to 4 TiB) above Go's fixed 0x00c0<<32, so heap
      * addresses differ from run to run; 0: Go's fixed hints (read at start-up) */
     long long random_heap;
+    /* with memory_limit=auto: the soft limit as a percentage of the cgroup v2 memory limit (the
+     * smallest memory.max or memory.high of the process's cgroup and its ancestors) */
+    long long auto_memory_limit_percent;
+    /* with hard_limit=auto: the hard limit as a percentage of the cgroup v2 memory limit */
+    long long auto_hard_limit_percent;
     /* END GENERATED gm_options */
 };
 extern GM_HIDDEN struct gm_options gm_opt;

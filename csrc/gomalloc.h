@@ -345,6 +345,113 @@ GM_API gm_heap_t *gm_heap_set_default(gm_heap_t *h);
 GM_API gm_heap_t *gm_heap_get_default(void);
 
 /*
+ * Observing the heap (README.md, "Seeing native memory").
+ *
+ * The sample hook.  While the heap profile samples (profile_rate > 0), hook
+ * is called on the allocating thread for each sampled allocation (event
+ * GM_SAMPLE_ALLOC), after the allocation is complete and outside every
+ * allocator lock; allocations the hook itself makes are never sampled, and
+ * frees it makes of sampled objects report nothing.  Returning 1 asks for
+ * the GM_SAMPLE_FREE event of that object when it is freed (on the freeing
+ * thread, before the object goes); 0 drops it.  est_bytes is the estimate of
+ * the bytes the sample stands for (bytes / (1 - exp(-size/rate)), as the
+ * profile counts it).  NULL removes the hook.  Set it once, or know that a
+ * sample taken while it changes may see the old hook.
+ */
+enum gm_sample_event { GM_SAMPLE_ALLOC = 1, GM_SAMPLE_FREE = 2 };
+struct gm_sample {
+    const void *ptr;           /* the object */
+    size_t size;               /* bytes asked (GM_SAMPLE_ALLOC) */
+    uint64_t bytes;            /* bytes of its size class, or of its pages (large) */
+    uint64_t est_bytes;        /* bytes this sample stands for (unbiased estimate) */
+    uint32_t nstack;           /* frames in stack (0 for GM_SAMPLE_FREE) */
+    const void *const *stack;  /* return addresses, the allocation's caller first */
+};
+typedef int (*gm_sample_hook)(void *ctx, int event, const struct gm_sample *s);
+GM_API void gm_set_sample_hook(gm_sample_hook hook, void *ctx);
+
+/*
+ * The page map: one byte per 8 KiB page of every arena with mapped memory,
+ * kept up to date by the allocator where pages change state (never on the
+ * fast paths).  gm_page_map(i, &base) gives arena i (0-based, in the order
+ * the arenas were first mapped; NULL past the last) and its base address:
+ * GM_ARENA_PAGES bytes, page j at base + j * GM_PAGE_SIZE, written in
+ * place while the program runs (read them as relaxed loads; a quiescent
+ * process's map agrees with gm_read_stats).  Values: enum gm_page_state, or
+ * 1 .. GM_NUM_SIZE_CLASSES-1 for a page of a span of that size class.
+ */
+#define GM_PAGE_SIZE 8192
+#define GM_ARENA_PAGES 8192
+enum gm_page_state {
+    GM_PAGE_RESERVED = 0,    /* address space only (PROT_NONE): not mapped yet */
+    GM_PAGE_LARGE = 0x80,    /* in use by a large object (a span of its own) */
+    GM_PAGE_FREE = 0x81,     /* free, mapped and possibly resident (heap_idle - heap_released) */
+    GM_PAGE_RELEASED = 0x82, /* free and returned to the OS (Prepared; part of heap_released) */
+    GM_PAGE_FAULTED = 0x83,  /* free and PROT_NONE (option fault_on_free; part of heap_released) */
+};
+GM_API const uint8_t *gm_page_map(int i, uintptr_t *base);
+
+/*
+ * Memory pressure.  gm_pressure_add registers a threshold and returns its
+ * id (>= 0), or -errno: kind GM_PRESSURE_BYTES fires when heap_inuse
+ * reaches value bytes; GM_PRESSURE_MEMORY_LIMIT / _HARD_LIMIT when it
+ * reaches value parts per million of that option (inactive while it is 0);
+ * GM_PRESSURE_PSI when the kernel's PSI trigger "some value window_us" on
+ * /proc/pressure/memory fires (value: stall microseconds); GM_PRESSURE_CGROUP
+ * when the "high" count of the process's cgroup v2 memory.events grows.
+ * Byte thresholds fire once per upward crossing and, with
+ * GM_PRESSURE_FALLING, once when heap_inuse falls back below the level less
+ * a sixteenth (the hysteresis that keeps a heap hovering at the level from
+ * firing at every span).  The crossing is noticed where heap_inuse changes
+ * (a span taken or given back: no cost on the fast paths) and only wakes a
+ * watcher thread, which calls the handler: never from inside malloc.
+ * Kernel triggers are watched by the same thread with poll(2) and inotify,
+ * without polling in a loop.  The handler is called on the watcher thread,
+ * one event at a time; count is how many crossings (or kernel events) the
+ * event stands for since the last one of that threshold (they coalesce
+ * while the handler runs).  After fork(), the child has no watcher until
+ * gm_pressure_restart().
+ */
+enum gm_pressure_kind {
+    GM_PRESSURE_BYTES = 0,
+    GM_PRESSURE_MEMORY_LIMIT = 1,
+    GM_PRESSURE_HARD_LIMIT = 2,
+    GM_PRESSURE_PSI = 3,
+    GM_PRESSURE_CGROUP = 4,
+};
+#define GM_PRESSURE_FALLING 1 /* flag: also report the fall back below the level */
+#define GM_PRESSURE_MAX 16    /* thresholds at once */
+struct gm_pressure_event {
+    int id;              /* what gm_pressure_add returned */
+    int kind;            /* enum gm_pressure_kind */
+    int rising;          /* 1: crossed upward (or a kernel event); 0: fell back */
+    uint64_t level;      /* the level in bytes (byte thresholds), else 0 */
+    uint64_t heap_inuse; /* heap_inuse when the watcher looked */
+    uint64_t count;      /* crossings or kernel events this event stands for */
+    uint64_t value;      /* the cgroup's "high" count (GM_PRESSURE_CGROUP), else 0 */
+};
+typedef void (*gm_pressure_handler)(void *ctx, const struct gm_pressure_event *ev);
+/* Set (or with NULL remove) the handler; starts the watcher thread.  0 or errno. */
+GM_API int gm_set_pressure_handler(gm_pressure_handler handler, void *ctx);
+GM_API int gm_pressure_add(int kind, uint64_t value, uint64_t window_us, int flags);
+GM_API int gm_pressure_remove(int id);
+GM_API int gm_pressure_restart(void);
+
+/*
+ * Container-aware limits.  memory_limit and hard_limit accept "auto"
+ * (GOMALLOC_MEMORY_LIMIT=auto, or gm_option_set with GM_OPTION_AUTO): the
+ * limit is then auto_memory_limit_percent (auto_hard_limit_percent) of the
+ * process's cgroup v2 memory limit (the smallest memory.max or memory.high of
+ * its cgroup and their ancestors; 0, no limit, outside a limited cgroup),
+ * read at start-up and by gm_limits_refresh(), which returns that limit in
+ * bytes (0: none).  gm_option_get gives the limit in force; gm_option_is_auto
+ * says whether an option is auto (1), not (0), or -1 for an unknown name.
+ */
+#define GM_OPTION_AUTO (-1LL)
+GM_API int gm_option_is_auto(const char *name);
+GM_API uint64_t gm_limits_refresh(void);
+
+/*
  * ---- Testing only ----------------------------------------------------------
  *
  * Fault injection in the OS layer (csrc/mem_linux.c), for tests of the

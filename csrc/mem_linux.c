@@ -54,6 +54,7 @@
 #include <unistd.h>
 
 #include "gm_internal.h"
+#include "observe.h"
 
 #ifndef MADV_FREE
 #define MADV_FREE 8
@@ -245,6 +246,7 @@ bool gm_sysUnused(void *v, size_t n) {
             return false; /* EINVAL for MADV_FREE: kernels before 4.5 */
     }
     count(SYS_UNUSED, n);
+    gm_obs_released((uintptr_t)v, n);
     return true;
 }
 

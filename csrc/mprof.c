@@ -35,6 +35,12 @@
  * All metadata comes from fixalloc/persistentalloc, never from malloc; a
  * malloc made while this thread records a sample (backtrace's first call
  * loads libgcc and allocates) is not sampled.
+ *
+ * The sample hook (gm_set_sample_hook: pygomalloc.trace_native reports
+ * samples to tracemalloc with it) is called for each sample once the
+ * record is made and every lock is dropped, with in_profile set, so that
+ * nothing it allocates is sampled and nothing it frees reports back; an
+ * object whose sample it kept (it returned 1) gets its free reported.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -67,6 +73,7 @@ typedef struct gm_sampled {
     uint64_t bytes;          /* its size as recorded */
     uint64_t est_objects, est_bytes; /* what it stands for, fixed point */
     gm_bucket *b;            /* its bucket */
+    bool tracked;            /* the sample hook kept it: report its free */
 } gm_sampled;
 
 /* Fixed point of the estimates: 2^52 objects and 2^60 bytes allocated in all
@@ -82,7 +89,56 @@ static gm_sampled *sampled[ADDR_TABLE];   /* Under prof_lock. */
 static gm_fixalloc bucketalloc, sampledalloc; /* Under prof_lock. */
 static bool prof_inited;                  /* Under prof_lock. */
 static uintptr_t own_base;                /* load address of this library (its frames are skipped); 1 if it is the program; 0 until known. Relaxed. */
-static __thread int in_profile;           /* this thread is recording a sample */
+static __thread int in_profile;           /* this thread is recording a sample, or in the sample hook */
+
+/* The sample hook: two slots, so that a reader never pairs one hook's
+ * function with another's context; hook_slot says which is current. */
+static struct {
+    gm_sample_hook fn;
+    void *ctx;
+} hooks[2];
+static int hook_slot;                     /* relaxed; switched with a release store */
+
+void gm_set_sample_hook(gm_sample_hook fn, void *ctx) {
+    static pthread_mutex_t set_lock = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&set_lock);
+    int next = !LOAD_RELAXED(&hook_slot);
+    hooks[next].ctx = ctx;
+    STORE_RELAXED(&hooks[next].fn, fn);
+    __atomic_store_n(&hook_slot, next, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&set_lock);
+}
+
+static uint64_t from_fixed(uint64_t v, int shift);
+
+/* Sample r (of p, size bytes asked) was recorded: tell the hook, outside
+ * every lock, and remember whether it kept it. */
+static void report_alloc(gm_sampled *r, void *p, size_t size, const void *const *stack, uint32_t nstack) {
+    int slot = __atomic_load_n(&hook_slot, __ATOMIC_ACQUIRE);
+    gm_sample_hook fn = LOAD_RELAXED(&hooks[slot].fn);
+    if (fn == NULL)
+        return;
+    struct gm_sample s = {p, size, r->bytes, from_fixed(r->est_bytes, EST_BYTES_SHIFT), nstack, stack};
+    in_profile = 1;
+    int keep = fn(hooks[slot].ctx, GM_SAMPLE_ALLOC, &s);
+    in_profile = 0;
+    if (keep) {
+        pthread_mutex_lock(&prof_lock); /* p is not freed before malloc returns it: r stands */
+        r->tracked = true;
+        pthread_mutex_unlock(&prof_lock);
+    }
+}
+
+static void report_free(const void *p, uint64_t bytes, uint64_t est_bytes) {
+    int slot = __atomic_load_n(&hook_slot, __ATOMIC_ACQUIRE);
+    gm_sample_hook fn = LOAD_RELAXED(&hooks[slot].fn);
+    if (fn == NULL || in_profile)
+        return;
+    struct gm_sample s = {p, 0, bytes, from_fixed(est_bytes, EST_BYTES_SHIFT), 0, NULL};
+    in_profile = 1;
+    (void)fn(hooks[slot].ctx, GM_SAMPLE_FREE, &s);
+    in_profile = 0;
+}
 
 /* ---- the sampling interval (fastexprand) ---------------------------------- */
 
@@ -279,6 +335,7 @@ void gm_profile_alloc(void *p, size_t size) {
         r->est_objects = est_objects;
         r->est_bytes = est_bytes;
         r->b = b;
+        r->tracked = false;
         gm_sampled **chain = addr_chain(a);
         r->next = *chain;
         *chain = r;
@@ -290,14 +347,19 @@ void gm_profile_alloc(void *p, size_t size) {
             STORE_RELAXED(&s->sampled, 1);
     }
     pthread_mutex_unlock(&prof_lock);
+    if (r != NULL)
+        report_alloc(r, p, size, (const void *const *)&frames[skip], depth);
 }
 
 void gm_profile_free(const void *p) {
     uintptr_t a = (uintptr_t)p;
+    bool tracked = false;
+    uint64_t bytes = 0, est_bytes = 0;
     pthread_mutex_lock(&prof_lock);
     for (gm_sampled **pp = addr_chain(a); *pp != NULL; pp = &(*pp)->next) {
         gm_sampled *r = *pp;
         if (r->addr == a) {
+            tracked = r->tracked, bytes = r->bytes, est_bytes = r->est_bytes;
             r->b->free_objects++;
             r->b->free_bytes += r->bytes;
             r->b->est_free_objects += r->est_objects;
@@ -308,6 +370,8 @@ void gm_profile_free(const void *p) {
         }
     }
     pthread_mutex_unlock(&prof_lock);
+    if (tracked)
+        report_free(p, bytes, est_bytes);
 }
 
 void gm_profile_set_rate(long long rate) {

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "gm_internal.h"
+#include "observe.h"
 
 extern char **environ;
 
@@ -31,6 +32,8 @@ static void tiny_changed(long long value) {
     (void)value;
     gm_route_update();
 }
+
+static void auto_percent_changed(long long value);
 
 /* What an option's number means: how its accepted values are described. */
 enum option_unit {
@@ -47,36 +50,44 @@ struct option_def {
     long long def, min, max;
     enum option_unit unit;
     void (*changed)(long long value); /* called after a change at run time, if set */
+    long long *auto_percent;          /* accepts "auto": this percentage of the cgroup's limit; or NULL */
 };
 
 static const struct option_def table[] = {
     /* BEGIN GENERATED option-table: tools/mktables.py from tools/tables.py, do not edit */
-    /* name, value, default, min, max, unit (what a value means), on change */
-    {"abort_on_error", &gm_opt.abort_on_error, 1,          0, 1,           OPT_FLAG,    NULL},
-    {"scavenger",      &gm_opt.scavenger,      1,          0, 1,           OPT_FLAG,    NULL},
-    {"decay_ms",       &gm_opt.decay_ms,       1000,       0, 3600000,     OPT_MS,      NULL},
-    {"retain_percent", &gm_opt.retain_percent, 10,         0, 10000,       OPT_PERCENT, NULL},
-    {"memory_limit",   &gm_opt.memory_limit,   0,          0, 256LL << 40, OPT_BYTES,   NULL},
-    {"hard_limit",     &gm_opt.hard_limit,     0,          0, 256LL << 40, OPT_BYTES,   NULL},
-    {"madv_free",      &gm_opt.madv_free,      0,          0, 1,           OPT_FLAG,    NULL},
-    {"thp",            &gm_opt.thp,            0,          0, 1,           OPT_FLAG,    NULL},
-    {"tcache_bytes",   &gm_opt.tcache_bytes,   32LL << 10, 0, 16LL << 20,  OPT_BYTES,   NULL},
-    {"fault_on_free",  &gm_opt.fault_on_free,  0,          0, 2,           OPT_CHOICE,  NULL},
-    {"check_heap",     &gm_opt.check_heap,     0,          0, 1,           OPT_FLAG,    NULL},
-    {"print_stats",    &gm_opt.print_stats,    0,          0, 1,           OPT_FLAG,    NULL},
-    {"profile_rate",   &gm_opt.profile_rate,   0,          0, 1LL << 40,   OPT_BYTES,   gm_profile_set_rate},
-    {"tiny",           &gm_opt.tiny,           0,          0, 1,           OPT_FLAG,    tiny_changed},
-    {"random_heap",    &gm_opt.random_heap,    1,          0, 1,           OPT_FLAG,    NULL},
+    /* name, value, default, min, max, unit (what a value means), on change, auto percent */
+    {"abort_on_error",            &gm_opt.abort_on_error,            1,          0, 1,           OPT_FLAG,    NULL,                       NULL},
+    {"scavenger",                 &gm_opt.scavenger,                 1,          0, 1,           OPT_FLAG,    NULL,                       NULL},
+    {"decay_ms",                  &gm_opt.decay_ms,                  1000,       0, 3600000,     OPT_MS,      NULL,                       NULL},
+    {"retain_percent",            &gm_opt.retain_percent,            10,         0, 10000,       OPT_PERCENT, NULL,                       NULL},
+    {"memory_limit",              &gm_opt.memory_limit,              0,          0, 256LL << 40, OPT_BYTES,   gm_pressure_limits_changed, &gm_opt.auto_memory_limit_percent},
+    {"hard_limit",                &gm_opt.hard_limit,                0,          0, 256LL << 40, OPT_BYTES,   gm_pressure_limits_changed, &gm_opt.auto_hard_limit_percent},
+    {"madv_free",                 &gm_opt.madv_free,                 0,          0, 1,           OPT_FLAG,    NULL,                       NULL},
+    {"thp",                       &gm_opt.thp,                       0,          0, 1,           OPT_FLAG,    NULL,                       NULL},
+    {"tcache_bytes",              &gm_opt.tcache_bytes,              32LL << 10, 0, 16LL << 20,  OPT_BYTES,   NULL,                       NULL},
+    {"fault_on_free",             &gm_opt.fault_on_free,             0,          0, 2,           OPT_CHOICE,  NULL,                       NULL},
+    {"check_heap",                &gm_opt.check_heap,                0,          0, 1,           OPT_FLAG,    NULL,                       NULL},
+    {"print_stats",               &gm_opt.print_stats,               0,          0, 1,           OPT_FLAG,    NULL,                       NULL},
+    {"profile_rate",              &gm_opt.profile_rate,              0,          0, 1LL << 40,   OPT_BYTES,   gm_profile_set_rate,        NULL},
+    {"tiny",                      &gm_opt.tiny,                      0,          0, 1,           OPT_FLAG,    tiny_changed,               NULL},
+    {"random_heap",               &gm_opt.random_heap,               1,          0, 1,           OPT_FLAG,    NULL,                       NULL},
+    {"auto_memory_limit_percent", &gm_opt.auto_memory_limit_percent, 90,         1, 100,         OPT_PERCENT, auto_percent_changed,       NULL},
+    {"auto_hard_limit_percent",   &gm_opt.auto_hard_limit_percent,   95,         1, 100,         OPT_PERCENT, auto_percent_changed,       NULL},
     /* END GENERATED option-table */
 };
 #define NOPTIONS ((int)(sizeof table / sizeof table[0]))
+
+/* Options set to "auto" (those with auto_percent): their value is the
+ * percentage of the cgroup's memory limit, computed at start-up, on
+ * gm_limits_refresh and when the percentage changes.  Relaxed. */
+static bool auto_on[NOPTIONS];
 
 /* GOMALLOC_ variables that are not options, which start-up leaves alone (a
  * trailing * matches any suffix). */
 static const char *const not_options[] = {
     /* BEGIN GENERATED not-options: tools/mktables.py from tools/tables.py, do not edit */
     "GOMALLOC_PRELOAD_LIB", /* the preload library the bench runner compares (src/pygomalloc/_bench.py) */
-    "GOMALLOC_DEBUG_*",     /* testing switches (e.g. fault injection in the OS layer) */
+    "GOMALLOC_DEBUG_*",     /* testing switches (e.g. fault injection in the OS layer, GOMALLOC_DEBUG_CGROUP_DIR: the cgroup v2 directory to read) */
     /* END GENERATED not-options */
 };
 #define NNOT_OPTIONS ((int)(sizeof not_options / sizeof not_options[0]))
@@ -192,6 +203,8 @@ static void describe(const struct option_def *o, struct text *t) {
     put_ll(t, o->max);
 }
 
+#define AUTO_TEXT ", or auto (a percentage of the cgroup's memory limit)"
+
 /* ---- what start-up rejected ---------------------------------------------- */
 
 #define VARIABLE_MAX 64 /* bytes kept of a variable's name */
@@ -282,6 +295,8 @@ static void reject(const char *s, size_t n, const char *value, const struct opti
             put(&reason, " (on/off, true/false, yes/no allowed)");
         else if (o->unit != OPT_CHOICE)
             put(&reason, " (K, M, G suffixes allowed)");
+        if (o->auto_percent != NULL)
+            put(&reason, AUTO_TEXT);
     } else {
         put(&reason, "no such option");
         suggest(&reason, s + PREFIX_LEN, n - PREFIX_LEN);
@@ -323,10 +338,34 @@ static void reject(const char *s, size_t n, const char *value, const struct opti
     }
 }
 
+/* Give every auto option its share of the cgroup's memory limit (0, no
+ * limit, outside a limited cgroup); notify: call their on_change.  Returns
+ * the cgroup's limit. */
+static uint64_t apply_auto(bool notify) {
+    uint64_t limit = gm_cgroup_limit_read();
+    for (int i = 0; i < NOPTIONS; i++) {
+        const struct option_def *o = &table[i];
+        if (!LOAD_RELAXED(&auto_on[i]) || o->auto_percent == NULL)
+            continue;
+        unsigned __int128 v = (unsigned __int128)limit * (uint64_t)LOAD_RELAXED(o->auto_percent) / 100;
+        long long value = v > (unsigned __int128)o->max ? o->max : (long long)v;
+        STORE_RELAXED(o->value, value);
+        if (notify && o->changed != NULL)
+            o->changed(value);
+    }
+    return limit;
+}
+
+static void auto_percent_changed(long long value) {
+    (void)value;
+    (void)apply_auto(true);
+}
+
 void gm_options_init(void) {
     int saved_errno = errno;
     for (int i = 0; i < NOPTIONS; i++)
         *table[i].value = table[i].def;
+    memset(auto_on, 0, sizeof auto_on);
     nrejected = 0;
     for (char **env = environ; env != NULL && *env != NULL; env++) {
         const char *s = *env, *eq = strchr(s, '=');
@@ -337,23 +376,47 @@ void gm_options_init(void) {
             continue;
         const struct option_def *o = find_variable(s + PREFIX_LEN, n - PREFIX_LEN);
         long long v;
-        if (o != NULL && parse(eq + 1, &v) == 0 && v >= o->min && v <= o->max)
-            *o->value = v;
+        if (o != NULL && o->auto_percent != NULL && strcasecmp(eq + 1, "auto") == 0)
+            auto_on[o - table] = true;
+        else if (o != NULL && parse(eq + 1, &v) == 0 && v >= o->min && v <= o->max)
+            *o->value = v, auto_on[o - table] = false;
         else
             reject(s, n, eq + 1, o);
     }
+    for (int i = 0; i < NOPTIONS; i++)
+        if (auto_on[i]) {
+            apply_auto(false);
+            break;
+        }
     errno = saved_errno;
 }
 
 int gm_option_set(const char *name, long long value) {
     gm_ensure_init();
     const struct option_def *o = name ? find(name) : NULL;
+    if (o != NULL && o->auto_percent != NULL && value == GM_OPTION_AUTO) {
+        STORE_RELAXED(&auto_on[o - table], true);
+        (void)apply_auto(true);
+        return 0;
+    }
     if (o == NULL || value < o->min || value > o->max)
         return EINVAL;
+    STORE_RELAXED(&auto_on[o - table], false);
     STORE_RELAXED(o->value, value); /* read by the scavenger thread */
     if (o->changed != NULL)
         o->changed(value);
     return 0;
+}
+
+int gm_option_is_auto(const char *name) {
+    gm_ensure_init();
+    const struct option_def *o = name ? find(name) : NULL;
+    return o == NULL ? -1 : LOAD_RELAXED(&auto_on[o - table]) ? 1 : 0;
+}
+
+uint64_t gm_limits_refresh(void) {
+    gm_ensure_init();
+    return apply_auto(true);
 }
 
 int gm_option_get(const char *name, long long *value) {
@@ -376,6 +439,8 @@ int gm_option_describe(const char *name, char *buf, size_t len) {
     if (o == NULL)
         return EINVAL;
     describe(o, &t);
+    if (o->auto_percent != NULL)
+        put(&t, AUTO_TEXT);
     return 0;
 }
 

@@ -42,6 +42,7 @@
 #include <time.h>
 
 #include "gm_internal.h"
+#include "observe.h"
 
 gm_mheap_t gm_mheap = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -249,6 +250,7 @@ static bool grow(uintptr_t npages) {
         ha->scavenged[i / 64] |= (uint64_t)1 << (i % 64);
     }
     ATOMIC_ADD(&gm_mheap.heap_released, got);
+    gm_obs_grow(v, got);
     (void)free_range(s, v, got / PAGE_SIZE, 0);
     /* As mheap.grow: growing should not leave more retained than the goal
      * (or the soft limit) allows once the pages it grew for are in use;
@@ -304,6 +306,7 @@ static bool unfault_pages(uintptr_t base, uintptr_t npages) {
             b += PAGE_SIZE;
         if (gm_sysMap((void *)a, b - a) != 0)
             return false;
+        gm_obs_remapped(a, b - a);
         for (; a < b; a += PAGE_SIZE)
             *page_word(gm_arena_of(a)->faulted, a) &= ~page_mask(a);
         a -= PAGE_SIZE;
@@ -381,6 +384,7 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
     gm_heap_arena *ha = gm_arena_of(base);
     uintptr_t i = (base >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);
     __atomic_fetch_or(&ha->pageInUse[i / 64], (uint64_t)1 << (i % 64), __ATOMIC_RELAXED);
+    gm_obs_span_alloc(base, npages, sizeclass);
 }
 
 /* ---- the page cache ---------------------------------------------------- */
@@ -698,6 +702,7 @@ static void heap_free_locked(gm_mspan *s) {
     clear_span(s);
     if (unlikely(gm_opt.fault_on_free >= (large ? 1 : 2)) && fault_pages(s)) /* debug option */
         mark_faulted(s);
+    gm_obs_span_free(s->startAddr, s->npages);
     (void)free_range(s, s->startAddr, s->npages, gm_now_ms());
 }
 
@@ -710,10 +715,12 @@ void gm_mheap_release_heap_span(gm_mspan *s, bool fault) {
          * counted apart until the quarantine gives it back. */
         STORE_RELAXED(&s->state, SPAN_DEAD);
         gm_mheap.quarantined_pages += s->npages;
+        gm_obs_quarantined(s->startAddr, s->npages);
         pthread_mutex_unlock(&gm_mheap.lock);
         gm_heap_quarantine(s);
         return;
     }
+    gm_obs_span_free(s->startAddr, s->npages);
     (void)free_range(s, s->startAddr, s->npages, gm_now_ms());
     pthread_mutex_unlock(&gm_mheap.lock);
 }
@@ -722,6 +729,7 @@ void gm_mheap_free_faulted(gm_mspan *s) {
     pthread_mutex_lock(&gm_mheap.lock);
     gm_mheap.quarantined_pages -= s->npages;
     mark_faulted(s);
+    gm_obs_span_free(s->startAddr, s->npages);
     (void)free_range(s, s->startAddr, s->npages, gm_now_ms());
     pthread_mutex_unlock(&gm_mheap.lock);
     gm_scavenger_notify();

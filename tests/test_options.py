@@ -66,7 +66,8 @@ CASES = [
     ("GOMALLOC_RETAIN_PERCENT", "10001", "retain_percent",
      "expected a percentage from 0 to 10000 (K, M, G suffixes allowed)"),
     ("GOMALLOC_HARD_LIMIT", "99999999999999999999", "hard_limit",
-     "expected a number of bytes from 0 to 281474976710656 (K, M, G suffixes allowed)"),
+     "expected a number of bytes from 0 to 281474976710656 (K, M, G suffixes allowed), "
+     "or auto (a percentage of the cgroup's memory limit)"),
     ("GOMALLOC_FAULT_ON_FREE", "3", "fault_on_free", "expected 0, 1 or 2"),
     ("GOMALLOC_SCAVENGER", "", "scavenger", FLAG),
     ("GOMALLOC_NOSUCH", "1", None, "no such option"),
@@ -163,6 +164,9 @@ def test_every_option_is_described_from_its_table_row() -> None:
             assert text == "0 or 1"
         elif o.unit == "choice":
             assert text == ", ".join(map(str, range(o.min, o.max))) + f" or {o.max}"
+        elif o.auto:
+            assert text.endswith(f" from {o.min} to {o.max}, or auto (a percentage of the cgroup's "
+                                 "memory limit)"), text
         else:
             assert text.endswith(f" from {o.min} to {o.max}"), text
         for bad in (o.min - 1, o.max + 1):

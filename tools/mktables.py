@@ -54,6 +54,8 @@ def validate() -> None:
         assert o.unit != "flag" or (o.min, o.max) == (0, 1), f"{o.name}: a flag is 0 or 1"
         assert o.unit != "choice" or o.max - o.min < 10, f"{o.name}: a choice has few values"
         assert len("GOMALLOC_" + o.name) < 64, f"{o.name}: too long for options.c's buffers"
+        assert o.auto is None or (o.unit == "bytes" and any(
+            p.name == o.auto and p.unit == "percent" for p in OPTIONS)), f"{o.name}: auto names a percent option"
     for variable, _ in NOT_OPTIONS:
         assert variable.startswith("GOMALLOC_") and "*" not in variable[:-1], variable
         assert variable.rstrip("*")[len("GOMALLOC_"):].lower() not in [o.name for o in OPTIONS]
@@ -181,9 +183,10 @@ def malloc_info_names(indent: str) -> list[str]:
 
 def option_table(indent: str) -> list[str]:
     cells = [[f'"{o.name}",', f"&gm_opt.{o.name},", f"{c_int(o.default)},", f"{c_int(o.min)},",
-              f"{c_int(o.max)},", f"{OPTION_UNITS[o.unit]},", o.on_change or "NULL"] for o in OPTIONS]
+              f"{c_int(o.max)},", f"{OPTION_UNITS[o.unit]},", f"{o.on_change or 'NULL'},",
+              f"&gm_opt.{o.auto}" if o.auto else "NULL"] for o in OPTIONS]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    out = [f"{indent}/* name, value, default, min, max, unit (what a value means), on change */"]
+    out = [f"{indent}/* name, value, default, min, max, unit (what a value means), on change, auto percent */"]
     for row in cells:
         out.append(f"{indent}{{" + " ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "},")
     return out
@@ -208,7 +211,7 @@ def readme_options(indent: str) -> list[str]:
         if o.unit == "choice":
             return ", ".join(str(v) for v in range(o.min, o.max + 1))
         if o.unit == "bytes":
-            return f"{o.min} to {human(o.max)}"
+            return f"{o.min} to {human(o.max)}" + (", or `auto`" if o.auto else "")
         return f"{o.min} to {o.max} {'ms' if o.unit == 'ms' else '%'}"
 
     out = [md_row(["option", "default", "accepted", "meaning"]), md_row(["---"] * 4)]

@@ -60,6 +60,8 @@ class Option(NamedTuple):
     doc: str
     #: A C function called with the new value after a change at run time.
     on_change: str | None = None
+    #: Accepts "auto" (GM_OPTION_AUTO): this percent option of the cgroup's memory limit.
+    auto: str | None = None
 
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -153,10 +155,13 @@ OPTIONS: list[Option] = [
     Option("retain_percent", 10, 0, 10000, "percent",
            "free Ready pages kept, as a percentage of the in-use heap (the goal)"),
     Option("memory_limit", 0, 0, 1 << 48, "bytes",
-           "soft limit on retained heap bytes: above it every free page is released (0: none)"),
+           "soft limit on retained heap bytes: above it every free page is released (0: none; "
+           "`auto`: `auto_memory_limit_percent` of the cgroup's memory limit)",
+           on_change="gm_pressure_limits_changed", auto="auto_memory_limit_percent"),
     Option("hard_limit", 0, 0, 1 << 48, "bytes",
            "allocations fail (NULL/ENOMEM, `MemoryError`) rather than push `heap_inuse` past it "
-           "(0: none)"),
+           "(0: none; `auto`: `auto_hard_limit_percent` of the cgroup's memory limit)",
+           on_change="gm_pressure_limits_changed", auto="auto_hard_limit_percent"),
     Option("madv_free", 0, 0, 1, "flag",
            "release with `MADV_FREE` instead of `MADV_DONTNEED` (RSS then drops only under "
            "memory pressure)"),
@@ -184,11 +189,19 @@ OPTIONS: list[Option] = [
     Option("random_heap", 1, 0, 1, "flag",
            "arena hints start at a random offset (up to 4 TiB) above Go's fixed `0x00c0<<32`, "
            "so heap addresses differ from run to run; 0: Go's fixed hints (read at start-up)"),
+    Option("auto_memory_limit_percent", 90, 1, 100, "percent",
+           "with `memory_limit=auto`: the soft limit as a percentage of the cgroup v2 memory limit "
+           "(the smallest `memory.max` or `memory.high` of the process's cgroup and its ancestors)",
+           on_change="auto_percent_changed"),
+    Option("auto_hard_limit_percent", 95, 1, 100, "percent",
+           "with `hard_limit=auto`: the hard limit as a percentage of the cgroup v2 memory limit",
+           on_change="auto_percent_changed"),
 ]
 
 #: GOMALLOC_ environment variables that are not options: start-up does not
 #: warn about them.  A trailing * matches any suffix.
 NOT_OPTIONS: list[tuple[str, str]] = [
     ("GOMALLOC_PRELOAD_LIB", "the preload library the bench runner compares (src/pygomalloc/_bench.py)"),
-    ("GOMALLOC_DEBUG_*", "testing switches (e.g. fault injection in the OS layer)"),
+    ("GOMALLOC_DEBUG_*", "testing switches (e.g. fault injection in the OS layer, "
+                         "GOMALLOC_DEBUG_CGROUP_DIR: the cgroup v2 directory to read)"),
 ]

@@ -44,7 +44,7 @@ static const char *expected_reason(const char *variable) {
         {"GOMALLOC_RETAIN_PERCENT", "expected a percentage from 0 to 10000 (K, M, G suffixes allowed)"},
         {"GOMALLOC_TINY", "expected 0 or 1 (on/off, true/false, yes/no allowed)"},
         {"GOMALLOC_TCACHE_BYTES", "expected a number of bytes from 0 to 16777216 (K, M, G suffixes allowed)"},
-        {"GOMALLOC_HARD_LIMIT", "expected a number of bytes from 0 to 281474976710656 (K, M, G suffixes allowed)"},
+        {"GOMALLOC_HARD_LIMIT", "expected a number of bytes from 0 to 281474976710656 (K, M, G suffixes allowed), or auto (a percentage of the cgroup's memory limit)"},
         {"GOMALLOC_FAULT_ON_FREE", "expected 0, 1 or 2"},
         {"GOMALLOC_NOSUCH", "no such option"},
         {"GOMALLOC_DECAY", "no such option; did you mean GOMALLOC_DECAY_MS?"},

@@ -21,9 +21,11 @@ under it).  ``install()`` makes pygomalloc the allocator of the running
 interpreter (PyMem_SetAllocator).
 """
 
-from . import _api
+from . import _api, _observe, _pprof
 from ._api import *  # noqa: F403 (the public API is _api's __all__)
 from ._api import _C_API  # noqa: F401 (the PyCapsule of gomalloc.h's gm_capi_import)
+from ._observe import *  # noqa: F403 (native memory seen from Python)
+from ._pprof import write_profile, profile_bytes  # noqa: F401
 
 __version__ = "0.1.0"
-__all__ = list(_api.__all__)
+__all__ = list(_api.__all__) + list(_observe.__all__) + ["write_profile", "profile_bytes"]

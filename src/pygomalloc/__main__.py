@@ -1,4 +1,4 @@
-"""Command line: ``python -m pygomalloc {bench,stats,run,pyrun}``."""
+"""Command line: ``python -m pygomalloc {bench,stats,map,run,pyrun}``."""
 
 from __future__ import annotations
 
@@ -212,6 +212,73 @@ def _stats(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(st), indent=2))
     else:
         print(format_stats(st))
+        if args.map:
+            from pygomalloc import _mapplot
+
+            print()
+            print(_mapplot.render_text(_mapplot.snapshot()))
+    return 0
+
+
+#: The fragmenting workload of ``map --demo fragment``: sizes and weights.
+_FRAGMENT_SIZES = ((32, 30), (64, 25), (128, 15), (256, 10), (1024, 8), (4096, 6), (20_000, 4),
+                   (100_000, 2))
+
+
+def _fragment_demo(objects: int, seed: int) -> list[tuple[str, list[tuple[int, bytes]]]]:
+    """Allocate *objects* blocks of mixed sizes, free 90% of them at random,
+    then release: the page map after each step."""
+    from pygomalloc import _mapplot
+
+    rng = random.Random(seed)
+    sizes, weights = zip(*_FRAGMENT_SIZES)
+    live = [pygomalloc.malloc(s) for s in rng.choices(sizes, weights, k=objects)]
+    panels = [(f"{objects:,} blocks allocated", _mapplot.snapshot())]
+    rng.shuffle(live)
+    keep = len(live) // 10
+    for address in live[keep:]:
+        pygomalloc.free(address)
+    pygomalloc.thread_flush()
+    panels.append(("90% freed at random", _mapplot.snapshot()))
+    pygomalloc.release()
+    panels.append(("then release()", _mapplot.snapshot()))
+    for address in live[:keep]:
+        pygomalloc.free(address)
+    return panels
+
+
+def _check_plot_target(path: str) -> str | None:
+    """Why the map cannot be drawn to *path*, or None."""
+    problem = _writable_file_problem(path)
+    if problem is not None:
+        return problem
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "drawing the page map needs matplotlib: pip install 'pygomalloc[plot]'"
+    return None
+
+
+def _map(args: argparse.Namespace) -> int:
+    from pygomalloc import _mapplot
+
+    if args.plot and (problem := _check_plot_target(args.plot)) is not None:
+        print(f"{PROG} map: --plot: {problem}", file=sys.stderr)
+        return 2
+    if args.objects is None:
+        args.objects = 60_000 if args.demo == "fragment" else 10_000
+    if args.demo == "fragment":
+        panels = _fragment_demo(args.objects, args.seed)
+    else:
+        _demo_workload(args.objects, args.seed)
+        panels = [(f"after the stats workload ({args.objects:,} blocks)", _mapplot.snapshot())]
+    for title, snap in panels:
+        print(f"{title}:")
+        print(_mapplot.render_text(snap, args.width))
+        print()
+    if args.plot:
+        _mapplot.plot(panels, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -338,6 +405,16 @@ def _pyrun(args: argparse.Namespace) -> int:
         if problem is not None:
             print(f"{PROG} pyrun: --json: {problem}", file=sys.stderr)
             return 2
+    if args.map and (problem := _check_plot_target(args.map)) is not None:
+        print(f"{PROG} pyrun: --map: {problem}", file=sys.stderr)
+        return 2
+    if args.profile_out:
+        if not args.profile:
+            print(f"{PROG} pyrun: --profile-out needs --profile BYTES", file=sys.stderr)
+            return 2
+        if (problem := _writable_file_problem(args.profile_out)) is not None:
+            print(f"{PROG} pyrun: --profile-out: {problem}", file=sys.stderr)
+            return 2
     domains: list[str] = args.domains
     try:
         if args.profile:
@@ -387,6 +464,16 @@ def _pyrun(args: argparse.Namespace) -> int:
         tracemalloc.stop()
     st = pygomalloc.stats()
     profile = pygomalloc.heap_profile() if args.profile else []
+    if args.profile_out:
+        try:
+            pygomalloc.write_profile(args.profile_out, args.profile_format)
+        except OSError as e:
+            print(f"{PROG} pyrun: cannot write {args.profile_out!r}: {e.strerror}", file=sys.stderr)
+            status = status or 1
+    if args.map:
+        from pygomalloc import _mapplot
+
+        _mapplot.plot([(f"the heap of {' '.join(target)} at its end", _mapplot.snapshot())], args.map)
     if args.json:
         doc = dataclasses.asdict(st)
         if args.profile:
@@ -446,7 +533,29 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="seed of the size mix (default: %(default)s)"
     )
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    stats.add_argument("--map", action="store_true",
+                       help="also print the page map as text (one character per cell of pages)")
     stats.set_defaults(func=_stats)
+
+    pmap = commands.add_parser(
+        "map",
+        help="run a workload and show the page map (text; --plot draws it)",
+        description="Run a workload in this process and show pygomalloc's live page map: "
+        "every 8 KiB page of every arena and its state (reserved, released, free, faulted, "
+        "large, small spans of a size class).  --demo fragment allocates OBJECTS blocks of "
+        "mixed sizes, frees 90%% of them at random, then releases: three maps.",
+    )
+    pmap.add_argument("--plot", metavar="FILE.png",
+                      help="draw the map(s): arenas as rows, pages as columns, states as colours "
+                      "(needs matplotlib: pip install 'pygomalloc[plot]')")
+    pmap.add_argument("--demo", choices=("stats", "fragment"), default="stats",
+                      help="the workload: the stats command's (default) or a fragmenting one")
+    pmap.add_argument("--objects", type=_int_arg(0), default=None,
+                      help="blocks to allocate (default: 10,000; 60,000 for --demo fragment)")
+    pmap.add_argument("--seed", type=int, default=0, help="seed of the size mix (default: %(default)s)")
+    pmap.add_argument("--width", type=_int_arg(16, 1024), default=128,
+                      help="characters per text row (default: %(default)s)")
+    pmap.set_defaults(func=_map)
 
     run = commands.add_parser(
         "run",
@@ -473,6 +582,7 @@ def _parser() -> argparse.ArgumentParser:
         "(or -m MODULE) as __main__ in this process, as python would, and print the "
         "allocator's statistics to stderr when it ends; the exit status is the script's.",
         usage=f"{PROG} pyrun [--domains D,..] [--json FILE] [--no-stats] [--profile BYTES] "
+        "[--profile-out FILE [--profile-format pprof|collapsed]] [--map FILE.png] "
         "[--tracemalloc FRAMES] "
         "[--] SCRIPT|-m MODULE [ARG ...]",
     )
@@ -488,6 +598,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="also trace Python allocations (tracemalloc, the script's FRAMES "
                        "most recent frames) and print the Python lines holding the most memory "
                        "at the end")
+    pyrun.add_argument("--map", metavar="FILE.png",
+                       help="draw the page map of the script's heap when it ends (needs matplotlib)")
+    pyrun.add_argument("--profile-out", metavar="FILE",
+                       help="with --profile: write the heap profile to FILE when the script ends")
+    pyrun.add_argument("--profile-format", choices=("pprof", "collapsed"), default="pprof",
+                       help="--profile-out's format: pprof (gzipped protobuf, go tool pprof) or "
+                       "collapsed (flame graph stacks); default %(default)s")
     pyrun.add_argument("target", nargs="*", help="SCRIPT or -m MODULE, then its arguments")
     pyrun.set_defaults(func=_pyrun)
     return parser
@@ -499,9 +616,11 @@ def _split_pyrun(argv: list[str]) -> tuple[list[str], list[str]]:
     i = 1
     while i < len(argv):
         arg = argv[i]
-        if arg in ("--domains", "--json", "--profile", "--tracemalloc"):
+        if arg in ("--domains", "--json", "--profile", "--tracemalloc", "--map", "--profile-out",
+                   "--profile-format"):
             i += 2
-        elif arg.startswith(("--domains=", "--json=", "--profile=", "--tracemalloc=")) or \
+        elif arg.startswith(("--domains=", "--json=", "--profile=", "--tracemalloc=", "--map=",
+                             "--profile-out=", "--profile-format=")) or \
                 arg in ("--no-stats", "-h", "--help"):
             i += 1
         else:

@@ -457,19 +457,31 @@ def describe_option(name: str) -> str:
     return str(ffi.string(buf).decode())
 
 
-def set_option(name: str, value: int) -> None:
+def set_option(name: str, value: int | str) -> None:
     """Set option *name*.
 
     ``ValueError`` for an unknown name, or a value the option does not
     accept (the message says what it accepts; the option keeps its value).
+    ``memory_limit`` and ``hard_limit`` also take ``"auto"``: a percentage
+    (options ``auto_memory_limit_percent``, ``auto_hard_limit_percent``) of
+    the process's cgroup v2 memory limit (``refresh_limits()`` reads it
+    again).
     """
     key = _check_option_name(name)
+    shown = value
     try:
+        if isinstance(value, str):
+            if value.strip().lower() != "auto":
+                raise ValueError(f"pygomalloc option {name!r} cannot be {value!r}: "
+                                 f"expected {describe_option(name)}")
+            value = lib.GM_OPTION_AUTO
+        elif value == lib.GM_OPTION_AUTO:  # C's sentinel for "auto": ints from Python are numbers
+            raise OverflowError
         code = lib.gm_option_set(key, value)
     except OverflowError:
         code = lib.EINVAL
     if code:
-        raise ValueError(f"pygomalloc option {name!r} cannot be {value}: expected {describe_option(name)}")
+        raise ValueError(f"pygomalloc option {name!r} cannot be {shown!r}: expected {describe_option(name)}")
 
 
 class RejectedOption(NamedTuple):
