@@ -832,10 +832,21 @@ int gm_heap_destroy(gm_heap_t *h) {
     pthread_mutex_unlock(&hp->lock);
     for (size_t k = 0; k < n; k++) {
         gm_mspan *s = spans[k];
-        if (s->sizeclass != 0)
-            memset(s->objstate, 0, (s->npages * PAGE_SIZE) >> STATE_SHIFT); /* no object starts there now */
-        else
+        if (s->sizeclass != 0) {
+            size_t nst = (s->npages * PAGE_SIZE) >> STATE_SHIFT;
+            /* Sampled objects leave the heap profile (memchr: as cheap as
+             * the memset that follows). */
+            for (uint8_t *q = memchr(s->objstate, OBJ_SAMPLED, nst); q != NULL;
+                 q = memchr(q + 1, OBJ_SAMPLED, nst - (size_t)(q + 1 - s->objstate)))
+                gm_profile_free((void *)(s->startAddr + ((uintptr_t)(q - s->objstate) << STATE_SHIFT)));
+            memset(s->objstate, 0, nst); /* no object starts there now */
+        } else {
             ATOMIC_ADD(&hp->large_frees, 1);
+            if (LOAD_RELAXED(&s->sampled)) {
+                STORE_RELAXED(&s->sampled, 0);
+                gm_profile_free((void *)s->startAddr);
+            }
+        }
         s->cachedBy = NULL;
         s->list = LIST_NONE;
         gm_mheap_release_heap_span(s, hp->fault_on_destroy);

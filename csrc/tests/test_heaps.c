@@ -17,6 +17,7 @@
  *   - bad input: destroying twice, a destroyed or made-up handle, freeing
  *     through the wrong heap, the default heap's handle where a heap of
  *     one's own is needed, an allocation racing its heap's destroy;
+ *   - destroy tells the heap profile: sampled objects it frees count as freed;
  *   - fault_on_destroy: touching destroyed memory is SIGSEGV (in a child);
  *     gm_release gives the quarantined pages back.
  */
@@ -459,6 +460,37 @@ TEST(allocations_racing_destroy_fail_cleanly) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* ---- the heap profile --------------------------------------------------------------- */
+
+static void profile_totals(uint64_t *allocs, uint64_t *frees) {
+    static struct gm_profile_record rec[4096];
+    int n = gm_profile_read(rec, 4096, sizeof rec[0]);
+    CHECK(n >= 0 && n < 4096);
+    *allocs = *frees = 0;
+    for (int i = 0; i < n; i++) {
+        *allocs += rec[i].alloc_objects;
+        *frees += rec[i].free_objects;
+    }
+}
+
+TEST(destroy_frees_sampled_objects_in_the_profile) {
+    uint64_t a0, f0, a1, f1, a2, f2;
+    profile_totals(&a0, &f0);
+    CHECK_EQ(gm_option_set("profile_rate", 1), 0); /* every allocation */
+    gm_heap_t *h = gm_heap_new(NULL);
+    for (int i = 0; i < 300; i++)
+        CHECK(gm_heap_malloc(h, i % 50 == 0 ? 100000 : 24 + (size_t)i) != NULL);
+    CHECK_EQ(gm_option_set("profile_rate", 0), 0);
+    profile_totals(&a1, &f1);
+    CHECK_EQ(a1 - a0, 300);
+    CHECK_EQ(f1 - f0, 0);
+    CHECK_EQ(gm_heap_destroy(h), 0);
+    profile_totals(&a2, &f2);
+    CHECK_EQ(a2, a1);
+    CHECK_EQ(f2 - f0, 300);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 /* ---- fault_on_destroy ------------------------------------------------------------------ */
 
 TEST(destroyed_memory_faults_when_asked) {
@@ -508,6 +540,7 @@ int main(void) {
     RUN(delete_hands_objects_to_the_default_heap);
     RUN(bad_handles_and_wrong_heaps);
     RUN(allocations_racing_destroy_fail_cleanly);
+    RUN(destroy_frees_sampled_objects_in_the_profile);
     RUN(destroyed_memory_faults_when_asked);
     return gmtest_summary();
 }
