@@ -19,6 +19,14 @@
  *   fault_on_free, tcache_bytes;
  *   OS faults: every Nth mmap/madvise of some kinds fails from then on
  *   (gm_debug_fail_os_calls), until the end of the input;
+ *   heaps (heap.c): up to two program heaps, some with a limit or
+ *   fault_on_destroy; allocations into them (gm_heap_malloc, or any
+ *   allocation on a worker whose default heap one is: a scope); destroy
+ *   (their objects go at once; EBUSY while a worker is in the heap's scope
+ *   or, once it was one, while it has live objects), delete (the objects
+ *   become the default heap's), a free through the wrong heap's call
+ *   (refused, nothing changed), their statistics and gm_heap_visit against
+ *   the objects held;
  *   bad calls, with abort_on_error = 0: free and realloc of interior
  *   pointers, of freed objects (double frees), of foreign pointers;
  *   aligned_alloc with a bad alignment; calloc that overflows.  Each must
@@ -164,6 +172,7 @@ struct obj {
     unsigned char *p;
     size_t n;     /* bytes asked for (and written) */
     uint32_t id;
+    int heap;     /* the heap slot it lives in (heaps[]), -1: the default heap */
 };
 static struct obj objs[MAX_OBJS];
 static int nobjs;
@@ -225,7 +234,10 @@ static bool is_live(const void *p) {
 
 /* ---- workers: each operation runs on a chosen thread's cache ------------------- */
 
-enum call { C_MALLOC, C_CALLOC, C_REALLOC, C_ALIGNED, C_MEMALIGN, C_FREE, C_FREE_CHECKED, C_FLUSH, C_EXIT };
+enum call {
+    C_MALLOC, C_CALLOC, C_REALLOC, C_ALIGNED, C_MEMALIGN, C_FREE, C_FREE_CHECKED, C_FLUSH, C_EXIT,
+    C_HEAP_MALLOC, C_SET_DEFAULT,
+};
 
 struct job {
     enum call call;
@@ -266,6 +278,8 @@ static void *worker_main(void *arg) {
         case C_FREE: gm_free(j->p); break;
         case C_FREE_CHECKED: j->rc = gm_free_checked(j->p); break;
         case C_FLUSH: gm_thread_flush(); break;
+        case C_HEAP_MALLOC: j->ret = gm_heap_malloc(j->p, j->a); break;
+        case C_SET_DEFAULT: j->ret = gm_heap_set_default(j->p); break;
         case C_EXIT: break;
         }
         j->err = errno;
@@ -309,6 +323,22 @@ static bool faults_on;  /* OS calls fail: allocations may fail */
 
 static bool may_fail(void) { return limit_on || faults_on; }
 
+/* ---- heaps ------------------------------------------------------------------------ */
+
+#define NHEAPS 2
+static gm_heap_t *heaps[NHEAPS]; /* NULL: the slot is empty */
+static bool heap_limited[NHEAPS]; /* its allocations may fail (ENOMEM) */
+static bool heap_scoped[NHEAPS];  /* it has been a worker's default heap */
+static int scope_of[NWORKERS];    /* the heap slot worker k allocates into, -1: the default heap */
+
+static gm_heap_t *handle(int slot) { return slot < 0 ? gm_heap_default() : heaps[slot]; }
+static int live_in(int slot) {
+    int n = 0;
+    for (int i = 0; i < nobjs; i++)
+        n += objs[i].heap == slot;
+    return n;
+}
+
 static void snapshot(struct gm_stats *st) {
     st->size = sizeof *st;
     gm_read_stats(st);
@@ -318,10 +348,11 @@ static void snapshot(struct gm_stats *st) {
  * only as ENOMEM while failures may happen. */
 static void check_zero(const struct obj *o);
 
-static void adopt(void *p, size_t n, int err, size_t align, bool zero) {
+static void adopt(void *p, size_t n, int err, size_t align, bool zero, int heap) {
     if (p == NULL) {
         errno = err;
-        REQUIRE(may_fail(), "allocation failed with no limit or fault in force", NULL, n);
+        REQUIRE(may_fail() || (heap >= 0 && heap_limited[heap]), "allocation failed with no limit or fault in force",
+                NULL, n);
         REQUIRE(err == ENOMEM, "failed allocation without ENOMEM", NULL, n);
         return;
     }
@@ -329,7 +360,8 @@ static void adopt(void *p, size_t n, int err, size_t align, bool zero) {
     REQUIRE(gm_usable_size(p) >= n, "usable size below the size asked", p, n);
     REQUIRE(align == 0 || (uintptr_t)p % align == 0, "misaligned", p, align);
     REQUIRE(!is_live(p), "object handed out twice", p, n);
-    struct obj o = {p, n, ++next_id};
+    REQUIRE(gm_heap_of(p) == handle(heap), "object in the wrong heap", p, n);
+    struct obj o = {p, n, ++next_id, heap};
     if (zero)
         check_zero(&o);
     write_pattern(&o);
@@ -380,9 +412,9 @@ static void op_alloc(struct input *in, int k, int how) {
     TRACE("alloc(how %d) n=%zu align=%zu on %d -> %p\n", how, n, align, k, j.ret);
     if (j.call == C_MEMALIGN) {
         REQUIRE(j.rc == 0 || j.rc == ENOMEM, "posix_memalign: unexpected code", NULL, n);
-        adopt(j.rc == 0 ? j.ret : NULL, n, j.rc, align, false);
+        adopt(j.rc == 0 ? j.ret : NULL, n, j.rc, align, false, scope_of[k]);
     } else {
-        adopt(j.ret, n, j.err, align, zero);
+        adopt(j.ret, n, j.err, align, zero, scope_of[k]);
     }
 }
 
@@ -422,7 +454,8 @@ static void op_realloc(struct input *in, int k) {
         return;
     }
     if (j.ret == NULL) {
-        REQUIRE(may_fail(), "realloc failed with no limit or fault in force", o->p, n);
+        REQUIRE(may_fail() || (scope_of[k] >= 0 && heap_limited[scope_of[k]]),
+                "realloc failed with no limit or fault in force", o->p, n);
         REQUIRE(j.err == ENOMEM, "failed realloc without ENOMEM", o->p, n);
         REQUIRE(gm_check(o->p) == GM_OK, "failed realloc freed the object", o->p, n);
         check_pattern(o, o->p, o->n);
@@ -433,9 +466,13 @@ static void op_realloc(struct input *in, int k) {
     check_pattern(o, q, o->n < n ? o->n : n); /* the prefix moved with it */
     struct obj old = *o;
     live_bytes -= old.n;
-    if (q != old.p)
+    int heap = old.heap;
+    if (q != old.p) { /* moved: into the worker's default heap */
         freed[nfreed++ % NFREED] = old.p;
-    *o = (struct obj){q, n, ++next_id};
+        heap = scope_of[k];
+    }
+    REQUIRE(gm_heap_of(q) == handle(heap), "reallocated object in the wrong heap", q, n);
+    *o = (struct obj){q, n, ++next_id, heap};
     live_bytes += n;
     write_pattern(o);
 }
@@ -541,6 +578,141 @@ static void op_option(struct input *in) {
     }
 }
 
+struct visit_count {
+    uint64_t n, bytes;
+};
+static int count_visit(void *p, size_t size, void *arg) {
+    struct visit_count *v = arg;
+    REQUIRE(gm_check(p) == GM_OK, "gm_heap_visit gave a dead object", p, size);
+    v->n++;
+    v->bytes += size;
+    return 0;
+}
+
+static void op_heap(struct input *in, int k) {
+    uint8_t what = get8(in) % 7;
+    uint32_t r = get32(in);
+    int slot = (int)(r % NHEAPS);
+    gm_heap_t *h = heaps[slot];
+    TRACE("heap op %d slot %d r=%#x on %d\n", what, slot, r, k);
+    switch (what) {
+    case 0: { /* a new heap in an empty slot */
+        if (h != NULL)
+            return;
+        struct gm_heap_options o = {.size = sizeof o, .name = "fuzz"};
+        o.limit = (r >> 8) & 1 ? 0 : MIB + (r >> 9) % (8 * MIB);
+        o.fault_on_destroy = (int)((r >> 30) & 1);
+        errno = 0;
+        heaps[slot] = gm_heap_new(&o);
+        REQUIRE(heaps[slot] != NULL || (may_fail() && errno == ENOMEM), "gm_heap_new failed", NULL, 0);
+        heap_limited[slot] = o.limit != 0;
+        heap_scoped[slot] = false;
+        return;
+    }
+    case 1: { /* an allocation in it */
+        if (h == NULL)
+            return;
+        size_t n = get_size(in);
+        if (live_bytes + n > MAX_LIVE_BYTES)
+            return;
+        struct job j = {.call = C_HEAP_MALLOC, .p = h, .a = n};
+        run(k, &j);
+        TRACE("heap malloc %zu in %d on %d -> %p\n", n, slot, k, j.ret);
+        adopt(j.ret, n, j.err, 0, false, slot);
+        return;
+    }
+    case 2: { /* worker k's default heap: this one, or back to the default */
+        int to = (r >> 8) & 1 ? -1 : slot;
+        if (to >= 0 && h == NULL)
+            return;
+        struct job j = {.call = C_SET_DEFAULT, .p = to < 0 ? NULL : h};
+        run(k, &j);
+        TRACE("set_default %d on %d -> %p\n", to, k, j.ret);
+        if (j.ret == NULL) { /* out of memory for its cache */
+            REQUIRE(may_fail() && j.err == ENOMEM, "gm_heap_set_default failed", NULL, 0);
+            return;
+        }
+        REQUIRE(j.ret == handle(scope_of[k]), "gm_heap_set_default returned another previous heap", j.ret, 0);
+        scope_of[k] = to;
+        if (to >= 0)
+            heap_scoped[to] = true;
+        return;
+    }
+    case 3:   /* destroy */
+    case 4: { /* delete */
+        if (h == NULL)
+            return;
+        bool in_scope = false;
+        for (int w = 0; w < NWORKERS; w++)
+            in_scope |= scope_of[w] == slot;
+        bool busy = in_scope || (what == 3 && heap_scoped[slot] && live_in(slot) > 0);
+        struct gm_stats a;
+        snapshot(&a);
+        int rc = what == 3 ? gm_heap_destroy(h) : gm_heap_delete(h);
+        TRACE("%s %d -> %d\n", what == 3 ? "destroy" : "delete", slot, rc);
+        if (busy) {
+            REQUIRE(rc == EBUSY, "destroy/delete of a busy heap not refused with EBUSY", NULL, (size_t)rc);
+            unchanged(&a, "a refused destroy changed the heap");
+            return;
+        }
+        REQUIRE(rc == 0, "destroy/delete failed", NULL, (size_t)rc);
+        for (int i = nobjs - 1; i >= 0; i--) {
+            if (objs[i].heap != slot)
+                continue;
+            if (what == 3) {
+                forget(i); /* gone with the heap */
+            } else {
+                REQUIRE(gm_heap_of(objs[i].p) == gm_heap_default(), "deleted heap's object not in the default heap",
+                        objs[i].p, objs[i].n);
+                check_pattern(&objs[i], objs[i].p, objs[i].n);
+                objs[i].heap = -1;
+            }
+        }
+        heaps[slot] = NULL;
+        errno = 0;
+        REQUIRE(gm_heap_malloc(h, 8) == NULL && errno == EINVAL, "a gone heap's handle still works", NULL, 0);
+        REQUIRE(gm_heap_destroy(h) == EINVAL, "destroying twice not refused", NULL, 0);
+        return;
+    }
+    case 5: { /* a free through the wrong heap's call is refused */
+        if (nobjs == 0)
+            return;
+        struct obj *o = &objs[(r >> 8) % (uint32_t)nobjs];
+        int other = o->heap == slot ? (slot + 1) % NHEAPS : slot;
+        if (other == o->heap || (other >= 0 && heaps[other] == NULL))
+            other = -1;
+        if (other == o->heap)
+            return;
+        struct gm_stats a;
+        snapshot(&a);
+        REQUIRE(gm_heap_free(handle(other), o->p) == GM_ERR_NOT_OURS, "free through the wrong heap not refused", o->p,
+                o->n);
+        unchanged(&a, "a free through the wrong heap changed the heap");
+        check_pattern(o, o->p, o->n);
+        return;
+    }
+    default: { /* its figures and its objects agree with ours */
+        int s2 = (r >> 8) % 3 == 0 ? -1 : slot;
+        if (s2 >= 0 && heaps[s2] == NULL)
+            return;
+        if (s2 < 0)
+            return; /* the default heap holds objects of the allocator's own too (profile tables aside) */
+        struct gm_heap_stats st;
+        memset(&st, 0, sizeof st);
+        st.size = sizeof st;
+        REQUIRE(gm_heap_read_stats(heaps[s2], &st) == 0, "gm_heap_read_stats failed", NULL, 0);
+        struct visit_count v = {0, 0};
+        REQUIRE(gm_heap_visit(heaps[s2], count_visit, &v) == 0, "gm_heap_visit failed", NULL, 0);
+        uint64_t mine = (uint64_t)live_in(s2);
+        REQUIRE(st.objects == mine, "heap statistics: objects != the objects held", NULL, st.objects);
+        REQUIRE(v.n == mine, "gm_heap_visit: objects != the objects held", NULL, v.n);
+        REQUIRE(v.bytes == st.alloc, "gm_heap_visit bytes != statistics' alloc", NULL, v.bytes);
+        REQUIRE(st.limit == 0 || st.peak_inuse <= st.limit, "a heap went over its limit", NULL, st.peak_inuse);
+        return;
+    }
+    }
+}
+
 static int ptr_cmp(const void *a, const void *b) {
     uintptr_t x = *(const uintptr_t *)a, y = *(const uintptr_t *)b;
     return x < y ? -1 : x > y;
@@ -582,8 +754,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     tracing = getenv("FUZZ_OPS_TRACE") != NULL;
     gm_option_set("abort_on_error", 0);
     gm_option_set("scavenger", 0); /* no thread of its own: runs are deterministic */
-    for (int k = 0; k < NWORKERS; k++)
+    for (int k = 0; k < NWORKERS; k++) {
+        scope_of[k] = -1;
         start_worker(k);
+    }
     return 0;
 }
 
@@ -609,14 +783,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         case 10: (void)gm_release(); TRACE("release\n"); break;
         case 11: op_option(&in); break;
         case 12: op_bad(&in, k); break;
-        case 13: restart_worker(k); TRACE("restart %d\n", k); break;
+        case 13: restart_worker(k); scope_of[k] = -1; TRACE("restart %d\n", k); break;
         case 14: { /* a burst of small objects, freed in the order the input says */
             int m = 1 + get8(&in) % 32;
             for (int x = 0; x < m; x++)
                 op_alloc(&in, k, 0);
             break;
         }
-        default: check_heap("heap check failed mid-input"); break;
+        default:
+            if (get8(&in) & 1)
+                op_heap(&in, k);
+            else
+                check_heap("heap check failed mid-input");
+            break;
         }
         check_all_live();
         if (step % 32 == 31)
@@ -627,6 +806,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     gm_debug_fail_os_calls(0, 0);
     gm_option_set("hard_limit", 0);
     limit_on = faults_on = false;
+    /* Scopes end; heaps that never were one go with their objects. */
+    for (int k = 0; k < NWORKERS; k++) {
+        struct job j = {.call = C_SET_DEFAULT, .p = NULL};
+        run(k, &j);
+        REQUIRE(j.ret == handle(scope_of[k]), "gm_heap_set_default(NULL) returned another previous heap", j.ret, 0);
+        scope_of[k] = -1;
+    }
+    for (int slot = 0; slot < NHEAPS; slot++) {
+        if (heaps[slot] == NULL || heap_scoped[slot])
+            continue;
+        REQUIRE(gm_heap_destroy(heaps[slot]) == 0, "final destroy failed", NULL, 0);
+        for (int i = nobjs - 1; i >= 0; i--)
+            if (objs[i].heap == slot)
+                forget(i);
+        heaps[slot] = NULL;
+    }
     while (nobjs > 0) {
         struct obj *o = &objs[nobjs - 1];
         check_pattern(o, o->p, o->n);
@@ -636,6 +831,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int k = 0; k < NWORKERS; k++) {
         struct job j = {.call = C_FLUSH};
         run(k, &j);
+    }
+    for (int slot = 0; slot < NHEAPS; slot++) { /* (the scoped ones, empty now) */
+        if (heaps[slot] != NULL)
+            REQUIRE(gm_heap_destroy(heaps[slot]) == 0, "final destroy of an empty heap failed", NULL, 0);
+        heaps[slot] = NULL;
     }
     gm_option_set("tiny", 0);
     gm_option_set("profile_rate", 0);
