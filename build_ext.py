@@ -212,6 +212,8 @@ static int pgm_pymem_route(int mask, int on)
             pgm_dom[d].calloc = prev.calloc;
             pgm_dom[d].realloc = prev.realloc;
             pgm_dom[d].free = prev.free;
+            pgm_dom[d].fast_malloc = gm_malloc;
+            pgm_dom[d].fast_free = gm_free;
             PyMem_SetAllocator((PyMemAllocatorDomain)d, &ours);
             pgm_wrapped |= 1 << d;
         }

@@ -182,7 +182,10 @@ def main() -> int:
     opts = ap.parse_args()
     pre = subprocess.run([opts.python, "-c", "import pygomalloc; print(pygomalloc.get_preload_library())"],
                          capture_output=True, text=True, check=True).stdout.strip()
+    # A fixed hash seed: str hashing decides dict probe lengths, which move
+    # the counts by several percent from run to run otherwise.
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "PYTHONMALLOC")}
+    base["PYTHONHASHSEED"] = "0"
     configs = {
         "pymalloc": ("plain", {}),
         "install()": ("install", {}),

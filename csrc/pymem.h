@@ -25,6 +25,12 @@ struct gm_pydomain {
     /* 1: new blocks come from pygomalloc, 0: from the allocator replaced.
      * Relaxed atomic. */
     int route;
+    /* gm_malloc and gm_free, as the installer's dynamic linker resolved
+     * them, for gm_py_calloc and gm_py_realloc: the core's own calls to
+     * its IFUNCs are resolved while the core is relocated, maybe before
+     * its TLS descriptor is, which picks the slower variants (malloc.c). */
+    void *(*fast_malloc)(size_t size);
+    void (*fast_free)(void *ptr);
 };
 
 GM_API void *gm_py_malloc(void *dom, size_t size);
