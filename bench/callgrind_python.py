@@ -75,6 +75,18 @@ for i in range(N):
         b += b"xyz"
     d = {j: j for j in range(12)}
 """, (2000, 6000)),
+    # json round trips and str methods: large strings built by writers
+    # that grow them by reallocs.
+    "strings_json": (r"""
+import json
+DOC = {"users": [{"id": i, "name": f"user{i}", "tags": ["a", "b", str(i)],
+                  "score": i * 0.5, "meta": {"x": i, "y": [i, i + 1]}} for i in range(500)]}
+for _ in range(N):
+    s = json.dumps(DOC)
+    d = json.loads(s)
+    words = s.replace(",", " ").split()
+    n = len(d["users"]) + len(words) + len(" ".join(w.upper() for w in words[:200]))
+""", (5, 15)),
 }
 
 PRELUDE = r"""
