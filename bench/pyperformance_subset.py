@@ -129,26 +129,27 @@ def main() -> int:
 
     import pyperf
 
-    # Merge the rounds of each configuration into one suite.
+    # Merge the rounds of each configuration into one suite (a script may
+    # hold several benchmarks: deepcopy has three).
+    def load(f: Path) -> dict:
+        return {b.get_name(): b for b in pyperf.BenchmarkSuite.load(str(f)).get_benchmarks()}
+
     for c in cnames:
-        benches = []
+        merged: dict = {}
         for b in names:
-            merged = None
             for r in range(opts.rounds):
                 f = out / f"r{r}" / c / f"{b}.json"
                 if not f.exists():
                     continue
-                bench = pyperf.Benchmark.load(str(f))
-                if merged is None:
-                    merged = bench
-                else:
-                    merged.add_runs(bench)
-            if merged is not None:
-                benches.append(merged)
+                for name, bench in load(f).items():
+                    if name in merged:
+                        merged[name].add_runs(bench)
+                    else:
+                        merged[name] = bench
         target = out / f"{c}.json"
         if target.exists():
             target.unlink()
-        pyperf.BenchmarkSuite(benches).dump(str(target))
+        pyperf.BenchmarkSuite(list(merged.values())).dump(str(target))
     cmp = subprocess.run([sys.executable, "-m", "pyperf", "compare_to", *[str(out / f"{c}.json") for c in cnames],
                           "--table", "--table-format=md"], capture_output=True, text=True)
     print(cmp.stdout)
@@ -165,8 +166,8 @@ def main() -> int:
             for b in names:
                 fa, fb = out / f"r{r}" / c / f"{b}.json", out / f"r{r}" / "pymalloc" / f"{b}.json"
                 if fa.exists() and fb.exists():
-                    logs.append(math.log(pyperf.Benchmark.load(str(fa)).mean()
-                                         / pyperf.Benchmark.load(str(fb)).mean()))
+                    ba, bb = load(fa), load(fb)
+                    logs += [math.log(ba[n].mean() / bb[n].mean()) for n in ba if n in bb]
             if logs:
                 per_round.append(math.exp(sum(logs) / len(logs)))
         if per_round:
