@@ -673,6 +673,9 @@ size_t gm_usable_size(const void *p) {
 void *gm_realloc(void *p, size_t size) {
     if (p == NULL)
         return gm_malloc_internal(size);
+    void *r;
+    if (gm_realloc_fast(p, size, &r)) /* pymem.c: most reallocs, decided from the state byte */
+        return r;
     int code = gm_check(p);
     if (code != GM_OK) {
         gm_report(code, p, "realloc");

@@ -38,6 +38,13 @@ GM_API void *gm_py_calloc(void *dom, size_t nelem, size_t elsize);
 GM_API void *gm_py_realloc(void *dom, void *ptr, size_t size);
 GM_API void gm_py_free(void *dom, void *ptr);
 
+#ifdef GM_HIDDEN /* inside the core */
+/* gm_realloc's common case (pymem.c): p a live small object or a large
+ * one, n > 0; returns 1 with *out (NULL: no memory, p untouched), or 0 for
+ * gm_realloc's own checks. */
+GM_HIDDEN int gm_realloc_fast(void *p, size_t n, void **out);
+#endif
+
 static inline int gm_py_routed(const void *dom) {
     return __atomic_load_n(&((const struct gm_pydomain *)dom)->route, __ATOMIC_RELAXED);
 }
