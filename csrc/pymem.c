@@ -67,8 +67,8 @@ void *gm_py_calloc(void *dom, size_t nelem, size_t elsize) {
  * memory, p untouched) when p is a live small object or a large one;
  * returns 0 for everything else, which the caller's gm_realloc checks and
  * reports.  e is p's arena map entry. */
-static int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(*alloc)(size_t),
-                          void (*release)(void *)) {
+GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(*alloc)(size_t),
+                            void (*release)(void *)) {
     uintptr_t a = (uintptr_t)p;
     if ((a & ((1u << STATE_SHIFT) - 1)) == 0) {
         unsigned st = LOAD_RELAXED(gm_state_at(e, a));
