@@ -27,10 +27,11 @@
  *     so that the next steps stay in place;
  *   - a small object stays in place within its class, and when it shrinks
  *     by less than 1/4 (pymalloc's rule for its own blocks: a writer's
- *     final shrink to the exact size);
- *   - a large object stays in place while the new size is over
- *     1/PY_LARGE_HEADROOM of its pages (headroom pages never written are
- *     never resident).
+ *     final shrink to the exact size); so does a large object (its pages,
+ *     written or not, stay with it: a shrink by more moves it, so that a
+ *     C program under the preload library that shrinks a big buffer to
+ *     fit gets the pages back).  Headroom pages never written are never
+ *     resident.
  * (strings_json of `python -m pygomalloc bench python`, counted with
  * callgrind: the bytes realloc copies fall from 1.7 to 0.5 MB per round,
  * glibc's realloc under pymalloc copies 0.2 MB.)
@@ -93,7 +94,7 @@ GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(
         if (s != NULL && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == 0 && s->startAddr == a &&
             !LOAD_RELAXED(&s->sampled)) {
             size_t cap = s->npages << PAGE_SHIFT;
-            if (n <= cap && n > cap / PY_LARGE_HEADROOM) {
+            if (n <= cap && n > cap - cap / 4) {
                 *out = p;
                 return 1;
             }
