@@ -26,15 +26,17 @@
  *     1/PY_HEADROOM more than asked, a large one 1/PY_LARGE_HEADROOM more,
  *     so that the next steps stay in place;
  *   - a small object stays in place within its class, and when it shrinks
- *     by less than 1/4 (pymalloc's rule for its own blocks: a writer's
- *     final shrink to the exact size); so does a large object (its pages,
- *     written or not, stay with it: a shrink by more moves it, so that a
- *     C program under the preload library that shrinks a big buffer to
- *     fit gets the pages back).  Headroom pages never written are never
+ *     by less than 1/4 (pymalloc's rule for its own blocks);
+ *   - a large object stays in place when it shrinks by less than 1/2 under
+ *     gm_py_realloc (Python's writers overallocate, then shrink to the
+ *     exact size), by less than 1/4 under gm_realloc (a C program under
+ *     the preload library that shrinks a big buffer to fit gets its
+ *     written pages back).  Headroom pages never written are never
  *     resident.
  * (strings_json of `python -m pygomalloc bench python`, counted with
- * callgrind: the bytes realloc copies fall from 1.7 to 0.5 MB per round,
- * glibc's realloc under pymalloc copies 0.2 MB.)
+ * callgrind: the bytes realloc copies under install() fall from 1.7 to
+ * 0.5 MB per round; 1.5 MB with the 1/4 rule for large shrinks; glibc's
+ * realloc under pymalloc copies 0.2 MB.)
  */
 #include <string.h>
 
@@ -69,7 +71,7 @@ void *gm_py_calloc(void *dom, size_t nelem, size_t elsize) {
  * returns 0 for everything else, which the caller's gm_realloc checks and
  * reports.  e is p's arena map entry. */
 GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(*alloc)(size_t),
-                            void (*release)(void *)) {
+                            void (*release)(void *), unsigned large_keep) {
     uintptr_t a = (uintptr_t)p;
     if ((a & ((1u << STATE_SHIFT) - 1)) == 0) {
         unsigned st = LOAD_RELAXED(gm_state_at(e, a));
@@ -94,7 +96,7 @@ GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(
         if (s != NULL && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == 0 && s->startAddr == a &&
             !LOAD_RELAXED(&s->sampled)) {
             size_t cap = s->npages << PAGE_SHIFT;
-            if (n <= cap && n > cap - cap / 4) {
+            if (n <= cap && n > cap - cap / large_keep) {
                 *out = p;
                 return 1;
             }
@@ -113,7 +115,7 @@ GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(
 
 int gm_realloc_fast(void *p, size_t n, void **out) {
     uintptr_t e = gm_arena_map_load((uintptr_t)p);
-    return e != 0 && n != 0 && realloc_decide(p, e, n, out, gm_malloc_internal, gm_free_internal);
+    return e != 0 && n != 0 && realloc_decide(p, e, n, out, gm_malloc_internal, gm_free_internal, 4);
 }
 
 void *gm_py_realloc(void *dom, void *p, size_t n) {
@@ -126,7 +128,7 @@ void *gm_py_realloc(void *dom, void *p, size_t n) {
     if (n == 0)
         n = 1; /* Python's realloc(p, 0) keeps a block */
     void *q;
-    if (realloc_decide(p, e, n, &q, d->fast_malloc, d->fast_free))
+    if (realloc_decide(p, e, n, &q, d->fast_malloc, d->fast_free, PY_LARGE_HEADROOM))
         return q;
     return gm_realloc(p, n);
 }
