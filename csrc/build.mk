@@ -9,7 +9,7 @@
 # The allocator core: the one shared library libgomalloc.so, and the C tests,
 # which compile these files directly (static, also with the sanitizers).
 # tests/test_packaging.py fails when a csrc/*.c file is missing here.
-CORE_SOURCES := arena.c fixalloc.c heap.c malloc.c mcache.c mcentral.c mem_linux.c mprof.c mspan.c mstats.c options.c pagealloc.c pagemap.c pressure.c scavenger.c tiny.c
+CORE_SOURCES := arena.c fixalloc.c heap.c malloc.c mcache.c mcentral.c mem_linux.c mprof.c mspan.c mstats.c options.c pagealloc.c pagemap.c pressure.c pymem.c scavenger.c tiny.c
 # The LD_PRELOAD shim libgomalloc_preload.so: the malloc family, forwarding
 # to libgomalloc.so (its DT_NEEDED).
 PRELOAD_SOURCES := preload.c

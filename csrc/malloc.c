@@ -92,6 +92,7 @@
 #include <unistd.h>
 
 #include "gm_internal.h"
+#include "pymem.h"
 
 atomic_int gm_inited;
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -662,6 +663,9 @@ GM_TLS_VARIANTS(void *, gm_malloc, (size_t size), return malloc_fast(size, tls_a
 GM_TLS_VARIANTS(void, gm_free, (void *p), (void)free_fast(p, false, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_checked, (void *p), return free_fast(p, true, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_owned, (void *p), return free_owned(p, fixed_tls);)
+/* CPython's memory domains (pymem.h): the fast paths with no wrapper between. */
+GM_TLS_VARIANTS(void *, gm_py_malloc, (void *dom, size_t size), return likely(gm_py_routed(dom)) ? malloc_fast(size, tls_alloc(fixed_tls)) : gm_py_prev_malloc(dom, size);)
+GM_TLS_VARIANTS(void, gm_py_free, (void *dom, void *p), if (!free_owned(p, fixed_tls)) gm_py_prev_free(dom, p);)
 
 /* p lies inside span s but not at an object's start, unless s was freed
  * (and its fields changed) by a racing free since we looked it up: the
@@ -711,6 +715,9 @@ size_t gm_usable_size(const void *p) {
 void *gm_realloc(void *p, size_t size) {
     if (p == NULL)
         return gm_malloc_internal(size);
+    void *r;
+    if (gm_realloc_fast(p, size, &r)) /* pymem.c: most reallocs, decided from the state byte */
+        return r;
     int code = gm_check(p);
     if (code != GM_OK) {
         gm_report(code, p, "realloc");

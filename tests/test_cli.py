@@ -320,3 +320,20 @@ def test_stats_objects_zero_is_the_empty_workload() -> None:
     result = run_cli("stats", "--objects", "0", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["heap_objects"] == 0
+
+
+def test_bench_python_group_lists_and_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``bench python``: the Python-object group, one round of one workload
+    under pymalloc and install(): a ratio with its range and the peak RSS."""
+    assert _bench.main(["python", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "dict_objects" in out and "install()" in out and "pymalloc" in out
+    assert _bench.main(["python", "--rounds", "2", "--workloads", "short_lived",
+                        "--configs", "pymalloc,install()", "-q"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert "short_lived" in rows and "geomean" in rows, out
+    ratio = float(rows["short_lived"][3])
+    assert 0.3 < ratio < 3, out
+    with pytest.raises(SystemExit):
+        _bench.main(["python", "--configs", "install()"])  # pymalloc is the reference

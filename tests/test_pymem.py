@@ -192,6 +192,59 @@ report(routed=routed, ours=ours, zeroed=zeroed, foreign_kept=foreign_kept,
                  "mem_untouched": True, "bad_frees": 0}, r
 
 
+def test_install_realloc_and_calloc_paths() -> None:
+    """gm_py_realloc (csrc/pymem.c): in place within a class or when
+    shrinking by less than 1/4, moves between classes with headroom above
+    512 bytes, large objects grown with headroom, and every move keeps the
+    contents; a bad pointer still goes to gm_realloc's check; small calloc
+    zeroes what a freed block left."""
+    r = child('''
+gm.install(("mem",))
+usable = lambda p: gm.usable_size(p)
+p = api.PyMem_Malloc(40)
+ctypes.memset(p, 0x5a, 40)
+moves, steps, contents_ok = 0, 0, True
+size = 40
+while size < 400000:                       # list-like growth by 1/8
+    new = size + size // 8 + 6
+    q = api.PyMem_Realloc(p, new)
+    moves += q != p
+    steps += 1
+    contents_ok &= ctypes.string_at(q, size) == b"\\x5a" * size
+    ctypes.memset(q, 0x5a, new)
+    p, size = q, new
+grown_ours = gm.owns(p)
+big_cap = usable(p)
+same = api.PyMem_Realloc(p, big_cap - big_cap // 8) == p # a shrink by less than 1/4 stays
+q = api.PyMem_Realloc(p, 20000)                          # a large one made small moves
+shrunk_ok = q != p and ctypes.string_at(q, 20000) == b"\\x5a" * 20000 and gm.owns(q)
+in_class = api.PyMem_Realloc(q, 20100) == q              # same class (20480): in place
+kept = api.PyMem_Realloc(q, 16000) == q                  # shrinks by less than 1/4: in place
+q2 = api.PyMem_Realloc(q, 12000)                         # by more: moves
+moved_ok = kept and q2 != q and ctypes.string_at(q2, 12000) == b"\\x5a" * 12000
+api.PyMem_Free(q2)
+# calloc of a small block reuses a freed one: zeroed all the same.
+d = api.PyMem_Malloc(200); ctypes.memset(d, 0xff, 200); api.PyMem_Free(d)
+c = api.PyMem_Calloc(25, 8)
+zeroed = ctypes.string_at(c, 200) == bytes(200)
+api.PyMem_Free(c)
+gm.set_option("abort_on_error", 0)
+bad_before = gm.stats().bad_frees
+interior = api.PyMem_Realloc(c + 16, 64)                 # c is freed: never resized
+gm.check_heap()
+report(moves=moves, steps=steps, contents_ok=contents_ok, grown_ours=grown_ours, same=same,
+       shrunk_ok=shrunk_ok, in_class=in_class, moved_ok=moved_ok, zeroed=zeroed, interior=interior,
+       bad=gm.stats().bad_frees - bad_before)
+''')
+    assert r["contents_ok"] and r["grown_ours"] and r["same"] and r["shrunk_ok"], sorted(r.items())
+    assert r["in_class"] and r["moved_ok"] and r["zeroed"], sorted(r.items())
+    assert r["interior"] is None and r["bad"] == 1, r
+    # Steps of 1/8 from 40 bytes to 400 KB: the headroom (1/4 above 1 KiB,
+    # 1/2 for large objects) leaves about one move in two steps above 1 KiB
+    # (49 moves in 72 steps in all), where gm_realloc moves at nearly every step.
+    assert r["moves"] < 0.75 * r["steps"], r
+
+
 def test_install_rejects_unknown_domains() -> None:
     r = child('''
 errors = []

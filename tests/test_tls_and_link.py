@@ -498,3 +498,25 @@ def test_a_core_loaded_at_start_up_reads_the_mcache_at_a_fixed_offset(how: str, 
     names = functions_run([str(tmp_path / "prog")], tmp_path, env)
     assert {"gm_malloc_fixed", "gm_free_fixed"} <= names, sorted(n for n in names if n.startswith("gm_"))
     assert not {"gm_malloc_desc", "gm_free_desc"} & names
+
+
+def test_install_calls_the_core_straight_and_one_tls_variant(tmp_path: Path) -> None:
+    """install(): the interpreter calls gm_py_malloc/gm_py_free themselves
+    (no wrapper of the cffi module between), and calloc/realloc's own
+    mallocs and frees take the variant the installer's loader resolved,
+    the same as gm_py_malloc's.  Which one depends on where glibc put the
+    dlopen'ed core's TLS (the static surplus: fixed; else desc); with
+    Debian's and pyenv's 3.11 it is the fixed one."""
+    script = ("import pygomalloc; pygomalloc.install()\n"
+              "x = [str(i) * 3 for i in range(20000)]\n"
+              "s = ''\n"
+              "for i in range(3000): s += 'abc'\n"
+              "l = []\n"
+              "for i in range(20000): l.append(i)\n")
+    names = functions_run([sys.executable, "-c", script], tmp_path)
+    gm_names = sorted(n for n in names if n.startswith(("gm_", "pgm_py_")))
+    assert not any(n.startswith("pgm_py_") for n in gm_names), gm_names
+    variants = {n.rsplit("_", 1)[1] for n in gm_names if n.endswith(("_fixed", "_desc"))}
+    assert "gm_py_realloc" in names, gm_names
+    assert len(variants) == 1, gm_names
+    assert f"gm_py_malloc_{variants.pop()}" in names, gm_names

@@ -63,6 +63,7 @@ static PyObject *ext_churn_nogil(PyObject *self, PyObject *args) {
 struct job { Py_ssize_t n, size; void **keep; };
 static void *worker(void *arg) {
     struct job *j = arg;
+    j->keep = gm_malloc((size_t)j->n * sizeof(void *));
     for (Py_ssize_t i = 0; i < j->n; i++)
         j->keep[i] = gm_malloc((size_t)j->size);
     return NULL;
@@ -74,7 +75,9 @@ static PyObject *ext_thread_alloc(PyObject *self, PyObject *args) {
     Py_ssize_t n, size;
     if (!PyArg_ParseTuple(args, "nn", &n, &size))
         return NULL;
-    struct job j = {n, size, gm_malloc((size_t)n * sizeof(void *))};
+    /* The worker allocates the array too: an allocation here, with the GIL,
+     * would be tracked whenever this thread's countdown ran out on it. */
+    struct job j = {n, size, NULL};
     pthread_t t;
     pthread_create(&t, NULL, worker, &j);
     Py_BEGIN_ALLOW_THREADS

@@ -859,7 +859,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m pygomalloc bench",
         description="Run the allocator workloads under glibc, pygomalloc and the peer "
                     "allocators found on this machine, side by side.",
-        epilog="Cells are the median time relative to glibc (lower is better) / the "
+        epilog="'bench python --help': the Python-object group (the interpreter's own "
+               "allocations under pymalloc, pygomalloc.install(), preload and the peers).  "
+               "Cells are the median time relative to glibc (lower is better) / the "
                "peak RSS in MiB; * marks the fastest allocator of each row.  Allocators "
                "named with --allocators must be available; without it, the peers that are "
                "not installed are skipped with a note.")
@@ -886,11 +888,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _load_pybench():  # type: ignore[no-untyped-def]
+    """_pybench.py, beside this file (loaded by path, as this module may be)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent / "_pybench.py"
+    spec = importlib.util.spec_from_file_location("_pygomalloc_pybench", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m pygomalloc bench``; returns the exit status."""
+    """Entry point of ``python -m pygomalloc bench``; returns the exit status.
+
+    ``bench python ...`` runs the Python-object group instead (_pybench.py:
+    the interpreter under pymalloc, pygomalloc.install(), the preload
+    library and the peers with PYTHONMALLOC=malloc)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":  # accept being handed the subcommand too
         argv = argv[1:]
+    if argv and argv[0] == "python":  # the Python-object group (_pybench.py)
+        return _load_pybench().main(argv[1:])
     parser = _parser()
     opts = parser.parse_args(argv)
 
