@@ -255,6 +255,15 @@ GM_API int gm_profile_read(struct gm_profile_record *out, int n, size_t record_s
 /* "object(symbol+0xoffset)" for a code address, into buf of len bytes;
  * returns buf. */
 GM_API const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
+/* The call stack of ptr's allocation, if ptr is a live object the profile
+ * sampled: its frames (the allocation's caller first, as in a record) go
+ * into stack, n at most, and their number is returned (more than n when
+ * stack is too short); 0 when ptr is not a live sampled object (never
+ * sampled, freed, not an object's start, not ours); -1 with errno EINVAL if
+ * n < 0, or stack is NULL with n > 0.  Any thread; ptr must not be freed
+ * meanwhile.  (Escape reports: pygomalloc's scopes group what outlived them
+ * by these stacks.) */
+GM_API int gm_profile_stack_of(const void *ptr, const void **stack, int n);
 
 /*
  * ---- Heaps -------------------------------------------------------------------

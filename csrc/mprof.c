@@ -44,6 +44,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <execinfo.h>
 #include <link.h>
 #include <stdio.h>
@@ -387,6 +388,44 @@ void gm_profile_set_rate(long long rate) {
 }
 
 /* ---- reading --------------------------------------------------------------- */
+
+/* The stack of a live sampled object.  The state byte (a large span's
+ * sampled flag) says whether p is in the profile now: it is set under
+ * prof_lock after the record is made, and cleared by free() before the
+ * record goes (under prof_lock too), so, read under the lock, it agrees
+ * with the table.  Reading it first, without the lock, keeps objects that
+ * were never sampled (nearly all of them) off the lock. */
+static bool sampled_now(uintptr_t a) {
+    gm_mspan *s = gm_span_of(a);
+    if (s == NULL)
+        return false;
+    if (s->sizeclass == 0)
+        return LOAD_RELAXED(&s->sampled) != 0;
+    return gm_objstate(s, gm_span_index(s, a)) == OBJ_SAMPLED;
+}
+
+int gm_profile_stack_of(const void *ptr, const void **stack, int n) {
+    if (n < 0 || (stack == NULL && n > 0)) {
+        errno = EINVAL;
+        return -1;
+    }
+    uintptr_t a = (uintptr_t)ptr;
+    if (gm_check(ptr) != GM_OK || !sampled_now(a))
+        return 0;
+    int depth = 0;
+    pthread_mutex_lock(&prof_lock);
+    if (sampled_now(a))
+        for (const gm_sampled *r = *addr_chain(a); r != NULL; r = r->next)
+            if (r->addr == a) { /* the newest record of the address: the chain grows at its head */
+                depth = (int)r->b->nstack;
+                if (n > 0)
+                    memcpy(stack, r->b->stack, (size_t)(depth < n ? depth : n) * sizeof stack[0]);
+                break;
+            }
+    pthread_mutex_unlock(&prof_lock);
+    return depth;
+}
+
 
 int gm_profile_read_records(struct gm_profile_record *out, int n) {
     gm_ensure_init();
