@@ -340,7 +340,9 @@ struct gm_heap_stats {
 GM_API int gm_heap_read_stats(gm_heap_t *h, struct gm_heap_stats *st);
 /* Call fn(object, usable size, arg) for every live object of heap h, until
  * fn returns nonzero (returned).  No other thread may allocate from or free
- * into h meanwhile.  0, fn's nonzero value, or EINVAL (bad handle). */
+ * into h meanwhile.  The default heap's visit walks its large objects in the
+ * page map, and skips the blocks of the tiny allocator (option tiny).  0,
+ * fn's nonzero value, ENOMEM, or EINVAL (bad handle). */
 GM_API int gm_heap_visit(gm_heap_t *h, int (*fn)(void *ptr, size_t size, void *arg), void *arg);
 /* Make h the calling thread's default heap: malloc (under the preload
  * library), gm_malloc and the interpreter's allocations under

@@ -88,7 +88,7 @@ static gm_bucket *allbuckets;             /* Under prof_lock. */
 static uint32_t nbuckets;                 /* Under prof_lock. */
 static gm_sampled *sampled[ADDR_TABLE];   /* Under prof_lock. */
 static gm_fixalloc bucketalloc, sampledalloc; /* Under prof_lock. */
-static bool prof_inited;                  /* Under prof_lock. */
+static bool prof_inited;                  /* a sample was taken, ever. Written under prof_lock; read relaxed. */
 static uintptr_t own_base;                /* load address of this library (its frames are skipped); 1 if it is the program; 0 until known. Relaxed. */
 static __thread int in_profile;           /* this thread is recording a sample, or in the sample hook */
 
@@ -241,7 +241,7 @@ static void prof_init_locked(void) {
         return;
     gm_fixalloc_init(&bucketalloc, sizeof(gm_bucket), &gm_mheap.other_sys);
     gm_fixalloc_init(&sampledalloc, sizeof(gm_sampled), &gm_mheap.other_sys);
-    prof_inited = true;
+    STORE_RELAXED(&prof_inited, true);
 }
 
 /* Is pc in the allocator's own shared library?  When the allocator is
@@ -373,6 +373,26 @@ void gm_profile_free(const void *p) {
     pthread_mutex_unlock(&prof_lock);
     if (tracked)
         report_free(p, bytes, est_bytes);
+}
+
+void gm_profile_forget_span(gm_mspan *s) {
+    if (!LOAD_RELAXED(&prof_inited))
+        return;
+    if (s->sizeclass == 0) {
+        if (LOAD_RELAXED(&s->sampled)) {
+            STORE_RELAXED(&s->sampled, 0);
+            gm_profile_free((const void *)s->startAddr);
+        }
+        return;
+    }
+    for (uintptr_t i = 0; i < s->nelems; i++) {
+        uint8_t *st = gm_objstate_ptr(s, i), expect = OBJ_SAMPLED;
+        /* A racing free (a bug of the program's) loses the byte to us, or
+         * took the object out of the profile itself. */
+        if (LOAD_RELAXED(st) == OBJ_SAMPLED &&
+            __atomic_compare_exchange_n(st, &expect, s->liveval, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            gm_profile_free((const void *)(s->startAddr + i * s->elemsize));
+    }
 }
 
 void gm_profile_set_rate(long long rate) {
