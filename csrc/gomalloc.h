@@ -506,8 +506,8 @@ GM_API unsigned long gm_debug_os_failures(void);
  */
 #define GM_CAPI_NAME "pygomalloc._C_API"
 /* 2: gm_stats starts with its size (read_stats); profile_read takes the
- * record size. */
-#define GM_CAPI_VERSION 2
+ * record size.  3: the heaps (heap_*), profile_stack_of, profile_symbol. */
+#define GM_CAPI_VERSION 3
 
 struct gm_capi {
     unsigned int version; /* GM_CAPI_VERSION the package was built with */
@@ -529,17 +529,40 @@ struct gm_capi {
     int (*option_set)(const char *name, long long value);
     int (*profile_read)(struct gm_profile_record *out, int n, size_t record_size);
     int (*free_owned)(void *ptr);
+    /* Version 3. */
+    gm_heap_t *(*heap_new)(const struct gm_heap_options *opts);
+    gm_heap_t *(*heap_default)(void);
+    void *(*heap_malloc)(gm_heap_t *h, size_t size);
+    void *(*heap_calloc)(gm_heap_t *h, size_t nmemb, size_t size);
+    void *(*heap_realloc)(gm_heap_t *h, void *ptr, size_t size);
+    void *(*heap_aligned_alloc)(gm_heap_t *h, size_t alignment, size_t size);
+    gm_heap_t *(*heap_of)(const void *ptr);
+    int (*heap_free)(gm_heap_t *h, void *ptr);
+    int (*heap_destroy)(gm_heap_t *h);
+    int (*heap_delete)(gm_heap_t *h);
+    int (*heap_read_stats)(gm_heap_t *h, struct gm_heap_stats *st);
+    int (*heap_visit)(gm_heap_t *h, int (*fn)(void *ptr, size_t size, void *arg), void *arg);
+    gm_heap_t *(*heap_set_default)(gm_heap_t *h);
+    gm_heap_t *(*heap_get_default)(void);
+    int (*profile_stack_of)(const void *ptr, const void **stack, int n);
+    const char *(*profile_symbol)(const void *pc, char *buf, size_t len);
 };
 
 #ifdef Py_PYTHON_H
-/* The package's C API, or NULL with a Python exception set.  GIL held. */
+/* The package's C API, or NULL with a Python exception set.  GIL held.
+ * A package of this header's version or a later one is accepted: the
+ * struct only grows at the end, so everything this header names is there
+ * and means what it says (a change that broke older callers would come
+ * with a capsule of another name).  An older package lacks functions this
+ * header has: refused. */
 static inline const struct gm_capi *gm_capi_import(void) {
     const struct gm_capi *api = (const struct gm_capi *)PyCapsule_Import(GM_CAPI_NAME, 0);
     if (api == NULL)
         return NULL;
-    if (api->version != GM_CAPI_VERSION || api->size < sizeof(struct gm_capi)) {
+    if (api->version < GM_CAPI_VERSION || api->size < sizeof(struct gm_capi)) {
         PyErr_Format(PyExc_RuntimeError,
-                     "pygomalloc C API version %u (%zu bytes) does not match this header's %d (%zu bytes)",
+                     "pygomalloc C API version %u (%zu bytes) is older than this header's %d (%zu bytes): "
+                     "upgrade pygomalloc",
                      api->version, api->size, GM_CAPI_VERSION, sizeof(struct gm_capi));
         return NULL;
     }
