@@ -437,8 +437,8 @@ void *gm_heap_malloc(gm_heap_t *h, size_t size) {
     gm_heap *hp = gm_heap_get(h);
     if (hp == NULL)
         return NULL;
-    if (hp == &gm_default_heap)
-        return gm_malloc_internal(size);
+    if (hp == &gm_default_heap) /* the thread's own cache: not its scope's heap */
+        return gm_malloc_from(gm_tls.free, size, false);
     gm_mcache *hc = enter_heap(hp);
     if (hc == NULL)
         return NULL;
@@ -457,7 +457,7 @@ void *gm_heap_calloc(gm_heap_t *h, size_t nmemb, size_t size) {
     if (hp == NULL)
         return NULL;
     if (hp == &gm_default_heap)
-        return gm_calloc(nmemb, size);
+        return gm_malloc_from(gm_tls.free, total, true);
     gm_mcache *hc = enter_heap(hp);
     if (hc == NULL)
         return NULL;
@@ -495,7 +495,7 @@ void *gm_heap_aligned_alloc(gm_heap_t *h, size_t alignment, size_t size) {
     if (hp == NULL)
         return NULL;
     if (hp == &gm_default_heap)
-        return gm_aligned_alloc(alignment, size);
+        return gm_aligned_from(gm_tls.free, alignment, size);
     gm_mcache *hc = enter_heap(hp);
     if (hc == NULL)
         return NULL;

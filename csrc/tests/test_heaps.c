@@ -307,6 +307,14 @@ TEST(scope_then_busy_then_destroy) {
     CHECK(gm_heap_get_default() == h);
     void *a = gm_malloc(48), *b = gm_malloc(1 << 20), *c = gm_calloc(10, 10);
     CHECK(gm_heap_of(a) == h && gm_heap_of(b) == h && gm_heap_of(c) == h);
+    /* the default heap's handle names the default heap, scope or not */
+    void *explicit[] = {gm_heap_malloc(gm_heap_default(), 48), gm_heap_calloc(gm_heap_default(), 3, 16),
+                        gm_heap_aligned_alloc(gm_heap_default(), 4096, 100),
+                        gm_heap_malloc(gm_heap_default(), 1 << 20)};
+    for (int i = 0; i < 4; i++) {
+        CHECK(gm_heap_of(explicit[i]) == gm_heap_default());
+        gm_free(explicit[i]);
+    }
     /* destroy refuses while the heap is some thread's default */
     CHECK_EQ(gm_heap_destroy(h), EBUSY);
     CHECK(gm_heap_set_default(prev) == h);
