@@ -174,7 +174,7 @@ static int pgm_owns(uintptr_t p)
 /* 0, or errno: EINVAL (bad options), ENOMEM, EAGAIN (too many heaps). */
 static int pgm_heap_new(const char *name, uint64_t limit, int fault_on_destroy, uintptr_t *out)
 {
-    struct gm_heap_options o = {sizeof o, name, limit, fault_on_destroy};
+    struct gm_heap_options o = {.size = sizeof o, .name = name, .limit = limit, .fault_on_destroy = fault_on_destroy};
     gm_heap_t *h;
 
     errno = 0;
