@@ -163,6 +163,174 @@ static int pgm_owns(uintptr_t p)
     return gm_owns((const void *)p);
 }
 
+/* ---- heaps (pygomalloc._heap; gomalloc.h, "Heaps") ----
+ *
+ * Handles travel as uintptr_t, like addresses.  A handle that is bad or
+ * destroyed is refused by the core (EINVAL), never followed, so a Python
+ * Heap closed on another thread meanwhile gets PGM_ERR_CLOSED here. */
+#define PGM_ERR_WRONG_HEAP (-2) /* a live object of another heap */
+#define PGM_ERR_CLOSED (-3)     /* the heap is destroyed or deleted */
+
+/* 0, or errno: EINVAL (bad options), ENOMEM, EAGAIN (too many heaps). */
+static int pgm_heap_new(const char *name, uint64_t limit, int fault_on_destroy, uintptr_t *out)
+{
+    struct gm_heap_options o = {.size = sizeof o, .name = name, .limit = limit, .fault_on_destroy = fault_on_destroy};
+    gm_heap_t *h;
+
+    errno = 0;
+    h = gm_heap_new(&o);
+    *out = (uintptr_t)h;
+    return h != NULL ? 0 : errno != 0 ? errno : ENOMEM;
+}
+
+static int pgm_heap_alive(uintptr_t h)
+{
+    struct gm_heap_stats st;
+
+    st.size = sizeof st.size; /* only the size is written back */
+    return gm_heap_read_stats((gm_heap_t *)h, &st) == 0;
+}
+
+/* After a heap allocation returned NULL: the heap's limit or no memory
+ * (ENOMEM), or the heap is gone (EINVAL). */
+static int pgm_heap_nomem(void)
+{
+    return errno == EINVAL ? PGM_ERR_CLOSED : PGM_ERR_NOMEM;
+}
+
+static int pgm_heap_malloc(uintptr_t h, size_t size, uintptr_t *out)
+{
+    errno = 0;
+    *out = (uintptr_t)gm_heap_malloc((gm_heap_t *)h, size);
+    return *out != 0 ? GM_OK : pgm_heap_nomem();
+}
+
+static int pgm_heap_calloc(uintptr_t h, size_t nmemb, size_t size, uintptr_t *out)
+{
+    errno = 0;
+    *out = (uintptr_t)gm_heap_calloc((gm_heap_t *)h, nmemb, size);
+    return *out != 0 ? GM_OK : pgm_heap_nomem();
+}
+
+/* EINVAL here is an alignment the heap cannot give, if the heap lives. */
+static int pgm_heap_aligned_alloc(uintptr_t h, size_t alignment, size_t size, uintptr_t *out)
+{
+    errno = 0;
+    *out = (uintptr_t)gm_heap_aligned_alloc((gm_heap_t *)h, alignment, size);
+    if (*out != 0)
+        return GM_OK;
+    if (errno == EINVAL)
+        return pgm_heap_alive(h) ? EINVAL : PGM_ERR_CLOSED;
+    return PGM_ERR_NOMEM;
+}
+
+/* As pgm_realloc: a bad pointer is refused before the core sees it; p may
+ * be any heap's object, and moves into h if it has to move. */
+static int pgm_heap_realloc(uintptr_t h, uintptr_t p, size_t size, uintptr_t *out)
+{
+    int err;
+
+    if (p != 0 && (err = gm_check((const void *)p)) != GM_OK)
+        return err;
+    errno = 0;
+    *out = (uintptr_t)gm_heap_realloc((gm_heap_t *)h, (void *)p, size != 0 ? size : 1);
+    return *out != 0 ? GM_OK : pgm_heap_nomem();
+}
+
+/* GM_OK or an enum gm_error, with the core's GM_ERR_NOT_OURS told apart:
+ * the heap is gone, or p is a live object of another heap. */
+static int pgm_heap_free(uintptr_t h, uintptr_t p)
+{
+    int code = gm_heap_free((gm_heap_t *)h, (void *)p);
+
+    if (code != GM_ERR_NOT_OURS)
+        return code;
+    if (!pgm_heap_alive(h))
+        return PGM_ERR_CLOSED;
+    return gm_check((const void *)p) == GM_OK ? PGM_ERR_WRONG_HEAP : GM_ERR_NOT_OURS;
+}
+
+static uintptr_t pgm_heap_of(uintptr_t p)
+{
+    return (uintptr_t)gm_heap_of((const void *)p);
+}
+
+static int pgm_heap_destroy(uintptr_t h) { return gm_heap_destroy((gm_heap_t *)h); }
+static int pgm_heap_delete(uintptr_t h) { return gm_heap_delete((gm_heap_t *)h); }
+static uintptr_t pgm_heap_default(void) { return (uintptr_t)gm_heap_default(); }
+static uintptr_t pgm_heap_get_default(void) { return (uintptr_t)gm_heap_get_default(); }
+
+static int pgm_heap_read_stats(uintptr_t h, struct gm_heap_stats *st)
+{
+    return gm_heap_read_stats((gm_heap_t *)h, st);
+}
+
+/* The live objects of h into addrs/sizes (n at most); *total: how many
+ * there are.  Collected in C so that nothing allocates during the walk
+ * (a callback into Python would, into h itself inside a scope of h).
+ * 0, EINVAL (h gone) or ENOMEM. */
+struct pgm_visit { uintptr_t *addrs; uint64_t *sizes; size_t n, total; };
+
+static int pgm_visit_one(void *p, size_t size, void *arg)
+{
+    struct pgm_visit *v = arg;
+
+    if (v->total < v->n) {
+        v->addrs[v->total] = (uintptr_t)p;
+        v->sizes[v->total] = size;
+    }
+    v->total++;
+    return 0;
+}
+
+static int pgm_heap_visit(uintptr_t h, uintptr_t *addrs, uint64_t *sizes, size_t n, size_t *total)
+{
+    struct pgm_visit v = {addrs, sizes, n, 0};
+    int code = gm_heap_visit((gm_heap_t *)h, pgm_visit_one, &v);
+
+    *total = v.total;
+    return code;
+}
+
+/* Scopes.  h becomes the calling thread's default heap and *prev gets the
+ * one before; written through a pointer, because anything Python made
+ * after the switch (a return value) would be allocated in h.  0, or EINVAL
+ * (h gone) or ENOMEM: the default is unchanged. */
+static int pgm_heap_scope_enter(uintptr_t h, uintptr_t *prev)
+{
+    gm_heap_t *p;
+
+    errno = 0;
+    p = gm_heap_set_default((gm_heap_t *)h);
+    if (p == NULL)
+        return errno != 0 ? errno : EINVAL;
+    *prev = (uintptr_t)p;
+    return 0;
+}
+
+/* The default heap goes back to *prev; if that heap is gone (destroyed
+ * from C while an inner scope ran), to the default heap, and EINVAL. */
+static int pgm_heap_scope_leave(const uintptr_t *prev)
+{
+    if (gm_heap_set_default((gm_heap_t *)*prev) != NULL)
+        return 0;
+    gm_heap_set_default(NULL);
+    return EINVAL;
+}
+
+/* flags[i] = 1 if addrs[i] is a live object the heap profile sampled;
+ * returns how many are. */
+static size_t pgm_sampled_among(const uintptr_t *addrs, size_t n, uint8_t *flags)
+{
+    size_t count = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        flags[i] = gm_profile_stack_of((const void *)addrs[i], NULL, 0) > 0;
+        count += flags[i];
+    }
+    return count;
+}
+
 /* ---- the PyCapsule C API (gomalloc.h: struct gm_capi) ---- */
 
 static const struct gm_capi pgm_capi = {
@@ -170,6 +338,10 @@ static const struct gm_capi pgm_capi = {
     gm_malloc, gm_calloc, gm_realloc, gm_free, gm_free_checked, gm_aligned_alloc,
     gm_usable_size, gm_owns, gm_check, gm_strerror, gm_release, gm_thread_flush,
     gm_read_stats, gm_option_get, gm_option_set, gm_profile_read, gm_free_owned,
+    gm_heap_new, gm_heap_default, gm_heap_malloc, gm_heap_calloc, gm_heap_realloc,
+    gm_heap_aligned_alloc, gm_heap_of, gm_heap_free, gm_heap_destroy, gm_heap_delete,
+    gm_heap_read_stats, gm_heap_visit, gm_heap_set_default, gm_heap_get_default,
+    gm_profile_stack_of, gm_profile_symbol,
 };
 static const char pgm_capi_name[] = GM_CAPI_NAME;
 
@@ -640,6 +812,50 @@ struct gm_profile_record {
 };
 int gm_profile_read(struct gm_profile_record *out, int n, size_t record_size);
 const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
+int gm_profile_stack_of(const void *ptr, const void **stack, int n);
+
+/* Heaps (pygomalloc._heap).  The fields of struct gm_heap_stats are
+ * gomalloc.h's, in its order (tests/test_heaps.py checks them against the
+ * header and against HeapStats). */
+struct gm_heap_stats {
+    uint64_t size;
+    uint64_t limit;
+    uint64_t inuse;
+    uint64_t peak_inuse;
+    uint64_t alloc;
+    uint64_t objects;
+    uint64_t mallocs;
+    uint64_t frees;
+    uint64_t total_alloc;
+    uint64_t large_objects;
+    uint64_t cached_bytes;
+    uint64_t num_caches;
+    char name[...];
+    struct gm_size_class_stats by_size[...];
+    ...;
+};
+#define PGM_ERR_WRONG_HEAP ...
+#define PGM_ERR_CLOSED ...
+#define EBUSY ...
+#define ENOMEM ...
+#define EAGAIN ...
+static int pgm_heap_new(const char *name, uint64_t limit, int fault_on_destroy, uintptr_t *out);
+static int pgm_heap_alive(uintptr_t h);
+static int pgm_heap_malloc(uintptr_t h, size_t size, uintptr_t *out);
+static int pgm_heap_calloc(uintptr_t h, size_t nmemb, size_t size, uintptr_t *out);
+static int pgm_heap_aligned_alloc(uintptr_t h, size_t alignment, size_t size, uintptr_t *out);
+static int pgm_heap_realloc(uintptr_t h, uintptr_t p, size_t size, uintptr_t *out);
+static int pgm_heap_free(uintptr_t h, uintptr_t p);
+static uintptr_t pgm_heap_of(uintptr_t p);
+static int pgm_heap_destroy(uintptr_t h);
+static int pgm_heap_delete(uintptr_t h);
+static uintptr_t pgm_heap_default(void);
+static uintptr_t pgm_heap_get_default(void);
+static int pgm_heap_read_stats(uintptr_t h, struct gm_heap_stats *st);
+static int pgm_heap_visit(uintptr_t h, uintptr_t *addrs, uint64_t *sizes, size_t n, size_t *total);
+static int pgm_heap_scope_enter(uintptr_t h, uintptr_t *prev);
+static int pgm_heap_scope_leave(const uintptr_t *prev);
+static size_t pgm_sampled_among(const uintptr_t *addrs, size_t n, uint8_t *flags);
 
 static uintptr_t pgm_malloc(size_t size);
 static uintptr_t pgm_calloc(size_t nmemb, size_t size);

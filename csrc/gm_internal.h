@@ -746,6 +746,7 @@ typedef struct gm_heap {
     uint64_t inuse;             /* bytes of spans it holds (reserved before they are taken). Atomic. */
     uint64_t peak;              /* the most inuse has been. Atomic. */
     uint64_t large_mallocs, large_frees; /* its large objects, ever. Atomic. */
+    uint64_t large_bytes;       /* bytes of its large objects (their pages), ever. Atomic. */
     uint64_t dead_nmalloc[NUM_CLASSES], dead_nfree[NUM_CLASSES]; /* counts of its caches that are gone. Under lock. */
     char name[48];              /* Immutable. */
 } gm_heap;
@@ -896,6 +897,10 @@ GM_HIDDEN bool gm_profile_due(gm_mcache *c, size_t size);
 GM_HIDDEN void gm_profile_alloc(void *p, size_t size);
 /* p, which is sampled, is being freed: take it out of the profile. */
 GM_HIDDEN void gm_profile_free(const void *p);
+/* Span s of a destroyed heap goes back to the page heap with its objects:
+ * those the profile sampled leave it (as if freed) first.  Cheap when the
+ * profile never sampled. */
+GM_HIDDEN void gm_profile_forget_span(gm_mspan *s);
 /* The option changed: route small mallocs through the slow path or not. */
 GM_HIDDEN void gm_profile_set_rate(long long rate);
 GM_HIDDEN void gm_profile_print(int fd, int top);

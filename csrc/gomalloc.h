@@ -255,6 +255,15 @@ GM_API int gm_profile_read(struct gm_profile_record *out, int n, size_t record_s
 /* "object(symbol+0xoffset)" for a code address, into buf of len bytes;
  * returns buf. */
 GM_API const char *gm_profile_symbol(const void *pc, char *buf, size_t len);
+/* The call stack of ptr's allocation, if ptr is a live object the profile
+ * sampled: its frames (the allocation's caller first, as in a record) go
+ * into stack, n at most, and their number is returned (more than n when
+ * stack is too short); 0 when ptr is not a live sampled object (never
+ * sampled, freed, not an object's start, not ours); -1 with errno EINVAL if
+ * n < 0, or stack is NULL with n > 0.  Any thread; ptr must not be freed
+ * meanwhile.  (Escape reports: pygomalloc's scopes group what outlived them
+ * by these stacks.) */
+GM_API int gm_profile_stack_of(const void *ptr, const void **stack, int n);
 
 /*
  * ---- Heaps -------------------------------------------------------------------
@@ -331,7 +340,9 @@ struct gm_heap_stats {
 GM_API int gm_heap_read_stats(gm_heap_t *h, struct gm_heap_stats *st);
 /* Call fn(object, usable size, arg) for every live object of heap h, until
  * fn returns nonzero (returned).  No other thread may allocate from or free
- * into h meanwhile.  0, fn's nonzero value, or EINVAL (bad handle). */
+ * into h meanwhile.  The default heap's visit walks its large objects in the
+ * page map, and skips the blocks of the tiny allocator (option tiny).  0,
+ * fn's nonzero value, ENOMEM, or EINVAL (bad handle). */
 GM_API int gm_heap_visit(gm_heap_t *h, int (*fn)(void *ptr, size_t size, void *arg), void *arg);
 /* Make h the calling thread's default heap: malloc (under the preload
  * library), gm_malloc and the interpreter's allocations under
@@ -495,8 +506,8 @@ GM_API unsigned long gm_debug_os_failures(void);
  */
 #define GM_CAPI_NAME "pygomalloc._C_API"
 /* 2: gm_stats starts with its size (read_stats); profile_read takes the
- * record size. */
-#define GM_CAPI_VERSION 2
+ * record size.  3: the heaps (heap_*), profile_stack_of, profile_symbol. */
+#define GM_CAPI_VERSION 3
 
 struct gm_capi {
     unsigned int version; /* GM_CAPI_VERSION the package was built with */
@@ -518,17 +529,40 @@ struct gm_capi {
     int (*option_set)(const char *name, long long value);
     int (*profile_read)(struct gm_profile_record *out, int n, size_t record_size);
     int (*free_owned)(void *ptr);
+    /* Version 3. */
+    gm_heap_t *(*heap_new)(const struct gm_heap_options *opts);
+    gm_heap_t *(*heap_default)(void);
+    void *(*heap_malloc)(gm_heap_t *h, size_t size);
+    void *(*heap_calloc)(gm_heap_t *h, size_t nmemb, size_t size);
+    void *(*heap_realloc)(gm_heap_t *h, void *ptr, size_t size);
+    void *(*heap_aligned_alloc)(gm_heap_t *h, size_t alignment, size_t size);
+    gm_heap_t *(*heap_of)(const void *ptr);
+    int (*heap_free)(gm_heap_t *h, void *ptr);
+    int (*heap_destroy)(gm_heap_t *h);
+    int (*heap_delete)(gm_heap_t *h);
+    int (*heap_read_stats)(gm_heap_t *h, struct gm_heap_stats *st);
+    int (*heap_visit)(gm_heap_t *h, int (*fn)(void *ptr, size_t size, void *arg), void *arg);
+    gm_heap_t *(*heap_set_default)(gm_heap_t *h);
+    gm_heap_t *(*heap_get_default)(void);
+    int (*profile_stack_of)(const void *ptr, const void **stack, int n);
+    const char *(*profile_symbol)(const void *pc, char *buf, size_t len);
 };
 
 #ifdef Py_PYTHON_H
-/* The package's C API, or NULL with a Python exception set.  GIL held. */
+/* The package's C API, or NULL with a Python exception set.  GIL held.
+ * A package of this header's version or a later one is accepted: the
+ * struct only grows at the end, so everything this header names is there
+ * and means what it says (a change that broke older callers would come
+ * with a capsule of another name).  An older package lacks functions this
+ * header has: refused. */
 static inline const struct gm_capi *gm_capi_import(void) {
     const struct gm_capi *api = (const struct gm_capi *)PyCapsule_Import(GM_CAPI_NAME, 0);
     if (api == NULL)
         return NULL;
-    if (api->version != GM_CAPI_VERSION || api->size < sizeof(struct gm_capi)) {
+    if (api->version < GM_CAPI_VERSION || api->size < sizeof(struct gm_capi)) {
         PyErr_Format(PyExc_RuntimeError,
-                     "pygomalloc C API version %u (%zu bytes) does not match this header's %d (%zu bytes)",
+                     "pygomalloc C API version %u (%zu bytes) is older than this header's %d (%zu bytes): "
+                     "upgrade pygomalloc",
                      api->version, api->size, GM_CAPI_VERSION, sizeof(struct gm_capi));
         return NULL;
     }

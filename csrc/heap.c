@@ -185,6 +185,7 @@ void gm_heap_large_added(gm_heap *hp, gm_mspan *s) {
     s->list = LIST_HEAPLARGE;
     pthread_mutex_unlock(&hp->lock);
     ATOMIC_ADD(&hp->large_mallocs, 1);
+    ATOMIC_ADD(&hp->large_bytes, s->npages * PAGE_SIZE);
 }
 
 /* Take large span s (object p) off hp's list: false if it is not there (a
@@ -395,7 +396,7 @@ gm_heap_t *gm_heap_new(const struct gm_heap_options *opts) {
     hp->caches = NULL;
     hp->limit = limit;
     hp->inuse = hp->peak = 0;
-    hp->large_mallocs = hp->large_frees = 0;
+    hp->large_mallocs = hp->large_frees = hp->large_bytes = 0;
     memset(hp->dead_nmalloc, 0, sizeof hp->dead_nmalloc);
     memset(hp->dead_nfree, 0, sizeof hp->dead_nfree);
     hp->scoped = false;
@@ -436,8 +437,8 @@ void *gm_heap_malloc(gm_heap_t *h, size_t size) {
     gm_heap *hp = gm_heap_get(h);
     if (hp == NULL)
         return NULL;
-    if (hp == &gm_default_heap)
-        return gm_malloc_internal(size);
+    if (hp == &gm_default_heap) /* the thread's own cache: not its scope's heap */
+        return gm_malloc_from(gm_tls.free, size, false);
     gm_mcache *hc = enter_heap(hp);
     if (hc == NULL)
         return NULL;
@@ -456,7 +457,7 @@ void *gm_heap_calloc(gm_heap_t *h, size_t nmemb, size_t size) {
     if (hp == NULL)
         return NULL;
     if (hp == &gm_default_heap)
-        return gm_calloc(nmemb, size);
+        return gm_malloc_from(gm_tls.free, total, true);
     gm_mcache *hc = enter_heap(hp);
     if (hc == NULL)
         return NULL;
@@ -494,7 +495,7 @@ void *gm_heap_aligned_alloc(gm_heap_t *h, size_t alignment, size_t size) {
     if (hp == NULL)
         return NULL;
     if (hp == &gm_default_heap)
-        return gm_aligned_alloc(alignment, size);
+        return gm_aligned_from(gm_tls.free, alignment, size);
     gm_mcache *hc = enter_heap(hp);
     if (hc == NULL)
         return NULL;
@@ -655,11 +656,10 @@ int gm_heap_read_stats(gm_heap_t *h, struct gm_heap_stats *out) {
             st.alloc += (nmalloc[sc] - nfree[sc]) * b->size;
         }
         pthread_mutex_lock(&hp->lock);
-        for (gm_mspan *s = hp->large; s != NULL; s = s->next) {
+        for (gm_mspan *s = hp->large; s != NULL; s = s->next)
             st.alloc += s->npages * PAGE_SIZE;
-            st.total_alloc += s->npages * PAGE_SIZE;
-        }
         pthread_mutex_unlock(&hp->lock);
+        st.total_alloc += LOAD_RELAXED(&hp->large_bytes); /* the freed ones too */
         st.by_size[0].spans = st.by_size[0].capacity = st.large_objects;
         st.mallocs += st.by_size[0].mallocs;
         st.frees += st.by_size[0].frees;
@@ -673,10 +673,30 @@ int gm_heap_read_stats(gm_heap_t *h, struct gm_heap_stats *out) {
 
 /* ---- the spans of a heap ------------------------------------------------------------ */
 
+/* The spans the threads' default-heap caches own (the default heap's
+ * caches are the threads' own, in the registry, not on its caches list):
+ * counted, or stored into out while *n < max.  Under the registry lock. */
+static size_t thread_cache_spans(gm_mspan **out, size_t *n, size_t max) {
+    size_t count = 0;
+    gm_registry_lock();
+    for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next)
+        for (int sc = 1; sc < NUM_CLASSES; sc++) {
+            gm_mspan *s = gm_mclass_of(c, (uint8_t)sc)->span;
+            if (s == &gm_emptyspan)
+                continue;
+            count++;
+            if (out != NULL && *n < max)
+                out[(*n)++] = s;
+        }
+    gm_registry_unlock();
+    return count;
+}
+
 /* Every span of hp, into a buffer from sysAlloc (*n spans; NULL if none or
- * out of memory): the caches' spans, the mcentrals' lists, the large ones.
- * With lock, each list is read under its lock (one at a time: the class
- * locks are independent), else hp is dead and quiesced. */
+ * out of memory): the caches' spans, the mcentrals' lists, the large ones
+ * (the default heap's large spans are on no list: gm_heap_visit finds them
+ * in the page map).  With lock, each list is read under its lock (one at a
+ * time: the class locks are independent), else hp is dead and quiesced. */
 static gm_mspan **collect_spans(gm_heap *hp, bool lock, size_t *n, size_t *bytes) {
     size_t count = 0;
     if (lock)
@@ -688,6 +708,8 @@ static gm_mspan **collect_spans(gm_heap *hp, bool lock, size_t *n, size_t *bytes
         count++;
     if (lock)
         pthread_mutex_unlock(&hp->lock);
+    if (hp == &gm_default_heap)
+        count += thread_cache_spans(NULL, NULL, 0);
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         if (lock)
             pthread_mutex_lock(&hp->central[sc].lock);
@@ -715,6 +737,8 @@ static gm_mspan **collect_spans(gm_heap *hp, bool lock, size_t *n, size_t *bytes
             out[(*n)++] = s;
     if (lock)
         pthread_mutex_unlock(&hp->lock);
+    if (hp == &gm_default_heap)
+        (void)thread_cache_spans(out, n, count);
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         if (lock)
             pthread_mutex_lock(&hp->central[sc].lock);
@@ -726,6 +750,29 @@ static gm_mspan **collect_spans(gm_heap *hp, bool lock, size_t *n, size_t *bytes
             pthread_mutex_unlock(&hp->central[sc].lock);
     }
     return out;
+}
+
+/* The default heap's large objects: each is a span of its own on no list,
+ * so they are found where the page map says a large object's pages begin. */
+static int visit_default_large(int (*fn)(void *ptr, size_t size, void *arg), void *arg) {
+    uintptr_t base;
+    const uint8_t *map;
+    for (int i = 0; (map = gm_page_map(i, &base)) != NULL; i++)
+        for (uintptr_t j = 0; j < PAGES_PER_ARENA; j++) {
+            if (LOAD_RELAXED(&map[j]) != GM_PAGE_LARGE)
+                continue;
+            uintptr_t a = base + j * PAGE_SIZE;
+            gm_mspan *s = gm_span_of(a);
+            if (s == NULL || s->startAddr != a || s->sizeclass != 0 || LOAD_RELAXED(&s->state) != SPAN_INUSE)
+                continue;
+            if (LOAD_RELAXED(&s->heap) == &gm_default_heap) {
+                int ret = fn((void *)a, s->elemsize, arg);
+                if (ret != 0)
+                    return ret;
+            }
+            j += s->npages - 1;
+        }
+    return 0;
 }
 
 int gm_heap_visit(gm_heap_t *h, int (*fn)(void *ptr, size_t size, void *arg), void *arg) {
@@ -751,6 +798,8 @@ int gm_heap_visit(gm_heap_t *h, int (*fn)(void *ptr, size_t size, void *arg), vo
     }
     if (spans != NULL)
         gm_sysFree(spans, bytes);
+    if (hp == &gm_default_heap && ret == 0)
+        ret = visit_default_large(fn, arg);
     return ret;
 }
 
@@ -832,21 +881,11 @@ int gm_heap_destroy(gm_heap_t *h) {
     pthread_mutex_unlock(&hp->lock);
     for (size_t k = 0; k < n; k++) {
         gm_mspan *s = spans[k];
-        if (s->sizeclass != 0) {
-            size_t nst = (s->npages * PAGE_SIZE) >> STATE_SHIFT;
-            /* Sampled objects leave the heap profile (memchr: as cheap as
-             * the memset that follows). */
-            for (uint8_t *q = memchr(s->objstate, OBJ_SAMPLED, nst); q != NULL;
-                 q = memchr(q + 1, OBJ_SAMPLED, nst - (size_t)(q + 1 - s->objstate)))
-                gm_profile_free((void *)(s->startAddr + ((uintptr_t)(q - s->objstate) << STATE_SHIFT)));
-            memset(s->objstate, 0, nst); /* no object starts there now */
-        } else {
+        gm_profile_forget_span(s); /* its sampled objects leave the heap profile, as if freed */
+        if (s->sizeclass != 0)
+            memset(s->objstate, 0, (s->npages * PAGE_SIZE) >> STATE_SHIFT); /* no object starts there now */
+        else
             ATOMIC_ADD(&hp->large_frees, 1);
-            if (LOAD_RELAXED(&s->sampled)) {
-                STORE_RELAXED(&s->sampled, 0);
-                gm_profile_free((void *)s->startAddr);
-            }
-        }
         s->cachedBy = NULL;
         s->list = LIST_NONE;
         gm_mheap_release_heap_span(s, hp->fault_on_destroy);

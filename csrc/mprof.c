@@ -44,6 +44,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <execinfo.h>
 #include <link.h>
 #include <stdio.h>
@@ -87,7 +88,7 @@ static gm_bucket *allbuckets;             /* Under prof_lock. */
 static uint32_t nbuckets;                 /* Under prof_lock. */
 static gm_sampled *sampled[ADDR_TABLE];   /* Under prof_lock. */
 static gm_fixalloc bucketalloc, sampledalloc; /* Under prof_lock. */
-static bool prof_inited;                  /* Under prof_lock. */
+static bool prof_inited;                  /* a sample was taken, ever. Written under prof_lock; read relaxed. */
 static uintptr_t own_base;                /* load address of this library (its frames are skipped); 1 if it is the program; 0 until known. Relaxed. */
 static __thread int in_profile;           /* this thread is recording a sample, or in the sample hook */
 
@@ -240,7 +241,7 @@ static void prof_init_locked(void) {
         return;
     gm_fixalloc_init(&bucketalloc, sizeof(gm_bucket), &gm_mheap.other_sys);
     gm_fixalloc_init(&sampledalloc, sizeof(gm_sampled), &gm_mheap.other_sys);
-    prof_inited = true;
+    STORE_RELAXED(&prof_inited, true);
 }
 
 /* Is pc in the allocator's own shared library?  When the allocator is
@@ -374,6 +375,29 @@ void gm_profile_free(const void *p) {
         report_free(p, bytes, est_bytes);
 }
 
+void gm_profile_forget_span(gm_mspan *s) {
+    if (!LOAD_RELAXED(&prof_inited))
+        return;
+    if (s->sizeclass == 0) {
+        if (LOAD_RELAXED(&s->sampled)) {
+            STORE_RELAXED(&s->sampled, 0);
+            gm_profile_free((const void *)s->startAddr);
+        }
+        return;
+    }
+    /* memchr over the state bytes: as cheap as the memset that follows it
+     * in gm_heap_destroy, whatever the number of objects. */
+    size_t nst = (s->npages * PAGE_SIZE) >> STATE_SHIFT;
+    for (uint8_t *q = memchr(s->objstate, OBJ_SAMPLED, nst); q != NULL;
+         q = memchr(q + 1, OBJ_SAMPLED, nst - (size_t)(q + 1 - s->objstate))) {
+        uint8_t expect = OBJ_SAMPLED;
+        /* A racing free (a bug of the program's) loses the byte to us, or
+         * took the object out of the profile itself. */
+        if (__atomic_compare_exchange_n(q, &expect, s->liveval, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            gm_profile_free((const void *)(s->startAddr + ((uintptr_t)(q - s->objstate) << STATE_SHIFT)));
+    }
+}
+
 void gm_profile_set_rate(long long rate) {
     if (rate > 0) {
         /* Load the unwinder now rather than inside a malloc. */
@@ -387,6 +411,44 @@ void gm_profile_set_rate(long long rate) {
 }
 
 /* ---- reading --------------------------------------------------------------- */
+
+/* The stack of a live sampled object.  The state byte (a large span's
+ * sampled flag) says whether p is in the profile now: it is set under
+ * prof_lock after the record is made, and cleared by free() before the
+ * record goes (under prof_lock too), so, read under the lock, it agrees
+ * with the table.  Reading it first, without the lock, keeps objects that
+ * were never sampled (nearly all of them) off the lock. */
+static bool sampled_now(uintptr_t a) {
+    gm_mspan *s = gm_span_of(a);
+    if (s == NULL)
+        return false;
+    if (s->sizeclass == 0)
+        return LOAD_RELAXED(&s->sampled) != 0;
+    return gm_objstate(s, gm_span_index(s, a)) == OBJ_SAMPLED;
+}
+
+int gm_profile_stack_of(const void *ptr, const void **stack, int n) {
+    if (n < 0 || (stack == NULL && n > 0)) {
+        errno = EINVAL;
+        return -1;
+    }
+    uintptr_t a = (uintptr_t)ptr;
+    if (gm_check(ptr) != GM_OK || !sampled_now(a))
+        return 0;
+    int depth = 0;
+    pthread_mutex_lock(&prof_lock);
+    if (sampled_now(a))
+        for (const gm_sampled *r = *addr_chain(a); r != NULL; r = r->next)
+            if (r->addr == a) { /* the newest record of the address: the chain grows at its head */
+                depth = (int)r->b->nstack;
+                if (n > 0)
+                    memcpy(stack, r->b->stack, (size_t)(depth < n ? depth : n) * sizeof stack[0]);
+                break;
+            }
+    pthread_mutex_unlock(&prof_lock);
+    return depth;
+}
+
 
 int gm_profile_read_records(struct gm_profile_record *out, int n) {
     gm_ensure_init();

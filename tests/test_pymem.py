@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import errno
 import importlib.util
 import json
 import os
@@ -26,6 +28,7 @@ import pytest
 
 import pygomalloc as gm
 from pygomalloc._gomalloc import ffi
+from pygomalloc._gomalloc import lib as gm_lib
 
 PRELUDE = textwrap.dedent(
     '''
@@ -327,6 +330,108 @@ static int64_t capi_heap_objects(size_t size)
             return -2;
     return size >= offsetof(struct gm_stats, heap_objects) + 8 ? (int64_t)buf.st.heap_objects : 0;
 }
+
+/* gm_capi_import's verdict on the capsule pygomalloc._C_API has now: 1, or
+ * 0 with the error's message in msg. */
+static int capi_import_ok(char *msg, size_t len)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const struct gm_capi *api = gm_capi_import();
+    int ok = api != NULL;
+    msg[0] = 0;
+    if (!ok) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *s = value != NULL ? PyObject_Str(value) : NULL;
+        PyObject *b = s != NULL ? PyUnicode_AsUTF8String(s) : NULL;
+        if (b != NULL)
+            snprintf(msg, len, "%s", PyBytes_AsString(b));
+        Py_XDECREF(b);
+        Py_XDECREF(s);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    PyGILState_Release(gil);
+    return ok;
+}
+
+static size_t capi_struct_size(void) { return sizeof(struct gm_capi); }
+
+/* ---- heaps through the capsule (version 3) ---- */
+
+static const struct gm_capi *capi(void)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    const struct gm_capi *api = gm_capi_import();
+    if (api == NULL)
+        PyErr_Print();
+    PyGILState_Release(gil);
+    return api;
+}
+
+static uintptr_t capi_heap_new(const char *name, uint64_t limit)
+{
+    struct gm_heap_options o = {sizeof o, name, limit, 0};
+    return (uintptr_t)capi()->heap_new(&o);
+}
+
+/* n objects of size bytes from heap h; the first's address.  Each filled
+ * with its index.  0 if one failed (*err: its errno). */
+static uintptr_t capi_heap_fill(uintptr_t h, int n, size_t size, uintptr_t *all, int *err)
+{
+    const struct gm_capi *api = capi();
+    for (int i = 0; i < n; i++) {
+        errno = 0;
+        unsigned char *p = api->heap_malloc((gm_heap_t *)h, size);
+        if (p == NULL) {
+            *err = errno;
+            return 0;
+        }
+        memset(p, i, size);
+        all[i] = (uintptr_t)p;
+    }
+    return all[0];
+}
+
+static int capi_heap_count(void *p, size_t size, void *arg)
+{
+    (void)p, (void)size;
+    ++*(uint64_t *)arg;
+    return 0;
+}
+
+/* The heap's objects by its statistics and by a visit; -1 if h is bad. */
+static int capi_heap_figures(uintptr_t h, uint64_t *objects, uint64_t *alloc, uint64_t *visited, uint64_t *limit)
+{
+    const struct gm_capi *api = capi();
+    struct gm_heap_stats st;
+    memset(&st, 0, sizeof st);
+    st.size = sizeof st;
+    if (api->heap_read_stats((gm_heap_t *)h, &st) != 0)
+        return -1;
+    *objects = st.objects;
+    *alloc = st.alloc;
+    *limit = st.limit;
+    *visited = 0;
+    return api->heap_visit((gm_heap_t *)h, capi_heap_count, visited);
+}
+
+/* h as this thread's default heap around one malloc through the capsule. */
+static uintptr_t capi_scoped_malloc(uintptr_t h, size_t size, int *restored)
+{
+    const struct gm_capi *api = capi();
+    gm_heap_t *prev = api->heap_set_default((gm_heap_t *)h);
+    void *p = api->malloc(size);
+    *restored = api->heap_get_default() == (gm_heap_t *)h && api->heap_set_default(prev) == (gm_heap_t *)h &&
+                api->heap_get_default() == api->heap_default();
+    return (uintptr_t)p;
+}
+
+static uintptr_t capi_heap_of(uintptr_t p) { return (uintptr_t)capi()->heap_of((void *)p); }
+static int capi_heap_free(uintptr_t h, uintptr_t p) { return capi()->heap_free((gm_heap_t *)h, (void *)p); }
+static int capi_heap_destroy(uintptr_t h) { return capi()->heap_destroy((gm_heap_t *)h); }
+static int capi_heap_delete(uintptr_t h) { return capi()->heap_delete((gm_heap_t *)h); }
 """
 
 
@@ -335,7 +440,15 @@ def capi_module(tmp_path_factory: pytest.TempPathFactory) -> Any:
     cffi = pytest.importorskip("cffi")
     ffi = cffi.FFI()
     ffi.cdef("uintptr_t capi_malloc(size_t n); int capi_free(uintptr_t p); unsigned capi_version(void);"
-             "int64_t capi_heap_objects(size_t size);")
+             "int64_t capi_heap_objects(size_t size);"
+             "int capi_import_ok(char *msg, size_t len); size_t capi_struct_size(void);"
+             "uintptr_t capi_heap_new(const char *name, uint64_t limit);"
+             "uintptr_t capi_heap_fill(uintptr_t h, int n, size_t size, uintptr_t *all, int *err);"
+             "int capi_heap_figures(uintptr_t h, uint64_t *objects, uint64_t *alloc, uint64_t *visited,"
+             "                      uint64_t *limit);"
+             "uintptr_t capi_scoped_malloc(uintptr_t h, size_t size, int *restored);"
+             "uintptr_t capi_heap_of(uintptr_t p); int capi_heap_free(uintptr_t h, uintptr_t p);"
+             "int capi_heap_destroy(uintptr_t h); int capi_heap_delete(uintptr_t h);")
     ffi.set_source("_gm_capi_user", CAPI_SOURCE, include_dirs=[gm.get_include()],
                    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-Werror"],
                    py_limited_api=False)
@@ -354,7 +467,7 @@ def test_capsule_is_exported() -> None:
 
 def test_extension_uses_the_package_allocator_through_the_capsule(capi_module: Any) -> None:
     lib = capi_module.lib
-    assert lib.capi_version() == 2
+    assert lib.capi_version() == 3
     before = gm.stats().mallocs
     p = lib.capi_malloc(100)
     assert p != 0 and gm.owns(p)
@@ -387,3 +500,75 @@ def test_header_is_installed_with_the_capsule_api() -> None:
     header = Path(gm.get_include()) / "gomalloc.h"
     text = header.read_text()
     assert "gm_capi_import" in text and '"pygomalloc._C_API"' in text
+
+
+def test_capsule_import_accepts_newer_packages_only(capi_module: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gm_capi_import: the struct only grows at the end, so a package of the
+    header's version or a later one, with a struct at least as large, is
+    accepted; an older one (fewer functions) is refused with a message."""
+    lib = capi_module.lib
+    size = lib.capi_struct_size()
+    msg = capi_module.ffi.new("char[]", 512)
+    assert lib.capi_import_ok(msg, len(msg)) == 1
+    new = ctypes.pythonapi.PyCapsule_New
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    verdicts = {}
+    for version, struct_size in ((2, size - 16 * 8), (3, size - 8), (3, size), (4, size + 64)):
+        data = ctypes.create_string_buffer(ctypes.string_at(gm_lib.pgm_capi_pointer(), size), size + 64)
+        ctypes.c_uint.from_buffer(data, 0).value = version
+        ctypes.c_size_t.from_buffer(data, 8).value = struct_size
+        monkeypatch.setattr(gm, "_C_API", new(ctypes.addressof(data), gm_lib.pgm_capi_name_pointer(), None))
+        verdicts[version, struct_size - size] = (lib.capi_import_ok(msg, len(msg)),
+                                                 capi_module.ffi.string(msg).decode())
+    assert verdicts[3, 0] == (1, "") and verdicts[4, 64] == (1, ""), verdicts
+    for key in ((2, -128), (3, -8)):
+        ok, text = verdicts[key]
+        assert ok == 0 and "older than this header's 3" in text and "upgrade pygomalloc" in text, verdicts
+
+
+def test_extension_makes_uses_and_destroys_a_heap_through_the_capsule(capi_module: Any) -> None:
+    """A compiled extension creates a heap with a limit through the capsule,
+    allocates from it (until the limit), reads its statistics, visits it,
+    makes it the thread's default heap around a malloc, and destroys it;
+    Python sees the same heap meanwhile."""
+    lib, cffi = capi_module.lib, capi_module.ffi
+    limit = 1 << 20
+    h = lib.capi_heap_new(b"capsule", limit)
+    assert h != 0
+    addrs, err = cffi.new("uintptr_t[]", 100), cffi.new("int *")
+    assert lib.capi_heap_fill(h, 100, 1000, addrs, err) != 0
+    objects, alloc, visited, lim = (cffi.new("uint64_t *") for _ in range(4))
+    assert lib.capi_heap_figures(h, objects, alloc, visited, lim) == 0
+    assert (objects[0], visited[0], lim[0]) == (100, 100, limit)
+    assert alloc[0] == 100 * gm.usable_size(addrs[0])
+    # Python sees the heap the extension made.
+    heap = gm.Heap.of(addrs[0])
+    assert heap is not None and heap.handle == h and heap.name == "capsule"
+    assert heap.stats().objects == 100 and sorted(a for a, _ in heap.visit()) == sorted(addrs)
+    assert all(ctypes.string_at(addrs[i], 1000) == bytes([i]) * 1000 for i in range(100))
+    # Its limit fails its allocations, with ENOMEM; the default heap's go on.
+    many = cffi.new("uintptr_t[]", 10000)
+    assert lib.capi_heap_fill(h, 10000, 1000, many, err) == 0 and err[0] == errno.ENOMEM
+    assert heap.stats().inuse <= limit
+    d = gm.malloc(64)
+    assert gm.Heap.of(d) is gm.default_heap()
+    gm.free(d)
+    # Freeing through the wrong heap is refused; destroy frees everything, once.
+    other = lib.capi_heap_new(b"other", 0)
+    assert lib.capi_heap_free(other, addrs[0]) == gm_lib.GM_ERR_NOT_OURS
+    assert lib.capi_heap_free(h, addrs[0]) == 0
+    assert lib.capi_heap_destroy(h) == 0  # 99 objects and more freed at once
+    assert lib.capi_heap_destroy(h) == errno.EINVAL
+    assert heap.closed and lib.capi_heap_figures(h, objects, alloc, visited, lim) == -1
+    with pytest.raises(ValueError, match="closed"):
+        heap.malloc(10)
+    # A scope through the capsule: its malloc comes from the heap, which is
+    # then not destroyed while that object lives.
+    restored = cffi.new("int *")
+    p = lib.capi_scoped_malloc(other, 64, restored)
+    assert restored[0] == 1 and lib.capi_heap_of(p) == other
+    assert lib.capi_heap_destroy(other) == errno.EBUSY
+    assert lib.capi_heap_free(other, p) == 0
+    assert lib.capi_heap_destroy(other) == 0
+    gm.check_heap()

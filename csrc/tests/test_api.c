@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/resource.h>
@@ -1101,6 +1102,86 @@ TEST(heap_profile_rate) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* gm_profile_stack_of: a live sampled object's stack is its record's (the
+ * one naming profile_site), small and large; anything else has none. */
+static int in_profile_site(const void *const *stk, int n) {
+    for (int f = 0; f < n; f++)
+        if ((uintptr_t)stk[f] > (uintptr_t)&profile_site && (uintptr_t)stk[f] < (uintptr_t)&profile_site + 512)
+            return 1;
+    return 0;
+}
+
+#define STACK_THREADS 4
+static void *stack_of_churn(void *arg) {
+    (void)arg;
+    int bad = 0;
+    const void *stk[GM_PROFILE_DEPTH];
+    for (int i = 0; i < 2000; i++) {
+        void *p = gm_malloc(64 + (size_t)(i % 4) * 300);
+        void *q = gm_malloc(40000); /* large */
+        bad += gm_profile_stack_of(p, stk, GM_PROFILE_DEPTH) <= 0;
+        bad += gm_profile_stack_of(q, stk, GM_PROFILE_DEPTH) <= 0;
+        gm_free(p);
+        gm_free(q);
+    }
+    return (void *)(intptr_t)bad;
+}
+
+TEST(heap_profile_stack_of) {
+    const void *stk[GM_PROFILE_DEPTH + 1];
+    CHECK_EQ(gm_option_set("profile_rate", 1), 0);
+    /* This thread may still count down an interval drawn at another rate:
+     * allocate until a sample is taken, then every allocation is one. */
+    for (int i = 0; i < 1000000; i++) {
+        void *p = gm_malloc(1024);
+        int sampled = gm_profile_stack_of(p, NULL, 0);
+        gm_free(p);
+        if (sampled > 0)
+            break;
+    }
+    profile_site();
+    void *unsampled_later = NULL;
+    for (int which = 0; which < 2; which++) {
+        void *p = prof_objs[which ? PROF_N : 7]; /* a small one, the large one */
+        int n = gm_profile_stack_of(p, stk, GM_PROFILE_DEPTH);
+        CHECK(n > 0 && n <= GM_PROFILE_DEPTH);
+        CHECK(in_profile_site(stk, n));
+        CHECK_EQ(gm_profile_stack_of(p, NULL, 0), n); /* counting */
+        stk[1] = &stk;
+        CHECK_EQ(gm_profile_stack_of(p, stk, 1), n);  /* a short array: one frame written */
+        CHECK(n < 2 || stk[1] == &stk);
+        CHECK_EQ(gm_profile_stack_of((char *)p + 16, stk, GM_PROFILE_DEPTH), 0); /* interior */
+    }
+    /* Threads query their own live objects while others come and go. */
+    pthread_t t[STACK_THREADS];
+    for (int i = 0; i < STACK_THREADS; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, stack_of_churn, NULL), 0);
+    for (int i = 0; i < STACK_THREADS; i++) {
+        void *bad = NULL;
+        pthread_join(t[i], &bad);
+        CHECK_EQ((intptr_t)bad, 0);
+    }
+    CHECK_EQ(gm_option_set("profile_rate", 0), 0);
+    unsampled_later = gm_malloc(64); /* not sampled */
+    CHECK_EQ(gm_profile_stack_of(unsampled_later, stk, GM_PROFILE_DEPTH), 0);
+    int local = 0;
+    CHECK_EQ(gm_profile_stack_of(NULL, stk, GM_PROFILE_DEPTH), 0);
+    CHECK_EQ(gm_profile_stack_of(&local, stk, GM_PROFILE_DEPTH), 0); /* not ours */
+    errno = 0;
+    CHECK_EQ(gm_profile_stack_of(prof_objs[0], stk, -1), -1);
+    CHECK_EQ(errno, EINVAL);
+    errno = 0;
+    CHECK_EQ(gm_profile_stack_of(prof_objs[0], NULL, 3), -1);
+    CHECK_EQ(errno, EINVAL);
+    /* Freed: out of the profile, whatever the address holds next. */
+    void *gone = prof_objs[0];
+    for (int i = 0; i <= PROF_N; i++)
+        gm_free(prof_objs[i]);
+    CHECK_EQ(gm_profile_stack_of(gone, stk, GM_PROFILE_DEPTH), 0);
+    gm_free(unsampled_later);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 int main(void) {
     /* No background scavenger: stats_consistency compares exact figures. */
     gm_option_set("scavenger", 0);
@@ -1134,5 +1215,6 @@ int main(void) {
     RUN(tiny_objects_share_blocks);
     RUN(heap_profile_samples_and_forgets);
     RUN(heap_profile_rate);
+    RUN(heap_profile_stack_of);
     return gmtest_summary();
 }

@@ -19,7 +19,10 @@
  *     one's own is needed, an allocation racing its heap's destroy;
  *   - destroy tells the heap profile: sampled objects it frees count as freed;
  *   - fault_on_destroy: touching destroyed memory is SIGSEGV (in a child);
- *     gm_release gives the quarantined pages back.
+ *     gm_release gives the quarantined pages back;
+ *   - the default heap's visit sees objects in the spans of every thread's
+ *     cache and its large objects; a heap's total_alloc counts its freed
+ *     large objects; a destroyed heap's sampled objects leave the profile.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -305,6 +308,14 @@ TEST(scope_then_busy_then_destroy) {
     CHECK(gm_heap_get_default() == h);
     void *a = gm_malloc(48), *b = gm_malloc(1 << 20), *c = gm_calloc(10, 10);
     CHECK(gm_heap_of(a) == h && gm_heap_of(b) == h && gm_heap_of(c) == h);
+    /* the default heap's handle names the default heap, scope or not */
+    void *explicit[] = {gm_heap_malloc(gm_heap_default(), 48), gm_heap_calloc(gm_heap_default(), 3, 16),
+                        gm_heap_aligned_alloc(gm_heap_default(), 4096, 100),
+                        gm_heap_malloc(gm_heap_default(), 1 << 20)};
+    for (int i = 0; i < 4; i++) {
+        CHECK(gm_heap_of(explicit[i]) == gm_heap_default());
+        gm_free(explicit[i]);
+    }
     /* destroy refuses while the heap is some thread's default */
     CHECK_EQ(gm_heap_destroy(h), EBUSY);
     CHECK(gm_heap_set_default(prev) == h);
@@ -532,6 +543,136 @@ TEST(destroyed_memory_faults_when_asked) {
     CHECK_EQ(LOAD_RELAXED(&gm_mheap.quarantined_pages), 0);
 }
 
+/* ---- the default heap's visit, statistics of large objects, the profile ------------ */
+
+struct find_acc {
+    void **want;
+    int nwant, found, dups;
+    uint64_t bytes;
+};
+static int find_visit(void *p, size_t size, void *arg) {
+    struct find_acc *a = arg;
+    for (int i = 0; i < a->nwant; i++)
+        if (a->want[i] == p) {
+            a->found++;
+            a->bytes += size;
+            a->want[i] = NULL; /* seen twice would not count twice */
+            return 0;
+        }
+    return 0;
+}
+
+static void *parked[50];
+static atomic_int parked_ready, parked_go;
+static void *park_objects(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 50; i++)
+        parked[i] = gm_malloc(200); /* from this thread's cache's span */
+    atomic_store(&parked_ready, 1);
+    while (!atomic_load(&parked_go))
+        usleep(1000);
+    for (int i = 0; i < 50; i++)
+        gm_free(parked[i]);
+    return NULL;
+}
+
+/* Objects in the spans threads' caches own (this one's and a parked
+ * thread's) and large objects are visited too: they are on no list of the
+ * default heap's. */
+TEST(default_heap_visit_sees_every_object) {
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, park_objects, NULL), 0);
+    while (!atomic_load(&parked_ready))
+        usleep(1000);
+    void *mine[110], *want[160];
+    for (int i = 0; i < 100; i++)
+        mine[i] = gm_malloc(100);
+    for (int i = 100; i < 110; i++)
+        mine[i] = gm_malloc((size_t)(i - 99) * 50000);
+    memcpy(want, mine, sizeof mine);
+    memcpy(want + 110, parked, sizeof parked);
+    struct find_acc acc = {want, 160, 0, 0, 0};
+    CHECK_EQ(gm_heap_visit(gm_heap_default(), find_visit, &acc), 0);
+    CHECK_EQ(acc.found, 160);
+    uint64_t bytes = 0;
+    for (int i = 0; i < 110; i++)
+        bytes += gm_usable_size(mine[i]);
+    for (int i = 0; i < 50; i++)
+        bytes += gm_usable_size(parked[i]);
+    CHECK_EQ(acc.bytes, bytes);
+    /* a heap of one's own is not the default heap's */
+    gm_heap_t *h = gm_heap_new(NULL);
+    void *theirs[2] = {gm_heap_malloc(h, 100), gm_heap_malloc(h, 100000)};
+    struct find_acc none = {theirs, 2, 0, 0, 0};
+    CHECK_EQ(gm_heap_visit(gm_heap_default(), find_visit, &none), 0);
+    CHECK_EQ(none.found, 0);
+    CHECK_EQ(gm_heap_destroy(h), 0);
+    atomic_store(&parked_go, 1);
+    pthread_join(t, NULL);
+    for (int i = 0; i < 110; i++)
+        gm_free(mine[i]);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
+/* total_alloc counts large objects freed since, as mallocs does. */
+TEST(heap_total_alloc_counts_freed_large_objects) {
+    gm_heap_t *h = gm_heap_new(NULL);
+    void *big = gm_heap_malloc(h, 100000), *small = gm_heap_malloc(h, 100);
+    uint64_t big_bytes = gm_usable_size(big), small_bytes = gm_usable_size(small);
+    gm_free(big);
+    gm_free(small);
+    struct gm_heap_stats st = hstats(h);
+    CHECK_EQ(st.mallocs, 2);
+    CHECK_EQ(st.frees, 2);
+    CHECK_EQ(st.total_alloc, big_bytes + small_bytes);
+    CHECK_EQ(st.alloc, 0);
+    CHECK_EQ(gm_heap_destroy(h), 0);
+}
+
+static uint64_t profile_inuse(void) {
+    static struct gm_profile_record recs[4096];
+    int n = gm_profile_read(recs, 4096, sizeof recs[0]);
+    uint64_t inuse = 0;
+    for (int i = 0; i < n && i < 4096; i++)
+        inuse += recs[i].alloc_objects - recs[i].free_objects;
+    return inuse;
+}
+
+/* A destroyed heap's sampled objects leave the heap profile with it: its
+ * figures in use are back where they were, and the stacks are gone. */
+TEST(destroy_takes_sampled_objects_out_of_the_profile) {
+    CHECK_EQ(gm_option_set("profile_rate", 1), 0);
+    for (int i = 0; i < 1000000; i++) { /* a countdown drawn at another rate runs out */
+        void *p = gm_malloc(1024);
+        int sampled = gm_profile_stack_of(p, NULL, 0);
+        gm_free(p);
+        if (sampled > 0)
+            break;
+    }
+    uint64_t before = profile_inuse();
+    gm_heap_t *h = gm_heap_new(NULL);
+    void *objs[40];
+    for (int i = 0; i < 40; i++)
+        objs[i] = gm_heap_malloc(h, i % 10 == 0 ? 70000 : 48);
+    CHECK_EQ(profile_inuse() - before, 40);
+    CHECK(gm_profile_stack_of(objs[0], NULL, 0) > 0 && gm_profile_stack_of(objs[1], NULL, 0) > 0);
+    gm_free(objs[1]);
+    CHECK_EQ(profile_inuse() - before, 39);
+    CHECK_EQ(gm_heap_destroy(h), 0);
+    CHECK_EQ(profile_inuse(), before);
+    /* the addresses, taken again unsampled, have no stack */
+    CHECK_EQ(gm_option_set("profile_rate", 0), 0);
+    gm_heap_t *g = gm_heap_new(NULL);
+    int stale = 0;
+    for (int i = 0; i < 1000; i++) {
+        void *p = gm_heap_malloc(g, 48);
+        stale += gm_profile_stack_of(p, NULL, 0) != 0;
+    }
+    CHECK_EQ(stale, 0);
+    CHECK_EQ(gm_heap_destroy(g), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 int main(void) {
     RUN(one_heap_every_call);
     RUN(eight_threads_four_heaps_then_destroy);
@@ -542,5 +683,8 @@ int main(void) {
     RUN(allocations_racing_destroy_fail_cleanly);
     RUN(destroy_frees_sampled_objects_in_the_profile);
     RUN(destroyed_memory_faults_when_asked);
+    RUN(default_heap_visit_sees_every_object);
+    RUN(heap_total_alloc_counts_freed_large_objects);
+    RUN(destroy_takes_sampled_objects_out_of_the_profile);
     return gmtest_summary();
 }

@@ -18,14 +18,18 @@ exposes it as a memoryview.  C programs use ``get_include()`` and
 (``gm_capi_import()`` in gomalloc.h); ``get_preload_library()`` gives the
 ``LD_PRELOAD`` library (``python -m pygomalloc run -- CMD`` runs a command
 under it).  ``install()`` makes pygomalloc the allocator of the running
-interpreter (PyMem_SetAllocator).
+interpreter (PyMem_SetAllocator).  ``Heap`` holds allocations that belong
+together (a limit, statistics, free everything at once); ``heap.scope()``
+and ``track()`` account for what a block allocates and report what
+outlived it.
 """
 
-from . import _api, _observe, _pprof
+from . import _api, _heap, _observe, _pprof
 from ._api import *  # noqa: F403 (the public API is _api's __all__)
+from ._heap import *  # noqa: F403 (heaps, scopes, track)
 from ._api import _C_API  # noqa: F401 (the PyCapsule of gomalloc.h's gm_capi_import)
 from ._observe import *  # noqa: F403 (native memory seen from Python)
 from ._pprof import write_profile, profile_bytes  # noqa: F401
 
 __version__ = "0.1.0"
-__all__ = list(_api.__all__) + list(_observe.__all__) + ["write_profile", "profile_bytes"]
+__all__ = list(_api.__all__) + list(_heap.__all__) + list(_observe.__all__) + ["write_profile", "profile_bytes"]

@@ -12,7 +12,7 @@ import ctypes
 import difflib
 import sys
 import sysconfig
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -595,6 +595,17 @@ class ProfileRecord:
         return self.alloc_sample_bytes - self.free_sample_bytes
 
 
+def _symbols(addresses: tuple[int, ...], cache: dict[int, str]) -> tuple[str, ...]:
+    """``object(symbol+0x..)`` for each code address (gm_profile_symbol), through *cache*."""
+    buf = None
+    for a in addresses:
+        if a not in cache:
+            buf = buf if buf is not None else ffi.new("char[]", 512)
+            cache[a] = ffi.string(lib.gm_profile_symbol(ffi.cast("void *", a), buf, len(buf))).decode(
+                "utf-8", "replace")
+    return tuple(cache[a] for a in addresses)
+
+
 def heap_profile() -> list[ProfileRecord]:
     """Every call site the heap profile has sampled, most bytes in use first
     (estimated: see ``ProfileRecord``).
@@ -611,18 +622,13 @@ def heap_profile() -> list[ProfileRecord]:
         if got <= len(recs):
             break
         n = got  # more call sites appeared meanwhile
-    buf = ffi.new("char[]", 512)
     symbols: dict[int, str] = {}
     out = []
     for i in range(got):
         r = recs[i]
         addrs = tuple(int(ffi.cast("uintptr_t", r.stack[f])) for f in range(r.nstack))
-        for a in addrs:
-            if a not in symbols:
-                symbols[a] = ffi.string(lib.gm_profile_symbol(ffi.cast("void *", a), buf, len(buf))).decode(
-                    "utf-8", "replace")
         out.append(ProfileRecord(
-            tuple(symbols[a] for a in addrs), addrs,
+            _symbols(addrs, symbols), addrs,
             int(r.alloc_objects_est), int(r.alloc_bytes_est), int(r.free_objects_est),
             int(r.free_bytes_est), int(r.alloc_objects), int(r.alloc_bytes),
             int(r.free_objects), int(r.free_bytes)))
@@ -731,10 +737,22 @@ class Buffer:
 
     def __init__(self, size: int, *, zero: bool = False) -> None:
         address = calloc(1, size) if zero else malloc(size)
-        owner = ffi.gc(ffi.cast("char *", address), lib.gm_free, size=size)
+        self._own(address, size, lib.gm_free)
+
+    def _own(self, address: int, size: int, release: Callable[[object], object]) -> None:
+        """Take the object at *address*; *release* (called with a cdata
+        pointer to it) frees it when the last view is gone."""
+        owner = ffi.gc(ffi.cast("char *", address), release, size=size)
         self._address = address
         self._size = size
         self._view: memoryview | None = memoryview(ffi.buffer(owner, size))
+
+    @classmethod
+    def _adopt(cls, address: int, size: int, release: Callable[[object], object]) -> Buffer:
+        """A Buffer over an object allocated elsewhere (``Heap.buffer``)."""
+        buf = cls.__new__(cls)
+        buf._own(address, size, release)
+        return buf
 
     def _open_view(self) -> memoryview:
         if self._view is None:
