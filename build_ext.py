@@ -854,6 +854,35 @@ static unsigned int pgm_np_feature_version(uintptr_t table)
 {
     return ((unsigned int (*)(void))((void *const *)table)[211])();
 }
+
+/* For bench/test_heap_destroy.py (a heap of a million small objects dropped
+ * at once or one by one), so that the loops run in C: n objects of 16-256
+ * bytes, mostly small (bench/drivers/graphs.c's sizes), from heap h (NULL:
+ * gm_malloc), each written, into out.  0, or ENOMEM with nothing left. */
+static int pgm_bench_fill(gm_heap_t *h, uintptr_t *out, size_t n, uint64_t seed)
+{
+    uint64_t s = seed * 0x9e3779b97f4a7c15ULL + 1;
+    for (size_t i = 0; i < n; i++) {
+        s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
+        double u = (double)((s * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
+        size_t size = 16 + (size_t)(241.0 * u * u * u);
+        void *p = h != NULL ? gm_heap_malloc(h, size) : gm_malloc(size);
+        if (p == NULL) {
+            while (i > 0)
+                gm_free((void *)out[--i]);
+            return ENOMEM;
+        }
+        memset(p, (int)(i & 0xff), 16);
+        out[i] = (uintptr_t)p;
+    }
+    return 0;
+}
+
+static void pgm_bench_free_each(const uintptr_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        gm_free((void *)p[i]);
+}
 """
 
 _NUMPY_CDEF = r"""
@@ -889,6 +918,8 @@ static uintptr_t pgm_np_capsule_name(void);
 static uintptr_t pgm_np_destructor(void);
 static unsigned int pgm_np_abi_version(uintptr_t table);
 static unsigned int pgm_np_feature_version(uintptr_t table);
+static int pgm_bench_fill(gm_heap_t *h, uintptr_t *out, size_t n, uint64_t seed);
+static void pgm_bench_free_each(const uintptr_t *p, size_t n);
 """
 
 ffibuilder = FFI()
