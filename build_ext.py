@@ -905,11 +905,212 @@ int gm_option_is_auto(const char *name);
 uint64_t gm_limits_refresh(void);
 """
 
+
+# ---- numpy's data allocator (NEP 49) and the heap calls it needs ----------
+#
+# pygomalloc.numpy's C side, in a block of its own: the heap declarations
+# below may also be made by the Heap class's block (duplicates to be merged).
+_NUMPY_PREAMBLE = r"""
+/* ---- numpy's data allocator (NEP 49): pygomalloc.numpy ----
+ *
+ * numpy >= 1.22 takes the allocator of arrays' data from a PyCapsule named
+ * "mem_handler" around a PyDataMem_Handler, made current with
+ * PyDataMem_SetHandler (pygomalloc.numpy reaches it through the _ARRAY_API
+ * capsule of numpy's multiarray module).  numpy's headers are not needed to
+ * build this module: the two structs are declared here with exactly the
+ * layout numpy/ndarraytypes.h gives them (numpy 1.22 to 2.x; version 1 of
+ * the handler, whose free takes the size), and checked below.
+ *
+ * ctx is the heap's gm_heap_t handle, NULL for the default heap.  numpy
+ * keeps the handler of each array with it (a reference to the capsule) and
+ * frees the array's data through that handler, whatever handler is current
+ * by then: gm_free, which frees any heap's object from any thread.  The
+ * heap of a handler was given to gm_heap_keep_live (pygomalloc.numpy.use),
+ * so it is not destroyed under live arrays. */
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct {
+    void *ctx;
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
+    void *(*realloc)(void *ctx, void *ptr, size_t new_size);
+    void (*free)(void *ctx, void *ptr, size_t size);
+} pgm_PyDataMemAllocator;
+
+typedef struct {
+    char name[127]; /* 127 + 1: the allocator starts 128 bytes in */
+    uint8_t version;
+    pgm_PyDataMemAllocator allocator;
+} pgm_PyDataMem_Handler;
+
+_Static_assert(offsetof(pgm_PyDataMem_Handler, version) == 127, "numpy's PyDataMem_Handler layout");
+_Static_assert(offsetof(pgm_PyDataMem_Handler, allocator) == 128, "numpy's PyDataMem_Handler layout");
+_Static_assert(offsetof(pgm_PyDataMemAllocator, free) == 4 * sizeof(void *), "numpy's PyDataMemAllocator layout");
+
+static void *pgm_np_malloc(void *ctx, size_t size)
+{
+    return ctx != NULL ? gm_heap_malloc((gm_heap_t *)ctx, size) : gm_malloc(size);
+}
+
+static void *pgm_np_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    return ctx != NULL ? gm_heap_calloc((gm_heap_t *)ctx, nelem, elsize) : gm_calloc(nelem, elsize);
+}
+
+/* numpy takes NULL as a failure and keeps ptr: so size 0 must not free
+ * ptr (gm_realloc(p, 0) would).  An array of a heap that was deleted since
+ * (its objects went to the default heap) is reallocated there. */
+static void *pgm_np_realloc(void *ctx, void *ptr, size_t new_size)
+{
+    void *q;
+
+    if (new_size == 0)
+        new_size = 1;
+    if (ctx == NULL)
+        return gm_realloc(ptr, new_size);
+    errno = 0;
+    q = gm_heap_realloc((gm_heap_t *)ctx, ptr, new_size);
+    if (q == NULL && ptr != NULL && errno == EINVAL && gm_heap_of(ptr) == gm_heap_default())
+        q = gm_realloc(ptr, new_size);
+    return q;
+}
+
+/* The size numpy passes is not needed (and not always the size asked). */
+static void pgm_np_free(void *ctx, void *ptr, size_t size)
+{
+    (void)ctx;
+    (void)size;
+    gm_free(ptr); /* a pointer that is not a live object of ours aborts with a message */
+}
+
+static const char pgm_np_capsule_name_s[] = "mem_handler";
+
+static pgm_PyDataMem_Handler pgm_np_default = {
+    "pygomalloc", 1, {NULL, pgm_np_malloc, pgm_np_calloc, pgm_np_realloc, pgm_np_free},
+};
+
+/* A handler for heap h, named "pygomalloc:<the heap's name>" (malloc'ed:
+ * the capsule's destructor frees it).  0 with errno: ENOMEM, EINVAL. */
+static uintptr_t pgm_np_handler_new(gm_heap_t *h)
+{
+    struct gm_heap_stats st;
+    pgm_PyDataMem_Handler *hd;
+
+    memset(&st, 0, sizeof st);
+    st.size = sizeof st;
+    if (gm_heap_read_stats(h, &st) != 0) {
+        errno = EINVAL;
+        return 0;
+    }
+    if ((hd = calloc(1, sizeof *hd)) == NULL)
+        return 0;
+    st.name[sizeof st.name - 1] = '\0';
+    snprintf(hd->name, sizeof hd->name, "pygomalloc:%s", st.name[0] ? st.name : "heap");
+    hd->version = 1;
+    hd->allocator = pgm_np_default.allocator;
+    hd->allocator.ctx = h;
+    return (uintptr_t)hd;
+}
+
+/* The capsule's destructor: the last array of the handler is gone. */
+static void pgm_np_capsule_destructor(PyObject *capsule)
+{
+    void *hd = PyCapsule_GetPointer(capsule, pgm_np_capsule_name_s);
+    if (hd != NULL && hd != (void *)&pgm_np_default)
+        free(hd);
+}
+
+static uintptr_t pgm_np_handler_default(void) { return (uintptr_t)&pgm_np_default; }
+static uintptr_t pgm_np_capsule_name(void) { return (uintptr_t)pgm_np_capsule_name_s; }
+static uintptr_t pgm_np_destructor(void) { return (uintptr_t)&pgm_np_capsule_destructor; }
+
+/* numpy's C-API table (the _ARRAY_API capsule's pointer): its ABI version
+ * (PyArray_GetNDArrayCVersion, entry 0) and C-API feature version
+ * (PyArray_GetNDArrayCFeatureVersion, entry 211), as numpy's import_array
+ * reads them: __multiarray_api.h of numpy 1.22 to 2.x. */
+static unsigned int pgm_np_abi_version(uintptr_t table)
+{
+    return ((unsigned int (*)(void))((void *const *)table)[0])();
+}
+
+static unsigned int pgm_np_feature_version(uintptr_t table)
+{
+    return ((unsigned int (*)(void))((void *const *)table)[211])();
+}
+
+/* For bench/test_heap_destroy.py (a heap of a million small objects dropped
+ * at once or one by one), so that the loops run in C: n objects of 16-256
+ * bytes, mostly small (bench/drivers/graphs.c's sizes), from heap h (NULL:
+ * gm_malloc), each written, into out.  0, or ENOMEM with nothing left. */
+static int pgm_bench_fill(gm_heap_t *h, uintptr_t *out, size_t n, uint64_t seed)
+{
+    uint64_t s = seed * 0x9e3779b97f4a7c15ULL + 1;
+    for (size_t i = 0; i < n; i++) {
+        s ^= s >> 12, s ^= s << 25, s ^= s >> 27;
+        double u = (double)((s * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
+        size_t size = 16 + (size_t)(241.0 * u * u * u);
+        void *p = h != NULL ? gm_heap_malloc(h, size) : gm_malloc(size);
+        if (p == NULL) {
+            while (i > 0)
+                gm_free((void *)out[--i]);
+            return ENOMEM;
+        }
+        memset(p, (int)(i & 0xff), 16);
+        out[i] = (uintptr_t)p;
+    }
+    return 0;
+}
+
+static void pgm_bench_free_each(const uintptr_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        gm_free((void *)p[i]);
+}
+"""
+
+_NUMPY_CDEF = r"""
+/* Heaps (gomalloc.h), as far as pygomalloc.numpy and its tests need them. */
+typedef struct gm_heap_handle gm_heap_t;
+struct gm_heap_options {
+    size_t size;
+    const char *name;
+    uint64_t limit;
+    int fault_on_destroy;
+    ...;
+};
+struct gm_heap_stats {
+    uint64_t size;
+    uint64_t objects;
+    uint64_t alloc;
+    char name[48];
+    ...;
+};
+gm_heap_t *gm_heap_new(const struct gm_heap_options *opts);
+gm_heap_t *gm_heap_default(void);
+gm_heap_t *gm_heap_of(const void *ptr);
+int gm_heap_destroy(gm_heap_t *h);
+int gm_heap_delete(gm_heap_t *h);
+int gm_heap_keep_live(gm_heap_t *h);
+int gm_heap_read_stats(gm_heap_t *h, struct gm_heap_stats *st);
+#define EBUSY ...
+
+/* numpy's data allocator (pygomalloc.numpy). */
+static uintptr_t pgm_np_handler_new(gm_heap_t *h);
+static uintptr_t pgm_np_handler_default(void);
+static uintptr_t pgm_np_capsule_name(void);
+static uintptr_t pgm_np_destructor(void);
+static unsigned int pgm_np_abi_version(uintptr_t table);
+static unsigned int pgm_np_feature_version(uintptr_t table);
+static int pgm_bench_fill(gm_heap_t *h, uintptr_t *out, size_t n, uint64_t seed);
+static void pgm_bench_free_each(const uintptr_t *p, size_t n);
+"""
+
 ffibuilder = FFI()
-ffibuilder.cdef(_CDEF)
+ffibuilder.cdef(_CDEF + _NUMPY_CDEF)
 ffibuilder.set_source(
     "pygomalloc._gomalloc",
-    _PREAMBLE,
+    _PREAMBLE + _NUMPY_PREAMBLE,
     depends=[str(PUBLIC_HEADER), str(BUILD_DESCRIPTION)],
     include_dirs=[str(CSRC)],
     extra_compile_args=BUILD["SHARED_CFLAGS"],

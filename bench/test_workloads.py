@@ -17,8 +17,11 @@ No speed is asserted: a test fails only when a driver fails (crash, hang,
 corrupted block, no work done) or when allocators disagree on a workload's
 deterministic checksum.
 
+``graphs_destroy`` runs under pygomalloc only (its heaps); issue 11's
+million-object figure is bench/test_heap_destroy.py's group.
+
 The plain tests at the end (not benchmarks: ``--benchmark-only`` skips them)
-check that the turnover and mleak drivers do what their rows claim: threads
+check that the turnover, mleak and graphs drivers do what their rows claim: threads
 really replaced at the given rate, a heap that really grows and is resident,
 checksums that depend on the options only; and that pygomalloc keeps no
 memory of the threads that exited.
@@ -95,6 +98,8 @@ def _time_driver(benchmark, workload, cand, args, drivers, label):
 )
 def test_workload(benchmark, workload, allocator, drivers, allocators):
     found, skipped = allocators
+    if not workload.runs_under(allocator):
+        pytest.skip(f"{workload.name} runs under {', '.join(workload.only)} only")
     if allocator not in found:
         reason = next((s for s in skipped if s.startswith(allocator + ":")), "not available")
         pytest.skip(reason)
@@ -213,3 +218,25 @@ def test_mleak_row_grows_a_heap_that_is_resident(drivers, allocators):
         assert r.maxrss_kib * 1024 >= live, f"{name}: peak RSS below the live bytes"
         sums[name] = r.checksum
     assert len(set(sums.values())) == 1, sums
+
+
+def test_graphs_destroy_drops_the_same_documents(drivers, allocators):
+    """The graphs driver builds the same documents in both modes (the same
+    checksum, the same blocks), under every allocator; --destroy needs
+    pygomalloc's heaps and says so elsewhere (exit status 2)."""
+    found, skipped = allocators
+    args = ["--threads", 2, "--docs", 20, "--nodes", 500]
+    sums = {name: _run(drivers, "graphs", args, cand) for name, cand in found.items()}
+    assert len({r.checksum for r in sums.values()}) == 1
+    assert len({r.ops for r in sums.values()}) == 1
+    r = bench.run_once(drivers, "graphs", [str(a) for a in args + ["--destroy", 1]], GLIBC, TIMEOUT)
+    assert not r.ok and "gm_heap_new not found" in r.error and "exit status 2" in r.error
+    if "pygomalloc" not in found:
+        pytest.skip(next((s for s in skipped if s.startswith("pygomalloc:")), "not available"))
+    d = _run(drivers, "graphs", args + ["--destroy", 1], found["pygomalloc"])
+    ref = sums["glibc"]
+    assert (d.checksum, d.ops) == (ref.checksum, ref.ops)
+    assert float(d.fields["drop_seconds"]) > 0 and float(d.fields["build_seconds"]) > 0
+    m = _run(drivers, "graphs", ["--million", 20000, "--rounds", 3], found["pygomalloc"])
+    assert m.ops == 20000 and m.seconds == float(m.fields["destroy_seconds"])
+    assert all(float(m.fields[k]) > 0 for k in ("free_seconds", "heap_free_seconds"))

@@ -736,7 +736,7 @@ typedef struct gm_heap {
     uint32_t id;                /* slot in the heap table; 0: the default heap. Immutable while alive. */
     uint32_t gen;               /* the slot's generation (handles carry it). Immutable while alive. */
     int dead;                   /* destroy/delete has begun: no work on it may begin. Atomic. */
-    bool scoped;                /* was some thread's default heap (gm_heap_set_default). Atomic. */
+    bool scoped;                /* was some thread's default heap (gm_heap_set_default), or gm_heap_keep_live. Atomic. */
     bool fault_on_destroy;      /* destroyed memory becomes PROT_NONE for a while. Immutable. */
     int deleting;               /* gm_heap_delete is moving its spans to the default heap. Atomic. */
     pthread_mutex_t lock;       /* its large spans and its caches list (order: before the class locks and mheap.lock) */

@@ -310,14 +310,23 @@ GM_API int gm_heap_free(gm_heap_t *h, void *ptr);
 /* Free every object of heap h at once (in time proportional to its spans,
  * not its objects) and the heap itself.  Returns 0; EINVAL for a bad or
  * destroyed handle (destroying twice is an error, not a crash); EBUSY when
- * h has live objects and was some thread's default heap (a scope): they
- * may be in use anywhere, so they are not freed under their users (use
- * gm_heap_delete).  Allocations on other threads racing the destroy fail
+ * h has live objects and was some thread's default heap (a scope) or was
+ * given to gm_heap_keep_live: they may be in use anywhere, so they are not
+ * freed under their users (use gm_heap_delete).  Allocations on other threads racing the destroy fail
  * with EINVAL. */
 GM_API int gm_heap_destroy(gm_heap_t *h);
 /* The heap goes, its live objects stay: they become the default heap's
  * (freed by gm_free as before).  0 or EINVAL. */
 GM_API int gm_heap_delete(gm_heap_t *h);
+/* Say that h's objects are handed to code that frees them on its own
+ * schedule (numpy arrays, for one: pygomalloc.numpy): from now on
+ * gm_heap_destroy(h) refuses with EBUSY while h has live objects, as it
+ * does for a heap that was a scope, instead of freeing them under their
+ * users (gm_heap_delete still works).  The check is made when destroy is
+ * called: a destroy racing allocations from h on other threads is a bug of
+ * the program's, as for any heap.  0 or EINVAL (bad handle, or the default
+ * heap, which is never destroyed). */
+GM_API int gm_heap_keep_live(gm_heap_t *h);
 
 struct gm_heap_stats {
     uint64_t size;          /* set by the caller to sizeof(struct gm_heap_stats), as for gm_read_stats */

@@ -898,6 +898,15 @@ int gm_heap_destroy(gm_heap_t *h) {
     return 0;
 }
 
+int gm_heap_keep_live(gm_heap_t *h) {
+    gm_heap *hp = gm_heap_get(h);
+    if (hp == NULL || hp == &gm_default_heap)
+        return EINVAL;
+    /* The flag a scope sets: destroy then counts the live objects first. */
+    __atomic_store_n(&hp->scoped, true, __ATOMIC_RELAXED);
+    return 0;
+}
+
 int gm_heap_delete(gm_heap_t *h) {
     gm_heap *hp = gm_heap_get(h);
     if (hp == NULL || hp == &gm_default_heap)

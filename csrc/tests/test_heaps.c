@@ -13,6 +13,7 @@
  *     allocations (ENOMEM); the default heap goes on;
  *   - scopes: gm_heap_set_default sends gm_malloc into the heap; a heap that
  *     was a scope is not destroyed while it has live objects (EBUSY);
+ *     gm_heap_keep_live makes destroy refuse the same way (numpy's arrays);
  *     gm_heap_delete hands live objects to the default heap;
  *   - bad input: destroying twice, a destroyed or made-up handle, freeing
  *     through the wrong heap, the default heap's handle where a heap of
@@ -337,6 +338,44 @@ TEST(scope_then_busy_then_destroy) {
     CHECK(gm_heap_set_default(NULL) == h2);
     CHECK(gm_heap_get_default() == gm_heap_default());
     CHECK_EQ(gm_heap_destroy(h2), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
+/* gm_heap_keep_live: destroy refuses while the heap has live objects
+ * (EBUSY, nothing freed), and goes through once they are gone; delete
+ * still works; bad handles and the default heap are refused. */
+TEST(keep_live_refuses_destroy_under_live_objects) {
+    gm_heap_t *h = gm_heap_new(NULL);
+    CHECK(h != NULL);
+    CHECK_EQ(gm_heap_keep_live(h), 0);
+    char *a = gm_heap_malloc(h, 100), *b = gm_heap_malloc(h, 100000);
+    CHECK(a != NULL && b != NULL);
+    memset(a, 0x5a, 100);
+    memset(b, 0xa5, 100000);
+    CHECK_EQ(gm_heap_destroy(h), EBUSY);
+    CHECK_EQ(gm_heap_destroy(h), EBUSY);
+    CHECK(a[99] == 0x5a && b[99999] == (char)0xa5); /* untouched */
+    CHECK(gm_heap_of(a) == h && gm_heap_of(b) == h);
+    CHECK_EQ(hstats(h).objects, 2);
+    gm_free(a);
+    CHECK_EQ(gm_heap_destroy(h), EBUSY); /* one left */
+    gm_free(b);
+    CHECK_EQ(gm_heap_destroy(h), 0);
+    CHECK_EQ(gm_heap_keep_live(h), EINVAL); /* destroyed */
+    CHECK_EQ(gm_heap_keep_live(gm_heap_default()), EINVAL);
+    CHECK_EQ(gm_heap_keep_live(NULL), EINVAL);
+    /* delete hands the live objects over instead */
+    gm_heap_t *h2 = gm_heap_new(NULL);
+    CHECK_EQ(gm_heap_keep_live(h2), 0);
+    void *c = gm_heap_malloc(h2, 64);
+    CHECK_EQ(gm_heap_destroy(h2), EBUSY);
+    CHECK_EQ(gm_heap_delete(h2), 0);
+    CHECK(gm_heap_of(c) == gm_heap_default());
+    gm_free(c);
+    /* a heap in the same slot later is a new heap: not kept live */
+    gm_heap_t *h3 = gm_heap_new(NULL);
+    CHECK(gm_heap_malloc(h3, 64) != NULL);
+    CHECK_EQ(gm_heap_destroy(h3), 0);
     CHECK_EQ(gm_check_heap(), 0);
 }
 
@@ -678,6 +717,7 @@ int main(void) {
     RUN(eight_threads_four_heaps_then_destroy);
     RUN(quota_is_exact_and_the_heaps_own);
     RUN(scope_then_busy_then_destroy);
+    RUN(keep_live_refuses_destroy_under_live_objects);
     RUN(delete_hands_objects_to_the_default_heap);
     RUN(bad_handles_and_wrong_heaps);
     RUN(allocations_racing_destroy_fail_cleanly);

@@ -86,6 +86,14 @@ class Workload:
     #: allocator is a small part of the time, so that a reader can see how
     #: close to the best possible every allocator is.
     floor: Tuple[str, ...] = ()
+    #: The allocators that can run it (empty: all); the others' cells say n/a.
+    only: Tuple[str, ...] = ()
+    #: The workload whose baseline cell this row's ratios are taken against,
+    #: for a row the baseline cannot run (graphs_destroy: glibc's graphs).
+    ratio_to: str = ""
+
+    def runs_under(self, allocator: str) -> bool:
+        return not self.only or allocator in self.only
 
     def args(self, full: bool = False, threads: Optional[int] = None) -> List[str]:
         t = str(threads if threads is not None else default_threads())
@@ -93,9 +101,9 @@ class Workload:
 
 
 def _w(name: str, driver: str, description: str, quick: str, full: str,
-       floor: str = "") -> Workload:
+       floor: str = "", only: Tuple[str, ...] = (), ratio_to: str = "") -> Workload:
     return Workload(name, driver, description, tuple(quick.split()), tuple(full.split()),
-                    tuple(floor.split()))
+                    tuple(floor.split()), only, ratio_to)
 
 
 #: The name under which a workload's floor run is kept in the results.
@@ -151,9 +159,34 @@ WORKLOADS: Tuple[Workload, ...] = (
        "hot path: malloc+free of a 64 B object, LIFO, one thread",
        "64 20000000 lifo",
        "64 100000000 lifo"),
+    _w("graphs", "graphs",
+       "short-lived object graphs (3000-node documents: mixed sizes, strings), freed block by block",
+       "--threads {threads} --docs 200 --nodes 3000",
+       "--threads {threads} --docs 1000 --nodes 3000"),
+    _w("graphs_destroy", "graphs",
+       "the same documents, each in a heap of its own dropped by gm_heap_destroy (vs glibc's graphs)",
+       "--threads {threads} --docs 200 --nodes 3000 --destroy 1",
+       "--threads {threads} --docs 1000 --nodes 3000 --destroy 1",
+       only=("pygomalloc",), ratio_to="graphs"),
 )
 
-DRIVERS: Tuple[str, ...] = tuple(sorted({w.driver for w in WORKLOADS}))
+#: The figure of issue 11: destroying a heap of a million small objects
+#: against freeing them one by one (the graphs driver's --million mode,
+#: pygomalloc only), printed under the table when graphs_destroy runs.
+MILLION = _w("heap_destroy_1m", "graphs",
+             "1,000,000 objects of 16-256 B: free() one by one vs gm_heap_destroy",
+             "--million 1000000 --rounds 5", "--million 1000000 --rounds 9",
+             only=("pygomalloc",))
+
+#: Workloads run in Python rather than by a C driver: name -> description.
+#: ``numpy`` (src/pygomalloc/_npbench.py) runs in a child interpreter, numpy's
+#: default data allocator and pygomalloc.numpy's alternating in it.
+PY_WORKLOADS: Dict[str, str] = {
+    "numpy": "many temporary numpy arrays (elementwise ops, slicing, concatenation): "
+             "numpy's default allocator vs pygomalloc.numpy",
+}
+
+DRIVERS: Tuple[str, ...] = tuple(sorted({w.driver for w in WORKLOADS} | {MILLION.driver}))
 
 #: The launcher that runs each driver and reports its peak RSS (runwait.c).
 LAUNCHER = "runwait"
@@ -573,7 +606,7 @@ def run_suite(workloads: Sequence[Workload], cands: Sequence[Candidate],
     results: Dict[str, Dict[str, Cell]] = {}
     for w in workloads:
         args = w.args(full, threads)
-        runs = [(c, args) for c in cands]
+        runs = [(c, args) for c in cands if w.runs_under(c.name)]
         if w.floor:
             runs.append((Candidate(FLOOR, None, "no allocator in the loop"), args + list(w.floor)))
         cells = {c.name: Cell() for c, _ in runs}
@@ -665,12 +698,15 @@ def format_table(workloads: Sequence[Workload], cands: Sequence[Candidate],
     rows: List[List[str]] = [["workload", f"{baseline} s", *names]]
     for w in workloads:
         cells = results[w.name]
-        base = cells[baseline]
-        ok_medians = {n: cells[n].median for n in names if cells[n].ok}
+        base = _baseline_cell(w, results, baseline)
+        ok_medians = {n: cells[n].median for n in names if n in cells and cells[n].ok}
         best = min(ok_medians, key=ok_medians.get) if ok_medians else None
         row = [w.name, f"{base.median:.3f}" if base.ok else "-"]
         for n in names:
-            cell = cells[n]
+            cell = cells.get(n)
+            if cell is None:
+                row.append("n/a")
+                continue
             if not cell.ok:
                 row.append("FAILED" if "checksum" not in cell.error else "BAD CHECKSUM")
                 continue
@@ -686,6 +722,16 @@ def format_table(workloads: Sequence[Workload], cands: Sequence[Candidate],
         if i == 0:
             lines.append("  ".join("-" * wd for wd in widths))
     return "\n".join(lines)
+
+
+def _baseline_cell(w: Workload, results: Dict[str, Dict[str, Cell]], baseline: str) -> Cell:
+    """The cell a row's ratios divide by: its own baseline's, or that of the
+    row it is compared to (``ratio_to``); an empty cell when neither ran."""
+    for name in (w.name, w.ratio_to):
+        cell = results.get(name, {}).get(baseline) if name else None
+        if cell is not None:
+            return cell
+    return Cell(error="no baseline run")
 
 
 def format_floors(workloads: Sequence[Workload], results: Dict[str, Dict[str, Cell]],
@@ -711,9 +757,97 @@ def format_floors(workloads: Sequence[Workload], results: Dict[str, Dict[str, Ce
             + "\n".join(lines))
 
 
+def _spread(values: Sequence[float]) -> float:
+    """(max - min) / median: the noise of a cell's runs."""
+    med = statistics.median(values)
+    return (max(values) - min(values)) / med if med > 0 else 0.0
+
+
+def format_graphs(workloads: Sequence[Workload], results: Dict[str, Dict[str, Cell]],
+                  million: Optional[Cell]) -> str:
+    """Under the table: where the graphs rows spend their time (building vs
+    dropping the documents, per allocator) and the million-object figure."""
+    lines: List[str] = []
+    rows = [w for w in workloads if w.driver == "graphs"]
+    if rows:
+        lines.append("graphs: seconds building / dropping the documents (threads' time added up, "
+                     "medians)")
+        for w in rows:
+            for name, cell in results[w.name].items():
+                if cell.ok and "drop_seconds" in cell.runs[0].fields:
+                    build = statistics.median(float(r.fields["build_seconds"]) for r in cell.runs)
+                    drop = statistics.median(float(r.fields["drop_seconds"]) for r in cell.runs)
+                    lines.append(f"  {w.name:<15} {name:<11} {build:7.3f} / {drop:7.3f}")
+    if million is not None:
+        if lines:
+            lines.append("")
+        if not million.ok:
+            lines.append(f"{MILLION.name}: FAILED: {million.error}")
+        else:
+            med = {k: statistics.median(float(r.fields[k]) for r in million.runs)
+                   for k in ("free_seconds", "heap_free_seconds", "destroy_seconds")}
+            noise = max(_spread([float(r.fields[k]) for r in million.runs]) for k in med)
+            rounds = million.runs[0].fields.get("rounds", "?")
+            lines.append(f"{MILLION.name}: 1,000,000 objects of 16-256 B made by one thread, "
+                         f"dropped (pygomalloc; median of {len(million.runs)} runs x {rounds} rounds):")
+            lines.append(f"  free() one by one, default heap     {med['free_seconds'] * 1e3:8.1f} ms")
+            lines.append(f"  free() one by one, from a heap      {med['heap_free_seconds'] * 1e3:8.1f} ms")
+            d = med["destroy_seconds"]
+            lines.append(f"  gm_heap_destroy, the whole heap     {d * 1e3:8.1f} ms"
+                         f"  = {d / med['free_seconds']:.2f} of free() one by one "
+                         f"({med['free_seconds'] / d:.1f}x faster)")
+            lines.append(f"  noise: (max - min) / median of the runs, worst of the three: {noise:.0%}")
+    return "\n".join(lines)
+
+
+#: Exit status of ``python -m pygomalloc._npbench`` when numpy is missing.
+NUMPY_MISSING = 3
+
+
+def run_numpy(full: bool, repeat: int, timeout: float, log=None) -> Optional[Dict[str, object]]:
+    """The numpy row: ``python -m pygomalloc._npbench`` in a child interpreter
+    (this one's python), numpy's default and pygomalloc's handlers
+    alternating ``repeat`` times in it.  A dict of its figures; ``skipped``
+    or ``error`` set when it could not run."""
+    cmd = [sys.executable, "-m", "pygomalloc._npbench", "--json", "--rounds", str(repeat),
+           "--scale", "3" if full else "1"]
+    if log:
+        log(f"numpy: {' '.join(cmd[1:])}")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if proc.returncode == NUMPY_MISSING:
+        return {"skipped": proc.stderr.strip()}
+    if proc.returncode != 0:
+        return {"error": f"exit status {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"no result: {proc.stdout[-300:]!r}"}
+
+
+def format_numpy(res: Dict[str, object]) -> str:
+    title = "numpy: temporary arrays (elementwise ops, slicing, concatenation)"
+    if res.get("skipped"):
+        return f"{title}: skipped, {res['skipped']}"
+    if res.get("error"):
+        return f"{title}: FAILED: {res['error']}"
+    med, spread = res["median_seconds"], res["spread"]
+    assert isinstance(med, dict) and isinstance(spread, dict)
+    return "\n".join([
+        f"{title}, numpy {res['numpy']}, {res['rounds']} alternating runs in one process:",
+        f"  numpy's default allocator   {med['default']:7.3f} s   1.00   noise {spread['default']:.0%}",
+        f"  pygomalloc.numpy            {med['pygomalloc']:7.3f} s   {res['ratio']:.2f}   "
+        f"noise {spread['pygomalloc']:.0%}",
+    ])
+
+
 def write_json(path: str, meta: Dict[str, object], workloads: Sequence[Workload],
                cands: Sequence[Candidate], results: Dict[str, Dict[str, Cell]],
-               baseline: str, full: bool, threads: int) -> None:
+               baseline: str, full: bool, threads: int, million: Optional[Cell] = None,
+               numpy_result: Optional[Dict[str, object]] = None) -> None:
     doc: Dict[str, object] = {
         "meta": meta,
         "allocators": [dataclasses.asdict(c) for c in cands],
@@ -722,11 +856,15 @@ def write_json(path: str, meta: Dict[str, object], workloads: Sequence[Workload]
     }
     for w in workloads:
         cells = results[w.name]
-        base = cells[baseline]
+        base = _baseline_cell(w, results, baseline)
         entry = {"name": w.name, "driver": w.driver, "description": w.description,
                  "args": w.args(full, threads), "results": {}}
+        if w.ratio_to:
+            entry["ratio_to"] = w.ratio_to
         for c in cands:
-            cell = cells[c.name]
+            cell = cells.get(c.name)
+            if cell is None:
+                continue
             entry["results"][c.name] = {
                 "ok": cell.ok,
                 "error": cell.error,
@@ -751,6 +889,14 @@ def write_json(path: str, meta: Dict[str, object], workloads: Sequence[Workload]
                                       if floor.ok and base.ok else None),
             }
         doc["workloads"].append(entry)
+    if million is not None:
+        doc["heap_destroy_1m"] = {
+            "args": MILLION.args(full, threads), "ok": million.ok, "error": million.error,
+            **{k: [float(r.fields[k]) for r in million.runs if r.ok]
+               for k in ("free_seconds", "heap_free_seconds", "destroy_seconds")},
+        }
+    if numpy_result is not None:
+        doc["numpy"] = numpy_result
     with open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
@@ -779,8 +925,8 @@ def write_plot(path: str, workloads: Sequence[Workload], cands: Sequence[Candida
     for i, name in enumerate(names):
         xs, ys = [], []
         for j, w in enumerate(workloads):
-            cell, base = results[w.name][name], results[w.name][baseline]
-            if cell.ok and base.ok:
+            cell, base = results[w.name].get(name), _baseline_cell(w, results, baseline)
+            if cell is not None and cell.ok and base.ok:
                 xs.append(j + (i - (n - 1) / 2) * width)
                 ys.append(cell.median / base.median)
         ax.bar(xs, ys, width, label=name)
@@ -927,13 +1073,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         twice = sorted({n for n in opts.workloads if opts.workloads.count(n) > 1})
         if twice:
             parser.error(f"argument --workloads: named more than once: {', '.join(twice)}")
-        unknown = [n for n in opts.workloads if n not in by_name]
+        unknown = [n for n in opts.workloads if n not in by_name and n not in PY_WORKLOADS]
         if unknown:
             parser.error(f"unknown workload(s) {', '.join(unknown)}; "
-                         f"choose from {', '.join(by_name)}")
-        workloads = [by_name[n] for n in opts.workloads]
+                         f"choose from {', '.join([*by_name, *PY_WORKLOADS])}")
+        workloads = [by_name[n] for n in opts.workloads if n in by_name]
+        py_workloads = [n for n in opts.workloads if n in PY_WORKLOADS]
     else:
         workloads = list(WORKLOADS)
+        py_workloads = list(PY_WORKLOADS)
     for option, path in (("--json", opts.json), ("--plot", opts.plot)):
         problem = _writable_file_problem(path) if path else None
         if problem is not None:
@@ -950,6 +1098,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("workloads:")
         for w in WORKLOADS:
             print(f"  {w.name:<14} {w.description}")
+        print(f"  {'':<14} with graphs_destroy: {MILLION.description} (pygomalloc)")
+        for name, description in PY_WORKLOADS.items():
+            print(f"  {name:<14} {description}")
         print("allocators:")
         for c in cands:
             print(f"  {c.name:<14} {c.preload or '(no preload)'}  [{c.origin}]")
@@ -979,6 +1130,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     log(f"running {len(workloads)} workloads x {len(cands)} allocators x {repeat} "
         f"({mode} mode, {threads} threads)")
     results = run_suite(workloads, cands, binaries, repeat, opts.full, threads, timeout, log)
+    ours = next((c for c in cands if c.name == "pygomalloc"), None)
+    million: Optional[Cell] = None
+    if ours is not None and any(w.name == "graphs_destroy" for w in workloads):
+        million = run_suite([MILLION], [ours], binaries, repeat, opts.full, threads, timeout,
+                            log)[MILLION.name]["pygomalloc"]
+    numpy_result: Optional[Dict[str, object]] = None
+    if "numpy" in py_workloads:
+        numpy_result = run_numpy(opts.full, repeat, timeout * 4, log)
     elapsed = time.perf_counter() - t0
 
     meta: Dict[str, object] = dict(machine_info(cands))
@@ -999,21 +1158,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{statistics.median(spreads):.0%}, worst {max(spreads):.0%}")
     print(f"cells: median time / {baseline}'s median (lower is better) / peak RSS MiB "
           "(max over runs); * = fastest in row")
-    print()
-    print(format_table(workloads, cands, results, baseline))
+    if workloads:
+        print()
+        print(format_table(workloads, cands, results, baseline))
     floors = format_floors(workloads, results, baseline)
     if floors:
         print()
         print(floors)
+    graphs = format_graphs(workloads, results, million)
+    if graphs:
+        print()
+        print(graphs)
+    if numpy_result is not None:
+        print()
+        print(format_numpy(numpy_result))
 
     failures = [(w.name, n, cell.error) for w in workloads
                 for n, cell in results[w.name].items() if not cell.ok]
+    if million is not None and not million.ok:
+        failures.append((MILLION.name, "pygomalloc", million.error))
+    if numpy_result is not None and numpy_result.get("error"):
+        failures.append(("numpy", "pygomalloc.numpy", str(numpy_result["error"])))
     if failures:
         print()
         for wname, cname, error in failures:
             print(f"FAILED {wname} under {cname}: {error}")
     if opts.json:
-        write_json(opts.json, meta, workloads, cands, results, baseline, opts.full, threads)
+        write_json(opts.json, meta, workloads, cands, results, baseline, opts.full, threads,
+                   million, numpy_result)
         log(f"wrote {opts.json}")
     if opts.plot:
         write_plot(opts.plot, workloads, cands, results, baseline,
