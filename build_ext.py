@@ -908,8 +908,9 @@ uint64_t gm_limits_refresh(void);
 
 # ---- numpy's data allocator (NEP 49) and the heap calls it needs ----------
 #
-# pygomalloc.numpy's C side, in a block of its own: the heap declarations
-# below may also be made by the Heap class's block (duplicates to be merged).
+# pygomalloc.numpy's C side, in a block of its own, with the gm_heap_ calls
+# it makes on gm_heap_t pointers (the Heap class's block passes handles as
+# integers, through its pgm_heap_ wrappers).
 _NUMPY_PREAMBLE = r"""
 /* ---- numpy's data allocator (NEP 49): pygomalloc.numpy ----
  *
@@ -1079,13 +1080,7 @@ struct gm_heap_options {
     int fault_on_destroy;
     ...;
 };
-struct gm_heap_stats {
-    uint64_t size;
-    uint64_t objects;
-    uint64_t alloc;
-    char name[48];
-    ...;
-};
+/* struct gm_heap_stats: above, with the Heap class's declarations. */
 gm_heap_t *gm_heap_new(const struct gm_heap_options *opts);
 gm_heap_t *gm_heap_default(void);
 gm_heap_t *gm_heap_of(const void *ptr);
@@ -1093,7 +1088,6 @@ int gm_heap_destroy(gm_heap_t *h);
 int gm_heap_delete(gm_heap_t *h);
 int gm_heap_keep_live(gm_heap_t *h);
 int gm_heap_read_stats(gm_heap_t *h, struct gm_heap_stats *st);
-#define EBUSY ...
 
 /* numpy's data allocator (pygomalloc.numpy). */
 static uintptr_t pgm_np_handler_new(gm_heap_t *h);

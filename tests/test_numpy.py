@@ -2,8 +2,8 @@
 
 numpy is optional: these tests skip, saying so, when it is not installed
 (tests/run_all.sh installs it, so CI runs them).  The heaps are made by a
-small helper on the C calls (``_CHeap``), and by ``pygomalloc.Heap`` too
-where the package has it.
+small helper on the C calls (``_CHeap``, for gm_heap_destroy's codes), and
+by ``pygomalloc.Heap``.
 """
 
 from __future__ import annotations
@@ -26,32 +26,35 @@ np = pytest.importorskip("numpy", reason="numpy is not installed (pip install 'p
 import pygomalloc.numpy as gnp  # noqa: E402 (after the skip: numpy is there)
 
 DEFAULT = "default_allocator"  # numpy's own handler
+DEFAULT_HEAP = pygomalloc.default_heap().handle
 
 
 class _CHeap:
-    """A heap on the C calls, with the ``_handle`` pygomalloc.numpy takes."""
+    """A heap on the C calls, with the ``handle`` (an int) pygomalloc.numpy
+    takes, as pygomalloc.Heap has."""
 
     def __init__(self, name: str | None = None) -> None:
         opts = ffi.new("struct gm_heap_options *")
         opts.size = ffi.sizeof("struct gm_heap_options")
         self._name = ffi.new("char[]", name.encode()) if name else ffi.NULL
         opts.name = self._name
-        self._handle = lib.gm_heap_new(opts)
-        assert self._handle != ffi.NULL
+        self._ptr = lib.gm_heap_new(opts)
+        assert self._ptr != ffi.NULL
+        self.handle = int(ffi.cast("uintptr_t", self._ptr))
 
     def destroy(self) -> int:
         """gm_heap_destroy's code (0, EBUSY, EINVAL)."""
-        return lib.gm_heap_destroy(self._handle)
+        return lib.gm_heap_destroy(self._ptr)
 
     def objects(self) -> int:
         st = ffi.new("struct gm_heap_stats *")
         st.size = ffi.sizeof("struct gm_heap_stats")
-        assert lib.gm_heap_read_stats(self._handle, st) == 0
+        assert lib.gm_heap_read_stats(self._ptr, st) == 0
         return st.objects
 
 
 def heap_of(a) -> object:
-    return lib.gm_heap_of(ffi.cast("void *", a.ctypes.data))
+    return int(ffi.cast("uintptr_t", lib.gm_heap_of(ffi.cast("void *", a.ctypes.data))))
 
 
 def ours(a) -> bool:
@@ -136,8 +139,8 @@ def test_nesting_restores_each_level(heap):
         w = np.ones(50)
     assert [gnp.handler_name(v) for v in (x, y, z, w)] == [
         "pygomalloc:np-test", "pygomalloc", "pygomalloc:np-test", "pygomalloc"]
-    assert heap_of(x) == heap._handle and heap_of(z) == heap._handle
-    assert heap_of(y) == lib.gm_heap_default() and heap_of(w) == lib.gm_heap_default()
+    assert heap_of(x) == heap.handle and heap_of(z) == heap.handle
+    assert heap_of(y) == DEFAULT_HEAP and heap_of(w) == DEFAULT_HEAP
     del x, z
 
 
@@ -170,7 +173,7 @@ def test_arrays_made_by_ours_are_freed_by_ours_after_exit(heap):
     with gnp.allocator(heap):
         arrays = [np.full(n, 7, dtype=np.int32) for n in (1, 3, 100, 5000, 300000)]
     assert heap.objects() == 5
-    assert all(heap_of(a) == heap._handle for a in arrays)
+    assert all(heap_of(a) == heap.handle for a in arrays)
     with gnp.allocator():  # another of ours current: the heap's handler frees them still
         assert sum(int(a.sum()) for a in arrays) == 7 * (1 + 3 + 100 + 5000 + 300000)
         del arrays
@@ -189,7 +192,7 @@ def test_views_across_handlers(heap):
         gnp.handler_name(view_default)
     assert gnp.handler_name(both) == "pygomalloc:np-test"
     assert view_default.ctypes.data == base_default.ctypes.data + 80 and not ours(view_default)
-    assert heap_of(view_ours.base) == heap._handle
+    assert heap_of(view_ours.base) == heap.handle
     del base_ours, base_default  # the views keep their bases alive
     gc.collect()
     assert heap.objects() == 2  # base_ours (through view_ours) and both
@@ -222,7 +225,7 @@ def test_concatenate_arrays_of_both_handlers(heap):
         mine_heap = np.arange(500, 1000)
         inside = np.concatenate([mine_default, mine_heap])
     outside = np.concatenate([mine_heap, mine_default, inside])
-    assert heap_of(inside) == heap._handle and not ours(outside)
+    assert heap_of(inside) == heap.handle and not ours(outside)
     assert inside.tolist() == list(range(1000))
     assert outside.tolist() == list(range(500, 1000)) + list(range(500)) + list(range(1000))
     del mine_heap, inside
@@ -232,10 +235,10 @@ def test_resize_reallocates_with_the_arrays_own_handler(heap):
     with gnp.allocator(heap):
         a = np.arange(10, dtype=np.int64)
     a.resize(200000, refcheck=False)  # outside: still the heap's realloc
-    assert heap_of(a) == heap._handle and gnp.handler_name(a) == "pygomalloc:np-test"
+    assert heap_of(a) == heap.handle and gnp.handler_name(a) == "pygomalloc:np-test"
     assert a[:10].tolist() == list(range(10)) and not a[10:].any()
     a.resize(3, refcheck=False)
-    assert a.tolist() == [0, 1, 2] and heap_of(a) == heap._handle
+    assert a.tolist() == [0, 1, 2] and heap_of(a) == heap.handle
     b = np.arange(10)
     with gnp.allocator(heap):
         b.resize(100000, refcheck=False)  # numpy's array stays numpy's
@@ -254,7 +257,7 @@ def test_pickling(protocol, heap):
         o = np.array([{"k": [1, 2]}, "s", 3.5], dtype=object)
         data, odata = pickle.dumps(a, protocol=protocol), pickle.dumps(o, protocol=protocol)
         b, ob = pickle.loads(data), pickle.loads(odata)
-    assert heap_of(a) == heap._handle and heap_of(ob) == heap._handle
+    assert heap_of(a) == heap.handle and heap_of(ob) == heap.handle
     assert not b.flags.owndata and not ours(b)  # a view of the pickle's buffer
     oc = pickle.loads(odata)
     assert oc.flags.owndata and not ours(oc)  # numpy's, outside
@@ -290,7 +293,7 @@ def test_small_and_large_arrays(n, heap):
     assert (e == 0xAB).all()
     for a in (z, e):
         assert gnp.handler_name(a) == "pygomalloc:np-test"
-        assert heap_of(a) == heap._handle  # numpy asks for at least 1 byte
+        assert heap_of(a) == heap.handle  # numpy asks for at least 1 byte
         assert pygomalloc.usable_size(a.ctypes.data) >= n
     del z, e, a
     assert heap.objects() == 0
@@ -338,21 +341,18 @@ def test_a_destroyed_heap_gives_a_clear_error(heap):
 def test_deleting_the_heap_hands_the_arrays_to_the_default_heap(heap):
     with gnp.allocator(heap):
         a = np.arange(1000, dtype=np.float64)
-    assert lib.gm_heap_delete(heap._handle) == 0
-    assert heap_of(a) == lib.gm_heap_default()
+    assert lib.gm_heap_delete(heap._ptr) == 0
+    assert heap_of(a) == DEFAULT_HEAP
     a.resize(100000, refcheck=False)  # the heap's handler reallocates in the default heap
     assert a[:1000].tolist() == list(np.arange(1000.0)) and ours(a)
-    assert heap_of(a) == lib.gm_heap_default()
+    assert heap_of(a) == DEFAULT_HEAP
     del a  # gm_free
 
 
-def test_pygomalloc_heap_class_if_present():
-    """With pygomalloc.Heap (when the package has it): its handle works here,
-    and closing it under a live array fails instead of freeing the array."""
-    Heap = getattr(pygomalloc, "Heap", None)
-    if Heap is None:
-        pytest.skip("pygomalloc.Heap is not in this version of the package")
-    h = Heap(name="cls")
+def test_pygomalloc_heap_class():
+    """pygomalloc.Heap: its handle works here, closing it under a live array
+    fails instead of freeing the array, and a closed one is refused."""
+    h = pygomalloc.Heap(name="cls")
     with gnp.allocator(h):
         a = np.full(1000, 5)
     assert gnp.handler_name(a) == "pygomalloc:cls"
@@ -361,19 +361,20 @@ def test_pygomalloc_heap_class_if_present():
     assert (a == 5).all()
     del a
     h.close()
+    with pytest.raises(ValueError):
+        gnp.use(h)
 
 
 def test_bad_arguments():
-    with pytest.raises(TypeError, match="_handle"):
+    with pytest.raises(TypeError, match="pygomalloc.Heap"):
         gnp.use(object())
-    with pytest.raises(TypeError, match="_handle"):
-        gnp.handler(type("H", (), {"_handle": 12345})())
+    with pytest.raises(TypeError, match="pygomalloc.Heap"):
+        gnp.handler(type("H", (), {"handle": "12345"})())
     with pytest.raises(TypeError, match="mem_handler"):
         gnp.set_handler("not a capsule")
     with pytest.raises(TypeError, match="mem_handler"):
         gnp.set_handler(pygomalloc._C_API)  # a capsule of another name
-    default_heap = type("H", (), {"_handle": lib.gm_heap_default()})()
-    with gnp.allocator(default_heap):  # the default heap's handle: the default handler
+    with gnp.allocator(pygomalloc.default_heap()):  # the default heap's handle: the default handler
         assert gnp.handler_name() == "pygomalloc"
 
 
@@ -406,7 +407,7 @@ def test_threads_start_with_numpys_handler_and_choose_their_own(heap):
     t.join()
     assert names == {"inside": DEFAULT, "copied": "pygomalloc", "own": "pygomalloc:np-test"}
     assert gnp.handler_name() == DEFAULT  # the thread's use() did not reach us
-    assert heap_of(arrays[0]) == heap._handle
+    assert heap_of(arrays[0]) == heap.handle
     arrays.clear()  # made on that thread, freed on this one
     assert heap.objects() == 0
 

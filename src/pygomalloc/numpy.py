@@ -21,9 +21,9 @@ frees the data through it, whatever handler is current by then.  So arrays
 made before, or under another handler, are freed by their own allocator, and
 arrays made under pygomalloc may outlive ``allocator()``.
 
-**Heaps.**  ``heap`` is None (pygomalloc's default heap) or an object whose
-``_handle`` attribute holds the heap's ``gm_heap_t *`` (a cffi pointer of
-``pygomalloc._gomalloc.ffi``), as ``pygomalloc.Heap`` has.  The handler is
+**Heaps.**  ``heap`` is None (pygomalloc's default heap) or a
+``pygomalloc.Heap`` (or any object whose ``handle`` is a ``gm_heap_t *`` as
+an int, for a heap made in C).  The handler is
 named ``"pygomalloc:<the heap's name>"``.  A heap given here is marked with
 ``gm_heap_keep_live``: destroying it while it holds live objects (arrays
 still alive, anywhere) is refused with EBUSY instead of freeing memory
@@ -118,11 +118,12 @@ def _numpy_api() -> tuple:
 
 
 def _heap_handle(heap: Any) -> Any:
-    handle = getattr(heap, "_handle", None)
-    if not isinstance(handle, ffi.CData) or ffi.typeof(handle) is not ffi.typeof("gm_heap_t *"):
-        raise TypeError(f"heap must be None or have a _handle holding a gm_heap_t * "
-                        f"(pygomalloc.Heap), not {type(heap).__name__}")
-    return handle
+    # A closed pygomalloc.Heap's handle raises ValueError: let it.
+    handle = getattr(heap, "handle", None)
+    if not isinstance(handle, int) or isinstance(handle, bool) or handle <= 0:
+        raise TypeError(f"heap must be None or a pygomalloc.Heap (or an object whose handle is "
+                        f"a gm_heap_t * as an int), not {type(heap).__name__}")
+    return ffi.cast("gm_heap_t *", handle)
 
 
 def handler(heap: Any = None) -> Any:
