@@ -693,29 +693,26 @@ static size_t thread_cache_spans(gm_mspan **out, size_t *n, size_t max) {
 }
 
 /* Every span of hp, into a buffer from sysAlloc (*n spans; NULL if none or
- * out of memory): the caches' spans, the mcentrals' lists, the large ones
- * (the default heap's large spans are on no list: gm_heap_visit finds them
- * in the page map).  With lock, each list is read under its lock (one at a
- * time: the class locks are independent), else hp is dead and quiesced. */
-static gm_mspan **collect_spans(gm_heap *hp, bool lock, size_t *n, size_t *bytes) {
+ * out of memory), for gm_heap_visit: the caches' spans, the mcentrals'
+ * lists, the large ones (the default heap's large spans are on no list:
+ * gm_heap_visit finds them in the page map).  Each list is read under its
+ * lock (one at a time: the class locks are independent).  (Destroy does not
+ * use this: it must not need memory, see detach_spans.) */
+static gm_mspan **collect_spans(gm_heap *hp, size_t *n, size_t *bytes) {
     size_t count = 0;
-    if (lock)
-        pthread_mutex_lock(&hp->lock);
+    pthread_mutex_lock(&hp->lock);
     for (gm_mcache *hc = hp->caches; hc != NULL; hc = hc->hnext)
         for (int sc = 1; sc < NUM_CLASSES; sc++)
             count += gm_mclass_of(hc, (uint8_t)sc)->span != &gm_emptyspan;
     for (gm_mspan *s = hp->large; s != NULL; s = s->next)
         count++;
-    if (lock)
-        pthread_mutex_unlock(&hp->lock);
+    pthread_mutex_unlock(&hp->lock);
     if (hp == &gm_default_heap)
         count += thread_cache_spans(NULL, NULL, 0);
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        if (lock)
-            pthread_mutex_lock(&hp->central[sc].lock);
+        pthread_mutex_lock(&hp->central[sc].lock);
         count += hp->central[sc].nspans; /* cached ones too: an upper bound */
-        if (lock)
-            pthread_mutex_unlock(&hp->central[sc].lock);
+        pthread_mutex_unlock(&hp->central[sc].lock);
     }
     *n = 0;
     *bytes = ((count + 1) * sizeof(gm_mspan *) + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1);
@@ -724,8 +721,7 @@ static gm_mspan **collect_spans(gm_heap *hp, bool lock, size_t *n, size_t *bytes
         return NULL;
     /* (A span that moved meanwhile, which a quiescent heap's cannot, may
      * be missed or seen twice: visiting needs quiescence.) */
-    if (lock)
-        pthread_mutex_lock(&hp->lock);
+    pthread_mutex_lock(&hp->lock);
     for (gm_mcache *hc = hp->caches; hc != NULL; hc = hc->hnext)
         for (int sc = 1; sc < NUM_CLASSES; sc++) {
             gm_mspan *s = gm_mclass_of(hc, (uint8_t)sc)->span;
@@ -735,19 +731,16 @@ static gm_mspan **collect_spans(gm_heap *hp, bool lock, size_t *n, size_t *bytes
     for (gm_mspan *s = hp->large; s != NULL; s = s->next)
         if (*n < count)
             out[(*n)++] = s;
-    if (lock)
-        pthread_mutex_unlock(&hp->lock);
+    pthread_mutex_unlock(&hp->lock);
     if (hp == &gm_default_heap)
         (void)thread_cache_spans(out, n, count);
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
-        if (lock)
-            pthread_mutex_lock(&hp->central[sc].lock);
+        pthread_mutex_lock(&hp->central[sc].lock);
         for (int l = 0; l < 2; l++)
             for (gm_mspan *s = l ? hp->central[sc].full : hp->central[sc].partial; s != NULL; s = s->next)
                 if (*n < count)
                     out[(*n)++] = s;
-        if (lock)
-            pthread_mutex_unlock(&hp->central[sc].lock);
+        pthread_mutex_unlock(&hp->central[sc].lock);
     }
     return out;
 }
@@ -780,7 +773,7 @@ int gm_heap_visit(gm_heap_t *h, int (*fn)(void *ptr, size_t size, void *arg), vo
     if (hp == NULL || fn == NULL)
         return EINVAL;
     size_t n = 0, bytes = 0;
-    gm_mspan **spans = collect_spans(hp, true, &n, &bytes);
+    gm_mspan **spans = collect_spans(hp, &n, &bytes);
     if (spans == NULL && n == 0 && bytes != 0)
         return ENOMEM;
     int ret = 0;
@@ -848,6 +841,42 @@ static void count_destroyed(gm_heap *hp) {
     }
 }
 
+/* Every span of the dead, quiesced heap hp (its caches' spans, its
+ * mcentrals' lists, its large spans), chained through next; the lists are
+ * left empty (the caches' spans: drop_caches).  Destroy cannot fail once
+ * the heap is dead, so this needs no memory: a buffer from sysAlloc, which
+ * fails when the kernel is short of memory or map count, lost every span
+ * (still in heap_inuse and the heap's figures, on no list, never reused).
+ * Under hp->lock. */
+static gm_mspan *detach_spans(gm_heap *hp) {
+    gm_mspan *chain = NULL;
+    for (gm_mcache *hc = hp->caches; hc != NULL; hc = hc->hnext)
+        for (int sc = 1; sc < NUM_CLASSES; sc++) {
+            gm_mspan *s = gm_mclass_of(hc, (uint8_t)sc)->span;
+            if (s != &gm_emptyspan) { /* on no list while cached */
+                s->next = chain;
+                chain = s;
+            }
+        }
+    for (int sc = 1; sc < NUM_CLASSES; sc++)
+        for (int l = 0; l < 2; l++) {
+            gm_mspan **list = l ? &hp->central[sc].full : &hp->central[sc].partial;
+            while (*list != NULL) {
+                gm_mspan *s = *list;
+                *list = s->next;
+                s->next = chain;
+                chain = s;
+            }
+        }
+    while (hp->large != NULL) {
+        gm_mspan *s = hp->large;
+        hp->large = s->next;
+        s->next = chain;
+        chain = s;
+    }
+    return chain;
+}
+
 int gm_heap_destroy(gm_heap_t *h) {
     gm_heap *hp = gm_heap_get(h);
     if (hp == NULL || hp == &gm_default_heap)
@@ -865,22 +894,21 @@ int gm_heap_destroy(gm_heap_t *h) {
     /* Everything is ours now: no thread works on the heap's caches, and
      * frees of its objects find it dead. */
     pthread_mutex_lock(&hp->lock);
-    size_t n = 0, bytes = 0;
-    gm_mspan **spans = collect_spans(hp, false, &n, &bytes);
+    gm_mspan *spans = detach_spans(hp);
     drop_caches(hp);
     count_destroyed(hp);
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         gm_mcentral *mc = &hp->central[sc];
-        mc->partial = mc->full = NULL;
-        mc->nspans = 0;
+        mc->nspans = 0; /* (its lists were emptied by detach_spans) */
         for (uint32_t i = 0; i < mc->ntc; i++)
             mc->tc[i].n = 0;
         mc->ntc = mc->tc_objects = 0;
     }
-    hp->large = NULL;
     pthread_mutex_unlock(&hp->lock);
-    for (size_t k = 0; k < n; k++) {
-        gm_mspan *s = spans[k];
+    while (spans != NULL) {
+        gm_mspan *s = spans;
+        spans = s->next; /* (the page heap or the quarantine links s anew) */
+        s->next = s->prev = NULL;
         gm_profile_forget_span(s); /* its sampled objects leave the heap profile, as if freed */
         if (s->sizeclass != 0)
             memset(s->objstate, 0, (s->npages * PAGE_SIZE) >> STATE_SHIFT); /* no object starts there now */
@@ -890,8 +918,6 @@ int gm_heap_destroy(gm_heap_t *h) {
         s->list = LIST_NONE;
         gm_mheap_release_heap_span(s, hp->fault_on_destroy);
     }
-    if (spans != NULL)
-        gm_sysFree(spans, bytes);
     hp->inuse = 0;
     pthread_mutex_unlock(&heaps_lock);
     gm_scavenger_notify();

@@ -23,7 +23,9 @@
  *     gm_release gives the quarantined pages back;
  *   - the default heap's visit sees objects in the spans of every thread's
  *     cache and its large objects; a heap's total_alloc counts its freed
- *     large objects; a destroyed heap's sampled objects leave the profile.
+ *     large objects; a destroyed heap's sampled objects leave the profile;
+ *   - destroy needs no memory: with every metadata mmap failing, its spans
+ *     all go back (or to the quarantine).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -582,6 +584,50 @@ TEST(destroyed_memory_faults_when_asked) {
     CHECK_EQ(LOAD_RELAXED(&gm_mheap.quarantined_pages), 0);
 }
 
+/* Destroy cannot fail once it has begun (the heap is dead, its caches
+ * dropped), so it must not need memory of its own: with every metadata
+ * mmap failing (fuzz_ops: the spans of two destroyed heaps stayed in
+ * heap_inuse, on no list, and the heap check failed), every span still goes
+ * back to the page heap, or to the quarantine. */
+TEST(destroy_needs_no_memory) {
+    for (int fault = 0; fault < 2; fault++) {
+        gm_release();
+        struct gm_stats before = global();
+        struct gm_heap_options o = {.size = sizeof o, .fault_on_destroy = fault};
+        gm_heap_t *h = gm_heap_new(&o);
+        CHECK(h != NULL);
+        for (int i = 0; i < 100; i++)
+            CHECK(gm_heap_malloc(h, 50) != NULL);
+        for (int i = 0; i < 10; i++)
+            CHECK(gm_heap_malloc(h, 5000) != NULL);
+        CHECK(gm_heap_malloc(h, 300 << 10) != NULL);
+        gm_debug_fail_os_calls(1, GM_DEBUG_OS_ALLOC | GM_DEBUG_OS_FAULT);
+        CHECK_EQ(gm_heap_destroy(h), 0);
+        gm_debug_fail_os_calls(0, 0);
+        CHECK_EQ(gm_check_heap(), 0);
+        struct gm_stats after = global();
+        CHECK_EQ(after.heap_inuse, before.heap_inuse);
+        CHECK_EQ(after.heap_objects, before.heap_objects);
+        CHECK_EQ(after.large_objects, before.large_objects);
+        gm_release();
+        CHECK_EQ(gm_check_heap(), 0);
+        CHECK_EQ(LOAD_RELAXED(&gm_mheap.quarantined_pages), 0);
+    }
+    /* and with the page faulting working: the quarantine holds them */
+    struct gm_heap_options o = {.size = sizeof o, .fault_on_destroy = 1};
+    gm_heap_t *h = gm_heap_new(&o);
+    CHECK(gm_heap_malloc(h, 50) != NULL);
+    CHECK(gm_heap_malloc(h, 300 << 10) != NULL);
+    gm_debug_fail_os_calls(1, GM_DEBUG_OS_ALLOC);
+    CHECK_EQ(gm_heap_destroy(h), 0);
+    gm_debug_fail_os_calls(0, 0);
+    CHECK_EQ(gm_check_heap(), 0);
+    CHECK(LOAD_RELAXED(&gm_mheap.quarantined_pages) >= 1 + (300 << 10) / PAGE_SIZE);
+    gm_release();
+    CHECK_EQ(LOAD_RELAXED(&gm_mheap.quarantined_pages), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 /* ---- the default heap's visit, statistics of large objects, the profile ------------ */
 
 struct find_acc {
@@ -726,5 +772,6 @@ int main(void) {
     RUN(default_heap_visit_sees_every_object);
     RUN(heap_total_alloc_counts_freed_large_objects);
     RUN(destroy_takes_sampled_objects_out_of_the_profile);
+    RUN(destroy_needs_no_memory);
     return gmtest_summary();
 }
