@@ -600,11 +600,16 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
             return code != GM_OK ? bad_free(code, p, checked) : GM_OK;
     }
     gm_mcache *c = gm_tls_mcache;
-    if (c == &gm_nocache && !gm_tls_exiting)
+    bool first = c == &gm_nocache;
+    if (first && !gm_tls_exiting)
         c = gm_mcache_create(); /* a thread that only frees gets a cache too */
-    if (c == NULL || c == &gm_nocache) {
+    if (first || c == NULL || c == &gm_nocache) {
         /* A thread whose cache is gone (exiting), or none could be had:
-         * straight to the span. */
+         * straight to the span.  So goes a thread's first free: a thread
+         * handed an object at its start (Hoard's cache-scratch) would
+         * otherwise take it back for its own mallocs, on the cache line of
+         * the objects handed to other threads beside it (passive false
+         * sharing: 5x slower). */
         if (!claim_live(st, OBJ_LIVE(sc)))
             return bad_free(GM_ERR_NOT_ALLOCATED, p, checked);
         canary_set(p);
