@@ -226,7 +226,9 @@ bool gm_profile_due(gm_mcache *c, size_t size) {
     long long rate = LOAD_RELAXED(&gm_opt.profile_rate);
     if (rate <= 0 || in_profile || c == &gm_nocache)
         return false;
-    if (c->next_sample > (int64_t)size) {
+    /* Rate 1 samples every allocation at once, as Go's mallocgc does,
+     * whatever a countdown drawn at an earlier rate still holds. */
+    if (rate != 1 && c->next_sample > (int64_t)size) {
         c->next_sample -= (int64_t)size;
         return false;
     }
