@@ -400,6 +400,8 @@ typedef struct gm_tcbatch {
     gm_freeobj *objs; /* n entries; the buffer holds gm_list_cap[class]. Under the class lock. */
     uint32_t n;
     uint64_t since;   /* gm_now_ms() when the batch came in */
+    const void *owner; /* the cache that flushed it: takeBatch gives a cache its own batches first
+                        * (memory its thread's core wrote last), a tag never followed */
 } gm_tcbatch;
 
 typedef struct gm_mcentral {
@@ -643,10 +645,10 @@ GM_HIDDEN void gm_mcentral_uncacheSpan(gm_mspan *s);
 GM_HIDDEN uint64_t gm_mcentral_freeObjs(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n);
 /* n freed objects leave an mcache: copied whole into mc's transfer cache
  * if it has room, else back to the spans. */
-GM_HIDDEN void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n);
+GM_HIDDEN void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner);
 /* Copy the newest batch of mc's transfer cache into out if it holds at
  * most max objects; returns their number (0: none taken). */
-GM_HIDDEN uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max);
+GM_HIDDEN uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, const void *owner);
 /* Empty every transfer cache into the spans (gm_release). */
 GM_HIDDEN void gm_mcentral_drainAll(void);
 /* Empty mc's transfer cache into the spans. */

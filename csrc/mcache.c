@@ -350,7 +350,7 @@ void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
     if (keep == 0)
         gm_mcentral_freeObjs(mc, base, n); /* emptied: straight to the spans */
     else
-        gm_mcentral_freeBatch(mc, base, n);
+        gm_mcentral_freeBatch(mc, base, n, c);
     memmove(base, base + n, keep * sizeof *base);
     m->limit += n * LIST_UNIT;
     c->nflush[sc] += n;
@@ -361,7 +361,7 @@ void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
 bool gm_mcache_receive(gm_mcache *c, uint8_t sc) {
     gm_mclass *m = gm_mclass_of(c, sc);
     GM_ASSERT(gm_list_len(m->npush, m->limit, c->listmax[sc]) == 0);
-    uint32_t n = gm_mcentral_takeBatch(&c->heap->central[sc], gm_list_base(m, c->listmax[sc]), c->listmax[sc]);
+    uint32_t n = gm_mcentral_takeBatch(&c->heap->central[sc], gm_list_base(m, c->listmax[sc]), c->listmax[sc], c);
     if (n == 0)
         return false;
     m->limit -= n * LIST_UNIT;

@@ -253,7 +253,7 @@ static void evict_oldest(gm_mcentral *mc, uint32_t k, bool *released) {
     STORE_RELAXED(&mc->ntc, mc->ntc - k);
 }
 
-void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n) {
+void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner) {
     uint8_t sc = mc->sizeclass;
     uint64_t size = gm_class_to_size[sc];
     if (n * size > TC_BYTES || n > gm_list_cap[sc]) {
@@ -279,6 +279,7 @@ void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n) 
         memcpy(b->objs, objs, n * sizeof *objs);
         b->n = n;
         b->since = now;
+        b->owner = owner;
         mc->tc_objects += n;
         STORE_RELAXED(&mc->ntc, mc->ntc + 1);
     }
@@ -287,17 +288,30 @@ void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n) 
         gm_scavenger_notify();
 }
 
-uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max) {
+/* A batch for cache owner: its own newest, else the newest (the hottest
+ * memory).  A thread that frees a burst and allocates it again (a request,
+ * a document) then gets back what its core wrote last, not a batch of the
+ * other threads' (whose every line would come from another core's cache);
+ * a consumer, which flushes and a producer, which takes, still trade. */
+uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, const void *owner) {
     uint32_t n = 0;
     pthread_mutex_lock(&mc->lock);
-    if (mc->ntc > 0 && mc->tc[mc->ntc - 1].n <= max) {
-        gm_tcbatch *b = &mc->tc[mc->ntc - 1]; /* the newest: the hottest memory */
-        n = b->n;
-        memcpy(out, b->objs, n * sizeof *out);
-        mc->tc_objects -= n;
-        b->n = 0;
-        b->since = 0;
-        STORE_RELAXED(&mc->ntc, mc->ntc - 1);
+    if (mc->ntc > 0) {
+        uint32_t i = mc->ntc - 1;
+        while (i > 0 && mc->tc[i].owner != owner)
+            i--;
+        if (mc->tc[i].owner != owner)
+            i = mc->ntc - 1;
+        gm_tcbatch b = mc->tc[i];
+        if (b.n <= max) {
+            n = b.n;
+            memcpy(out, b.objs, n * sizeof *out);
+            mc->tc_objects -= n;
+            /* Out of the order; its buffer goes to the free end. */
+            memmove(&mc->tc[i], &mc->tc[i + 1], (mc->ntc - 1 - i) * sizeof mc->tc[0]);
+            mc->tc[mc->ntc - 1] = (gm_tcbatch){.objs = b.objs};
+            STORE_RELAXED(&mc->ntc, mc->ntc - 1);
+        }
     }
     pthread_mutex_unlock(&mc->lock);
     return n;
