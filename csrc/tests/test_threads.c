@@ -404,6 +404,93 @@ static void *tc_take(void *arg) {
     return NULL;
 }
 
+/* Two threads each flush one batch of a class into the transfer cache, A's
+ * first; then A allocates: it gets back every object it freed (its list,
+ * then its own batch) before any of B's, although B's batch is the newer:
+ * memory A's core wrote last, not lines to fetch from B's. */
+#define OWN_SIZE 3000
+struct own_side {
+    void *objs[1024];
+    int n;      /* objects allocated (2 x the class's list bound) */
+    int nfreed; /* the first nfreed of them were freed: one flush of a batch */
+};
+static struct own_side own_a, own_b;
+static void *own_got[1024];
+static pthread_barrier_t own_barrier;
+
+static void own_malloc_all(struct own_side *s) {
+    s->objs[0] = gm_malloc(OWN_SIZE);
+    uint32_t bound = gm_tls_mcache->listmax[gm_size_to_class(OWN_SIZE)];
+    s->n = (int)(2 * bound);
+    s->nfreed = (int)bound + 1;
+    for (int i = 1; i < s->n; i++)
+        s->objs[i] = gm_malloc(OWN_SIZE);
+}
+
+static void own_free_some(struct own_side *s) {
+    for (int i = 0; i < s->nfreed; i++)
+        gm_free(s->objs[i]);
+}
+
+static void *own_thread_a(void *arg) {
+    (void)arg;
+    own_malloc_all(&own_a);
+    pthread_barrier_wait(&own_barrier); /* 1: both allocated */
+    own_free_some(&own_a);
+    pthread_barrier_wait(&own_barrier); /* 2: A's batch is in */
+    pthread_barrier_wait(&own_barrier); /* 3: B's batch is in */
+    for (int i = 0; i < own_a.n; i++)
+        own_got[i] = gm_malloc(OWN_SIZE);
+    pthread_barrier_wait(&own_barrier); /* 4: B may flush again (evicting the oldest batch) */
+    for (int i = 0; i < own_a.n; i++)
+        gm_free(own_got[i]);
+    for (int i = own_a.nfreed; i < own_a.n; i++)
+        gm_free(own_a.objs[i]);
+    return NULL;
+}
+
+static void *own_thread_b(void *arg) {
+    (void)arg;
+    own_malloc_all(&own_b);
+    pthread_barrier_wait(&own_barrier); /* 1 */
+    pthread_barrier_wait(&own_barrier); /* 2 */
+    own_free_some(&own_b);
+    pthread_barrier_wait(&own_barrier); /* 3 */
+    pthread_barrier_wait(&own_barrier); /* 4 */
+    for (int i = own_b.nfreed; i < own_b.n; i++)
+        gm_free(own_b.objs[i]);
+    return NULL;
+}
+
+static int own_index(const struct own_side *s, void *p) {
+    for (int i = 0; i < s->nfreed; i++)
+        if (s->objs[i] == p)
+            return i;
+    return -1;
+}
+
+TEST(transfer_cache_gives_a_thread_its_own_batch_first) {
+    gm_thread_flush(); /* the transfer caches start empty */
+    pthread_t a, b;
+    CHECK_EQ(pthread_barrier_init(&own_barrier, NULL, 2), 0);
+    CHECK_EQ(pthread_create(&a, NULL, own_thread_a, NULL), 0);
+    CHECK_EQ(pthread_create(&b, NULL, own_thread_b, NULL), 0);
+    CHECK_EQ(pthread_join(a, NULL), 0);
+    CHECK_EQ(pthread_join(b, NULL), 0);
+    pthread_barrier_destroy(&own_barrier);
+    CHECK(own_a.n >= 16 && own_a.n <= 1024);
+    int own_before_other = 0, first_other = -1;
+    for (int i = 0; i < own_a.n && first_other < 0; i++) {
+        if (own_index(&own_b, own_got[i]) >= 0)
+            first_other = i;
+        else if (own_index(&own_a, own_got[i]) >= 0)
+            own_before_other++;
+    }
+    CHECK(first_other >= 0); /* B's batch was taken in the end */
+    CHECK_EQ(own_before_other, own_a.nfreed);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 TEST(transfer_cache_hands_batches_between_threads) {
     gm_release(); /* our lists and every transfer cache empty */
     struct gm_stats s0 = stats();
@@ -868,6 +955,7 @@ int main(void) {
     RUN(free_only_thread);
     RUN(handed_objects_are_not_taken_back_by_their_new_thread);
     RUN(transfer_cache_hands_batches_between_threads);
+    RUN(transfer_cache_gives_a_thread_its_own_batch_first);
     RUN(producer_consumer_cross_thread_frees);
     RUN(producer_consumer_profiled);
     RUN(tiny_objects_freed_across_threads);
