@@ -203,25 +203,20 @@ gm_mcache *gm_mcache_create(void) {
         STORE_RELAXED(&nabandoned, nabandoned - 1);
         c->abandoned = false;
         c->anext = NULL;
-        nowned++;
-        pthread_mutex_unlock(&registry_lock);
-        gm_tls.free = gm_tls.alloc = c;
-        pthread_setspecific(mcache_key, c);
-        return c;
+    } else {
+        if ((c = new_cache()) == NULL) {
+            pthread_mutex_unlock(&registry_lock);
+            return NULL;
+        }
+        gm_mcache_reset_lists(c, 0);
+        c->heap = &gm_default_heap;
+        c->prev = NULL;
+        c->next = registry;
+        if (registry != NULL)
+            registry->prev = c;
+        registry = c;
+        c->linked = true;
     }
-    c = new_cache();
-    if (c == NULL) {
-        pthread_mutex_unlock(&registry_lock);
-        return NULL;
-    }
-    gm_mcache_reset_lists(c, 0);
-    c->heap = &gm_default_heap;
-    c->prev = NULL;
-    c->next = registry;
-    if (registry != NULL)
-        registry->prev = c;
-    registry = c;
-    c->linked = true;
     nowned++;
     pthread_mutex_unlock(&registry_lock);
     gm_tls.free = gm_tls.alloc = c;

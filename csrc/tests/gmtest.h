@@ -80,6 +80,13 @@ static const char *gmtest_current;
         fflush(stdout);                                                \
     } while (0)
 
+/* The debug and sanitizer builds (GM_DEBUG) run far slower: fewer rounds. */
+#ifdef GM_DEBUG
+#define SLOW_BUILD 1
+#else
+#define SLOW_BUILD 0
+#endif
+
 static inline __attribute__((unused)) struct gm_stats stats(void) {
     struct gm_stats st = {.size = sizeof st};
     gm_read_stats(&st);

@@ -36,13 +36,6 @@
 #include "gm_internal.h"
 #include "gmtest.h"
 
-/* The debug and sanitizer builds (GM_DEBUG) run far slower: fewer rounds. */
-#ifdef GM_DEBUG
-#define SLOW_BUILD 1
-#else
-#define SLOW_BUILD 0
-#endif
-
 #define MIB ((size_t)1 << 20)
 
 /* ---- a spin barrier for two or more threads -------------------------------- */

@@ -38,12 +38,6 @@
 #include "gm_internal.h"
 #include "gmtest.h"
 
-#ifdef GM_DEBUG
-#define SLOW_BUILD 1
-#else
-#define SLOW_BUILD 0
-#endif
-
 static struct gm_stats global(void) {
     struct gm_stats st = {.size = sizeof st};
     gm_thread_flush();
