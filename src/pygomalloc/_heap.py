@@ -470,6 +470,25 @@ class Heap:
                 "the default heap")
         return HeapBusyError(f"{self!r} cannot be {what}: it is some thread's default heap")
 
+    def _end(self, destroy: bool) -> None:
+        """close() (destroy) and delete().  Buffers keep a heap from being
+        destroyed, not from being deleted."""
+        what = "closed" if destroy else "deleted"
+        self._refuse_default(what)
+        with self._lock:
+            handle = self._h()
+            if self._scopes:
+                raise self._busy(handle, what)
+            if destroy and self._buffers:
+                raise BufferError(f"{self!r} has {len(self._buffers)} live buffer(s): release them, and every "
+                                  "memoryview of them, before closing it")
+            code = lib.pgm_heap_destroy(handle) if destroy else lib.pgm_heap_delete(handle)
+            if code == lib.EBUSY:
+                raise self._busy(handle, what)
+            self._forget()
+        if code:
+            raise _closed_error(self)
+
     def close(self) -> None:
         """Destroy the heap: every object in it is freed at once.
 
@@ -478,36 +497,13 @@ class Heap:
         a scope and objects allocated then are still live; in both cases
         nothing is freed.  Closing a closed heap raises ``ValueError``.
         """
-        self._refuse_default("closed")
-        with self._lock:
-            handle = self._h()
-            if self._scopes:
-                raise self._busy(handle, "closed")
-            if self._buffers:
-                raise BufferError(f"{self!r} has {len(self._buffers)} live buffer(s): release them, and every "
-                                  "memoryview of them, before closing it")
-            code = lib.pgm_heap_destroy(handle)
-            if code == lib.EBUSY:
-                raise self._busy(handle, "closed")
-            self._forget()
-        if code:
-            raise _closed_error(self)
+        self._end(destroy=True)
 
     def delete(self) -> None:
         """Let the heap go but keep its objects: they become the default
         heap's (``pygomalloc.free`` frees them, Buffers stay valid).
         ``HeapBusyError`` while a scope of it is active."""
-        self._refuse_default("deleted")
-        with self._lock:
-            handle = self._h()
-            if self._scopes:
-                raise self._busy(handle, "deleted")
-            code = lib.pgm_heap_delete(handle)
-            if code == lib.EBUSY:
-                raise self._busy(handle, "deleted")
-            self._forget()
-        if code:
-            raise _closed_error(self)
+        self._end(destroy=False)
 
     def __enter__(self) -> Heap:
         self._refuse_default("used as a context manager (it is never closed)")
