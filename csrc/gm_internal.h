@@ -602,11 +602,13 @@ GM_INLINE bool canary_ok(const void *p) { return (((const uint64_t *)p)[0] ^ ((c
 
 /* A flush clears the canary of each object it sends back to its span, so
  * a slot handed out from a span holds none; clearing it here as well is a
- * second line of defence, cheap because it reads the word the program is
- * about to write.  Only in spans whose memory was used before (needzero):
- * a fresh page must not be read (that would fault it in twice). */
+ * second line of defence.  A store, not a test: a read would wait for a
+ * line the program is about to write anyway (a cache miss per object when
+ * a heap is rebuilt after a big drop), a store does not.  Only in spans
+ * whose memory was used before (needzero): a fresh page is zero, and
+ * must not be touched (that would fault it in before the program does). */
 GM_INLINE void gm_clear_canary(const gm_mspan *s, void *p) {
-    if (LOAD_RELAXED(&s->needzero) && unlikely(*(uint64_t *)p == gm_secret))
+    if (LOAD_RELAXED(&s->needzero))
         *(uint64_t *)p = 0;
 }
 

@@ -12,10 +12,10 @@
  * which keeps up to TC_BATCHES of them (and TC_BYTES of objects) as they
  * are: the next thread whose list runs dry copies the newest into its list
  * in one step, the objects still OBJ_CACHED, so a producer/consumer pair of
- * threads trades lists without touching spans.  The oldest batches make
- * room, and the scavenger empties batches older than decay_ms (objects in
- * them keep their spans in use).  A batch that leaves the transfer cache,
- * or is too big for it, goes to the spans (free_objs_locked): each object's
+ * threads trades lists without touching spans.  A batch that finds it full
+ * goes to the spans, and the scavenger empties batches older than decay_ms
+ * (objects in them keep their spans in use).  A batch that leaves the
+ * transfer cache, or does not enter it, goes to the spans (free_objs_locked): each object's
  * state byte goes from OBJ_CACHED to OBJ_FREE and its span's allocCount
  * drops.  allocBits is rebuilt from the state bytes when the span is next
  * handed to an mcache (cacheSpan), as Go's sweeper rebuilds it from
@@ -167,46 +167,78 @@ bool gm_freeobj_valid(const gm_freeobj *f, const gm_mcentral *mc) {
            f->st == gm_objstate_ptr(s, gm_span_index(s, a)) && LOAD_RELAXED(f->st) == OBJ_CACHED;
 }
 
+/* The run of frees free_objs_locked just applied to span s: n of its
+ * objects became OBJ_FREE.  Under mc->lock. */
+static void span_freed(gm_mcentral *mc, gm_mspan *s, uint32_t n, bool *released) {
+    GM_ASSERT(s->allocCount >= n);
+    s->allocCount -= n;
+    if (!LOAD_RELAXED(&s->needzero)) /* written once: it shares the line malloc reads */
+        STORE_RELAXED(&s->needzero, 1);
+    if (s->cachedBy != NULL)
+        return; /* its owner's sweep finds the slots */
+    if (s->allocCount == 0) {
+        list_remove(mc, s);
+        release_span(mc, s);
+        *released = true;
+    } else if (s->list == LIST_FULL) {
+        list_remove(mc, s);
+        list_add(mc, s);
+    }
+}
+
 /*
  * Where a freed object goes: n entries of class sc return to their spans.
  * Each object's state byte goes from OBJ_CACHED to OBJ_FREE and its span's
  * allocCount drops; a span no thread allocates from that becomes empty goes
- * back to the heap.  Under mc->lock.  An entry that is not a cached object
- * of the class (the allocator's own lists are out of the program's reach,
- * so only a wild write into the allocator's memory or a bug makes one) is
- * reported and skipped.  Returns how many went back; *released says
- * whether a span went back to the heap.
+ * back to the heap.  Under mc->lock.
+ *
+ * An entry must be a cached object of the class (the allocator's own lists
+ * are out of the program's reach, so only a wild write into the
+ * allocator's memory or a bug makes one that is not): its address in a
+ * span of this class and heap, its state byte the one of its granule, and
+ * that byte OBJ_CACHED (which only an object's first granule can hold, so
+ * the address is a slot's start).  Anything else is reported and skipped.
+ * Consecutive entries mostly share a span (a list holds what one thread
+ * freed, in order): the span is looked up once per run of them, and its
+ * count updated once.  Returns how many went back; *released says whether
+ * a span went back to the heap.
  */
 static uint64_t free_objs_locked(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, bool *released) {
     uint64_t done = 0;
     uint8_t sc = mc->sizeclass;
+    gm_mspan *s = NULL;          /* the span of the current run, or NULL */
+    uintptr_t lo = 0, len = 0;   /* its bytes: [lo, lo + len) */
+    uintptr_t e = 0;             /* its arena's map entry (a span never crosses arenas) */
+    uint32_t run = 0;            /* frees of the run not yet applied to s */
     for (uint32_t k = 0; k < n; k++) {
-        const gm_freeobj *f = &objs[k];
-        uintptr_t a = (uintptr_t)f->p;
-        gm_mspan *s = gm_span_of(a);
-        if (unlikely(s == NULL || s->sizeclass != sc || s->heap != mc->heap || LOAD_RELAXED(f->st) != OBJ_CACHED ||
-                     !gm_span_is_slot(s, a) || f->st != gm_objstate_ptr(s, gm_span_index(s, a)))) {
-            gm_report_corruption(f->p, sc, "a free list entry is not a freed object of its class");
+        uintptr_t a = (uintptr_t)objs[k].p;
+        uint8_t *st = objs[k].st;
+        if (a - lo >= len) {
+            if (run != 0)
+                span_freed(mc, s, run, released);
+            run = 0;
+            s = gm_span_of(a);
+            if (unlikely(s == NULL || s->sizeclass != sc || s->heap != mc->heap)) {
+                s = NULL;
+                lo = len = 0;
+                gm_report_corruption(objs[k].p, sc, "a free list entry is not a freed object of its class");
+                continue;
+            }
+            lo = s->startAddr;
+            len = s->npages << PAGE_SHIFT;
+            e = gm_arena_map_load(a);
+        }
+        if (unlikely(st != gm_state_at(e, a) || LOAD_RELAXED(st) != OBJ_CACHED)) {
+            gm_report_corruption(objs[k].p, sc, "a free list entry is not a freed object of its class");
             continue;
         }
-        gm_set_objstate(f->st, OBJ_FREE);
+        GM_ASSERT(gm_span_is_slot(s, a));
+        gm_set_objstate(st, OBJ_FREE);
+        run++;
         done++;
-        GM_ASSERT(s->allocCount > 0);
-        s->allocCount--;
-        if (!LOAD_RELAXED(&s->needzero)) /* written once: it shares the line malloc reads */
-            STORE_RELAXED(&s->needzero, 1);
-        if (s->cachedBy == NULL) {
-            if (s->list == LIST_FULL) {
-                list_remove(mc, s);
-                list_add(mc, s);
-            }
-            if (s->allocCount == 0) {
-                list_remove(mc, s);
-                release_span(mc, s);
-                *released = true;
-            }
-        }
     }
+    if (run != 0)
+        span_freed(mc, s, run, released);
     return done;
 }
 
@@ -237,8 +269,8 @@ uint64_t gm_mcentral_freeObjs(gm_mcentral *mc, const gm_freeobj *objs, uint32_t 
 
 /* ---- the transfer cache ------------------------------------------------------- */
 
-/* Send the k oldest batches of mc's transfer cache to the spans, keeping
- * their buffers (moved to the free end of tc[]).  Under lock. */
+/* Send the k oldest batches of mc's transfer cache to the spans (they aged
+ * out), keeping their buffers (moved to the free end of tc[]).  Under lock. */
 static void evict_oldest(gm_mcentral *mc, uint32_t k, bool *released) {
     gm_freeobj *bufs[TC_BATCHES];
     for (uint32_t i = 0; i < k; i++) {
@@ -256,23 +288,29 @@ static void evict_oldest(gm_mcentral *mc, uint32_t k, bool *released) {
 void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner) {
     uint8_t sc = mc->sizeclass;
     uint64_t size = gm_class_to_size[sc];
-    if (n * size > TC_BYTES || n > gm_list_cap[sc]) {
+    /* A batch that does not fit goes to the spans, not the oldest batch
+     * in the cache: its objects were freed moments ago, so the canary
+     * check reads lines still in this core's cache, where an evicted
+     * batch's are cold (a burst of frees larger than the lists and the
+     * cache, a document or a dict dropped, paid a cache miss per object
+     * for it).  Batches that sit in the cache are drained by the
+     * scavenger once decay_ms old. */
+    if (n * size > TC_BYTES || n > gm_list_cap[sc] || LOAD_RELAXED(&mc->ntc) == TC_BATCHES) {
         gm_mcentral_freeObjs(mc, objs, n);
         return;
     }
-    /* Room is made by sending the oldest batches to the spans: under a
-     * steady flow the cache holds the newest batches, none goes stale. */
     uint64_t now = gm_now_ms();
     bool released = false;
     pthread_mutex_lock(&mc->lock);
-    uint32_t k = 0, objects = mc->tc_objects;
-    while (k < mc->ntc && (mc->ntc - k == TC_BATCHES || (objects + n) * size > TC_BYTES))
-        objects -= mc->tc[k++].n;
-    evict_oldest(mc, k, &released);
     gm_tcbatch *b = &mc->tc[mc->ntc];
-    if (b->objs == NULL)
+    if (mc->ntc == TC_BATCHES || (mc->tc_objects + n) * size > TC_BYTES) {
+        b = NULL; /* full: to the spans */
+    } else if (b->objs == NULL) {
         b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_mheap.other_sys);
-    if (b->objs == NULL) { /* no memory for the buffer: to the spans */
+        if (b->objs == NULL)
+            b = NULL; /* no memory for the buffer: to the spans */
+    }
+    if (b == NULL) {
         check_canaries(sc, objs, n);
         free_objs_locked(mc, objs, n, &released);
     } else {

@@ -491,6 +491,50 @@ TEST(transfer_cache_gives_a_thread_its_own_batch_first) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* A burst of frees larger than a thread's list and the transfer cache:
+ * the first batches flushed stay in the cache, and the later ones go to
+ * their spans while their canaries are still in this core's cache (the
+ * cache no longer evicts its oldest batch for each new one).  After the
+ * list is used up, the next malloc receives the newest batch that fitted:
+ * the second half-list flushed.  Its own thread, so that the lists start
+ * empty. */
+static void *burst_thread(void *arg) {
+    (void)arg;
+    uint8_t sc = gm_size_to_class(TC_SIZE);
+    void *first = gm_malloc(TC_SIZE); /* the thread's cache */
+    CHECK(first != NULL);
+    uint32_t listmax = gm_mcache_of(gm_tls.alloc)->listmax[sc];
+    uint32_t half = listmax - listmax / 2, n = 8 * listmax;
+    void **objs = malloc(n * sizeof *objs);
+    CHECK(objs != NULL && listmax >= 16);
+    objs[0] = first;
+    for (uint32_t i = 1; i < n; i++)
+        CHECK((objs[i] = gm_malloc(TC_SIZE)) != NULL);
+    for (uint32_t i = 0; i < n; i++)
+        gm_free(objs[i]);
+    for (uint32_t i = 0; i < listmax; i++) /* the list: the newest frees */
+        CHECK(gm_malloc(TC_SIZE) != NULL);
+    void *p = gm_malloc(TC_SIZE);
+    int at = -1;
+    for (uint32_t i = 0; i < n; i++)
+        if (objs[i] == p)
+            at = (int)i;
+    /* A thread's first free goes to its span (test above): the list
+     * starts at objs[1], and the second batch is objs[1 + half ...]. */
+    CHECK(at >= 1 + (int)half && at < 1 + 2 * (int)half);
+    free(objs);
+    return NULL;
+}
+
+TEST(transfer_cache_keeps_its_batches_through_a_burst) {
+    gm_release(); /* every transfer cache empty */
+    CHECK((8 * TC_SIZE) * (uint64_t)TC_BATCHES <= 8 * (uint64_t)TC_BYTES); /* the burst overflows it */
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, burst_thread, NULL), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 TEST(transfer_cache_hands_batches_between_threads) {
     gm_release(); /* our lists and every transfer cache empty */
     struct gm_stats s0 = stats();
@@ -956,6 +1000,7 @@ int main(void) {
     RUN(handed_objects_are_not_taken_back_by_their_new_thread);
     RUN(transfer_cache_hands_batches_between_threads);
     RUN(transfer_cache_gives_a_thread_its_own_batch_first);
+    RUN(transfer_cache_keeps_its_batches_through_a_burst);
     RUN(producer_consumer_cross_thread_frees);
     RUN(producer_consumer_profiled);
     RUN(tiny_objects_freed_across_threads);
