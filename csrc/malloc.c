@@ -755,6 +755,9 @@ void *gm_realloc(void *p, size_t size) {
             return p;
     } else if (size > MAX_SMALL_SIZE && (size + PAGE_SIZE - 1) >> PAGE_SHIFT == s->npages) {
         return p;
+    } else if (size > MAX_SMALL_SIZE && (size + PAGE_SIZE - 1) >> PAGE_SHIFT > s->npages &&
+               gm_mheap_grow_large(s, (uintptr_t)p, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)) {
+        return p; /* grown into the free pages after it */
     }
     void *q = gm_malloc_internal(size);
     if (q == NULL)

@@ -759,6 +759,58 @@ int gm_mheap_free_large(gm_mspan *s, uintptr_t p) {
     return GM_OK;
 }
 
+/*
+ * realloc of a large object in place: span s, the unsampled large object at
+ * p, grows to npages by taking the front of the free run that follows it
+ * (glibc extends a chunk into its free neighbour the same way).  Returns
+ * whether it did; on false nothing changed.  Checked under the heap lock,
+ * as a free is: a racing free of p makes it fail.
+ */
+bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
+    gm_heap *hp = LOAD_RELAXED(&s->heap);
+    uintptr_t have = LOAD_RELAXED(&s->npages);
+    if (hp == NULL || npages <= have || !both_reserve(hp, (npages - have) * PAGE_SIZE))
+        return false;
+    pthread_mutex_lock(&gm_mheap.lock);
+    uintptr_t extra = npages - have, end = p + have * PAGE_SIZE;
+    gm_mspan *r = NULL;
+    bool ok = gm_span_of(p) == s && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == 0 &&
+              s->startAddr == p && s->npages == have && s->heap == hp && !LOAD_RELAXED(&s->sampled) &&
+              (r = free_run_at(end)) != NULL && r->startAddr == end && r->npages >= extra &&
+              unfault_pages(end, extra);
+    if (!ok) {
+        pthread_mutex_unlock(&gm_mheap.lock);
+        both_unreserve(hp, extra * PAGE_SIZE);
+        return false;
+    }
+    free_remove(r);
+    if (r->npages == extra) {
+        gm_fixalloc_free(&gm_mheap.spanalloc, r);
+    } else {
+        r->nreleased -= count_released(end, extra);
+        r->startAddr += extra * PAGE_SIZE;
+        r->npages -= extra;
+        set_tag(r->startAddr, r);
+        free_insert(r);
+    }
+    struct page_state ps = claim_pages(end, extra);
+    if (!ps.allzero)
+        s->needzero = 1;
+    s->npages = npages;
+    s->elemsize = npages * PAGE_SIZE;
+    gm_set_spans(s, end, extra, s);
+    ATOMIC_ADD(&gm_mheap.large_bytes_alloc, extra * PAGE_SIZE);
+    if (hp != &gm_default_heap)
+        ATOMIC_ADD(&hp->large_bytes, extra * PAGE_SIZE);
+    if (ps.nscav != 0)
+        ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)ps.nscav * PAGE_SIZE);
+    gm_obs_span_alloc(end, extra, 0);
+    pthread_mutex_unlock(&gm_mheap.lock);
+    if (ps.nscav != 0)
+        gm_sysUsed((void *)end, extra * PAGE_SIZE);
+    return true;
+}
+
 /* ---- scavenging ---------------------------------------------------------- */
 
 /* The state bytes of a free run are all 0 (no object starts there), so the

@@ -32,7 +32,10 @@
  *     exact size), by less than 1/4 under gm_realloc (a C program under
  *     the preload library that shrinks a big buffer to fit gets its
  *     written pages back).  Headroom pages never written are never
- *     resident.
+ *     resident;
+ *   - a large object that grows takes the free pages right after it, when
+ *     there are enough, and stays where it is (gm_mheap_grow_large: as
+ *     glibc grows a chunk into its free neighbour).
  * (strings_json of `python -m pygomalloc bench python`, counted with
  * callgrind: the bytes realloc copies under install() fall from 1.7 to
  * 0.5 MB per round; 1.5 MB with the 1/4 rule for large shrinks; glibc's
@@ -102,6 +105,14 @@ GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(
             }
             size_t grown = n + n / PY_LARGE_HEADROOM;
             void *q;
+            /* In place when the pages after it are free: with the
+             * headroom, else exactly. */
+            if (n > cap && grown > n &&
+                (gm_mheap_grow_large(s, a, (grown + PAGE_SIZE - 1) >> PAGE_SHIFT) ||
+                 gm_mheap_grow_large(s, a, (n + PAGE_SIZE - 1) >> PAGE_SHIFT))) {
+                *out = p;
+                return 1;
+            }
             if (n > cap && grown > n && (q = alloc(grown)) != NULL) {
                 memcpy(q, p, cap);
                 release(p);

@@ -277,6 +277,64 @@ TEST(realloc_grow_shrink_preserves) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* A large object grows in place into the free pages after it, and moves
+ * when a live object follows it.  Adjacency is not promised by malloc, so
+ * the neighbour is found: n right after p. */
+TEST(realloc_large_grows_into_free_pages) {
+    const size_t sz = 6 * PAGE_SIZE, grown = 11 * PAGE_SIZE + 5;
+    int inplace = 0, moved = 0;
+    for (int tries = 0; tries < 64 && (inplace == 0 || moved == 0); tries++) {
+        char *p = gm_malloc(sz), *n = gm_malloc(sz);
+        CHECK(p != NULL && n != NULL);
+        if (n != p + sz) { /* not neighbours: try again (kept until the end) */
+            gm_free(n);
+            continue;
+        }
+        fill(p, sz, 3);
+        struct gm_stats s0 = {.size = sizeof s0};
+        gm_read_stats(&s0);
+        if (moved == 0) {
+            /* A live neighbour: realloc must move, the contents intact. */
+            char *q = gm_realloc(p, grown);
+            CHECK(q != NULL && q != p);
+            CHECK_EQ(verify(q, sz, 3), sz);
+            CHECK_EQ(gm_check(n), GM_OK);
+            gm_free(n);
+            gm_free(q);
+            moved++;
+            continue;
+        }
+        gm_free(n); /* its pages join the free run after p */
+        /* Over the hard limit: no growth, in place or not; p intact. */
+        long long limit0 = 0;
+        CHECK_EQ(gm_option_get("hard_limit", &limit0), 0);
+        CHECK_EQ(gm_option_set("hard_limit", (long long)(s0.heap_inuse - sz + 2 * PAGE_SIZE)), 0);
+        errno = 0;
+        CHECK(gm_realloc(p, grown) == NULL);
+        CHECK_EQ(errno, ENOMEM);
+        CHECK_EQ(gm_option_set("hard_limit", limit0), 0);
+        CHECK_EQ(verify(p, sz, 3), sz);
+        CHECK_EQ(gm_check(p), GM_OK);
+        char *q = gm_realloc(p, grown);
+        CHECK(q != NULL);
+        if (q == p) {
+            inplace++;
+            CHECK_EQ(verify(q, sz, 3), sz);
+            CHECK(gm_usable_size(q) >= grown);
+            CHECK_EQ(gm_check(q + grown - 1), GM_ERR_INTERIOR); /* the new pages are the object's */
+            fill(q, grown, 4);
+            struct gm_stats s1 = {.size = sizeof s1};
+            gm_read_stats(&s1);
+            CHECK_EQ(s1.heap_inuse - s0.heap_inuse, 12 * PAGE_SIZE - 2 * sz); /* 12 pages now; n's 6 gone */
+            CHECK_EQ(s1.heap_alloc - s0.heap_alloc, 12 * PAGE_SIZE - 2 * sz);
+            CHECK_EQ(gm_check_heap(), 0);
+        }
+        gm_free(q);
+    }
+    CHECK(moved == 1 && inplace == 1);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 TEST(realloc_same_class_in_place) {
     void *p = gm_malloc(100); /* class 112 */
     CHECK(p != NULL);
@@ -1194,6 +1252,7 @@ int main(void) {
     RUN(realloc_zero_frees);
     RUN(realloc_grow_shrink_preserves);
     RUN(realloc_same_class_in_place);
+    RUN(realloc_large_grows_into_free_pages);
     RUN(usable_size);
     RUN(posix_memalign_bad_alignment);
     RUN(posix_memalign_good);
