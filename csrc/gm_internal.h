@@ -214,6 +214,12 @@ typedef struct gm_mspan {
      * returned with the span. */
     uint32_t *tinywords;
     struct gm_mcache *cachedBy; /* owning mcache, or NULL. Under mcentral.lock. */
+    /* The mcache that cached it last: cacheSpan gives a cache back its own
+     * partial spans first, so that two threads' objects do not end up
+     * interleaved in one span (their writes, and the state bytes' line,
+     * would go back and forth between the cores).  A tag, never followed.
+     * Under mcentral.lock. */
+    const void *lastOwner;
     struct gm_heap *heap;     /* the heap its objects belong to (heap.c). Immutable while in use. */
     uint64_t unusedsince;     /* free runs: ms timestamp when the newest page became free. Under mheap.lock. */
     uintptr_t nreleased;      /* free runs: pages released to the OS (scavenged bits set). Under mheap.lock. */
@@ -400,8 +406,9 @@ typedef struct gm_tcbatch {
     gm_freeobj *objs; /* n entries; the buffer holds gm_list_cap[class]. Under the class lock. */
     uint32_t n;
     uint64_t since;   /* gm_now_ms() when the batch came in */
-    const void *owner; /* the cache that flushed it: takeBatch gives a cache its own batches first
-                        * (memory its thread's core wrote last), a tag never followed */
+    const void *owner; /* the cache that flushed it, which alone takes it back (memory its
+                        * thread's core wrote last); NULL: a consumer's (a cache that frees
+                        * this class and hardly allocates it), for any thread.  A tag, never followed */
 } gm_tcbatch;
 
 typedef struct gm_mcentral {
@@ -649,10 +656,12 @@ GM_HIDDEN void gm_mcentral_uncacheSpan(gm_mspan *s);
  * validation are reported and skipped. */
 GM_HIDDEN uint64_t gm_mcentral_freeObjs(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n);
 /* n freed objects leave an mcache: copied whole into mc's transfer cache
- * if it has room, else back to the spans. */
+ * if it has room, else back to the spans.  owner: the cache, or NULL for
+ * a batch any thread may take (see gm_tcbatch). */
 GM_HIDDEN void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner);
-/* Copy the newest batch of mc's transfer cache into out if it holds at
- * most max objects; returns their number (0: none taken). */
+/* Copy the newest batch of mc's transfer cache that cache owner may take
+ * (its own, else one with no owner) into out if it holds at most max
+ * objects; returns their number (0: none taken). */
 GM_HIDDEN uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, const void *owner);
 /* Empty every transfer cache into the spans (gm_release). */
 GM_HIDDEN void gm_mcentral_drainAll(void);

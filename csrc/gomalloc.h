@@ -125,8 +125,8 @@ struct gm_stats {
     uint64_t other_sys;         /* Other metadata: arena maps, heapArena records, state maps, bitmaps */
     /* Caches, arenas, threads, errors. */
     uint64_t cached_bytes;      /* Part of heap_inuse on per-thread free lists: free, not yet in spans */
-    /* Part of heap_inuse in the transfer caches: lists one thread flushed, kept whole for the next
-     * thread that runs out (free, not in spans) */
+    /* Part of heap_inuse in the transfer caches: lists a thread flushed, kept whole until it runs
+     * out (any thread may take a consumer's) (free, not in spans) */
     uint64_t transfer_bytes;
     uint64_t num_arenas;        /* 64 MiB heap arenas holding mapped memory (each has a heapArena record) */
     uint64_t num_threads;       /* Live per-thread caches */

@@ -23,9 +23,10 @@
  *   2. Pop the calling thread's list of freed objects of that class.  No lock.
  *   3. nextFreeFast: take the next free slot of the thread's current span
  *      of that class, found with one ctz on allocCache.  No lock.
- *   3a. Take a batch of freed objects another thread flushed from the
- *      class's transfer cache, as the thread's new list (mcentral.c).
- *      Takes the class lock, only when the transfer cache is not empty.
+ *   3a. Take back a batch of freed objects the thread flushed to the
+ *      class's transfer cache (or one a consumer thread flushed), as the
+ *      thread's new list (mcentral.c).  Takes the class lock, only when
+ *      the transfer cache is not empty.
  *   4. nextFreeIndex: scan the span's allocBits further.  No lock.
  *   5. The span is full: give it back to the mcentral and take a span with
  *      free slots from it (cacheSpan).  Takes the class lock.
@@ -51,8 +52,8 @@
  *   2. malloc on that thread pops it again (step 2 above): hot memory.
  *   3. When the list exceeds its bound, its older half leaves in one batch
  *      under the class lock (mcentral.c): into the class's transfer cache,
- *      kept whole for the next thread that runs out (step 3a above), if it
- *      has room; else back to the spans, where each object's state byte
+ *      kept whole for the thread to take back when it runs out (step 3a
+ *      above), if it has room; else back to the spans, where each object's state byte
  *      becomes OBJ_FREE and its span's allocCount drops.  gm_release
  *      empties the transfer caches into the spans.
  *   4. A span whose objects are all free, and which no thread is allocating

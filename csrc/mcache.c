@@ -334,6 +334,16 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
 /* The list of class sc is full (or being emptied): all but the `keep` most
  * recently freed objects leave it, for the transfer cache or their spans
  * (one copy; the kept ones move down to the bottom of the array). */
+/* Does c's thread free class sc and hardly allocate it (a consumer: it
+ * allocated fewer than one object in CONSUMER_RATIO of those it freed)?
+ * Its batches are for any thread to take (gm_tcbatch.owner). */
+#define CONSUMER_RATIO 8
+static bool consumer(const gm_mcache *c, uint8_t sc) {
+    const gm_mclass *m = gm_mclass_of((gm_mcache *)c, sc);
+    uint64_t mallocs = m->limit / LIST_UNIT - c->listmax[sc] - c->nflush[sc] + c->nrecv[sc] + c->nspan[sc];
+    return mallocs * CONSUMER_RATIO < m->npush / LIST_UNIT;
+}
+
 void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
     gm_mclass *m = gm_mclass_of(c, sc);
     gm_mcentral *mc = &c->heap->central[sc];
@@ -345,7 +355,7 @@ void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
     if (keep == 0)
         gm_mcentral_freeObjs(mc, base, n); /* emptied: straight to the spans */
     else
-        gm_mcentral_freeBatch(mc, base, n, c);
+        gm_mcentral_freeBatch(mc, base, n, consumer(c, sc) ? NULL : c);
     memmove(base, base + n, keep * sizeof *base);
     m->limit += n * LIST_UNIT;
     c->nflush[sc] += n;

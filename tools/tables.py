@@ -100,8 +100,8 @@ STATS: list[Stat] = [
          "Part of heap_inuse on per-thread free lists: free, not yet in spans.",
          group="Caches, arenas, threads, errors"),
     Stat("transfer_bytes", "bytes",
-         "Part of heap_inuse in the transfer caches: lists one thread flushed, kept whole for the "
-         "next thread that runs out (free, not in spans)."),
+         "Part of heap_inuse in the transfer caches: lists a thread flushed, kept whole until it "
+         "runs out (any thread may take a consumer's) (free, not in spans)."),
     Stat("num_arenas", "arenas", "64 MiB heap arenas holding mapped memory (each has a heapArena record)."),
     Stat("num_threads", "threads", "Live per-thread caches."),
     Stat("bad_frees", "calls", "Invalid frees detected (and refused, with abort_on_error 0)."),

@@ -406,8 +406,10 @@ static void *tc_take(void *arg) {
 
 /* Two threads each flush one batch of a class into the transfer cache, A's
  * first; then A allocates: it gets back every object it freed (its list,
- * then its own batch) before any of B's, although B's batch is the newer:
- * memory A's core wrote last, not lines to fetch from B's. */
+ * then its own batch), and never one of B's, although B's batch is the
+ * newer: B allocates the class too, and trading batches between two such
+ * threads interleaves their objects (a consumer's batches are for anyone:
+ * transfer_cache_hands_batches_between_threads). */
 #define OWN_SIZE 3000
 struct own_side {
     void *objs[1024];
@@ -469,7 +471,7 @@ static int own_index(const struct own_side *s, void *p) {
     return -1;
 }
 
-TEST(transfer_cache_gives_a_thread_its_own_batch_first) {
+TEST(transfer_cache_gives_a_thread_its_own_batch_not_an_allocators) {
     gm_thread_flush(); /* the transfer caches start empty */
     pthread_t a, b;
     CHECK_EQ(pthread_barrier_init(&own_barrier, NULL, 2), 0);
@@ -486,7 +488,7 @@ TEST(transfer_cache_gives_a_thread_its_own_batch_first) {
         else if (own_index(&own_a, own_got[i]) >= 0)
             own_before_other++;
     }
-    CHECK(first_other >= 0); /* B's batch was taken in the end */
+    CHECK_EQ(first_other, -1); /* B's batch is not A's to take */
     CHECK_EQ(own_before_other, own_a.nfreed);
     CHECK_EQ(gm_check_heap(), 0);
 }
@@ -532,6 +534,79 @@ TEST(transfer_cache_keeps_its_batches_through_a_burst) {
     pthread_t t;
     CHECK_EQ(pthread_create(&t, NULL, burst_thread, NULL), 0);
     CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
+/* Partial spans go back to the thread that cached them last: A and B
+ * each fill spans of one class, free half of every span and flush (B
+ * last, so B's spans are on top of the partial list); A's next objects
+ * come from A's spans, not B's, so that the two threads' objects do not
+ * interleave in spans. */
+#define AFF_SIZE 1024
+#define AFF_A 64 /* objects: 8 spans of 8 */
+#define AFF_B 32 /* 4 spans */
+static void *aff_a[AFF_A], *aff_b[AFF_B], *aff_got[AFF_A / 2];
+static pthread_barrier_t aff_barrier;
+
+static void aff_fill(void **objs, int n) {
+    for (int i = 0; i < n; i++)
+        CHECK((objs[i] = gm_malloc(AFF_SIZE)) != NULL);
+}
+static void aff_halve(void **objs, int n) {
+    for (int i = 0; i < n; i += 2)
+        gm_free(objs[i]);
+    gm_thread_flush(); /* the list to the spans, the current span back */
+}
+
+static void *aff_thread_a(void *arg) {
+    (void)arg;
+    aff_fill(aff_a, AFF_A);
+    pthread_barrier_wait(&aff_barrier); /* 1: both filled their spans */
+    aff_halve(aff_a, AFF_A);
+    pthread_barrier_wait(&aff_barrier); /* 2: A's spans are partial */
+    pthread_barrier_wait(&aff_barrier); /* 3: B's too, on top */
+    for (int i = 0; i < AFF_A / 2; i++)
+        CHECK((aff_got[i] = gm_malloc(AFF_SIZE)) != NULL);
+    pthread_barrier_wait(&aff_barrier); /* 4 */
+    for (int i = 0; i < AFF_A / 2; i++)
+        gm_free(aff_got[i]);
+    for (int i = 1; i < AFF_A; i += 2)
+        gm_free(aff_a[i]);
+    return NULL;
+}
+
+static void *aff_thread_b(void *arg) {
+    (void)arg;
+    aff_fill(aff_b, AFF_B);
+    pthread_barrier_wait(&aff_barrier); /* 1 */
+    pthread_barrier_wait(&aff_barrier); /* 2 */
+    aff_halve(aff_b, AFF_B);
+    pthread_barrier_wait(&aff_barrier); /* 3 */
+    pthread_barrier_wait(&aff_barrier); /* 4 */
+    for (int i = 1; i < AFF_B; i += 2)
+        gm_free(aff_b[i]);
+    return NULL;
+}
+
+TEST(partial_spans_go_back_to_their_thread) {
+    gm_release();
+    CHECK_EQ(pthread_barrier_init(&aff_barrier, NULL, 2), 0);
+    pthread_t a, b;
+    CHECK_EQ(pthread_create(&a, NULL, aff_thread_a, NULL), 0);
+    CHECK_EQ(pthread_create(&b, NULL, aff_thread_b, NULL), 0);
+    CHECK_EQ(pthread_join(a, NULL), 0);
+    CHECK_EQ(pthread_join(b, NULL), 0);
+    pthread_barrier_destroy(&aff_barrier);
+    int in_b = 0, in_a = 0;
+    for (int i = 0; i < AFF_A / 2; i++) {
+        gm_mspan *s = gm_span_of((uintptr_t)aff_got[i]);
+        for (int j = 0; j < AFF_B; j++)
+            in_b += s != NULL && gm_span_of((uintptr_t)aff_b[j]) == s;
+        for (int j = 0; j < AFF_A; j++)
+            in_a += s != NULL && gm_span_of((uintptr_t)aff_a[j]) == s;
+    }
+    CHECK(in_a > 0);
+    CHECK_EQ(in_b, 0);
     CHECK_EQ(gm_check_heap(), 0);
 }
 
@@ -999,8 +1074,9 @@ int main(void) {
     RUN(free_only_thread);
     RUN(handed_objects_are_not_taken_back_by_their_new_thread);
     RUN(transfer_cache_hands_batches_between_threads);
-    RUN(transfer_cache_gives_a_thread_its_own_batch_first);
+    RUN(transfer_cache_gives_a_thread_its_own_batch_not_an_allocators);
     RUN(transfer_cache_keeps_its_batches_through_a_burst);
+    RUN(partial_spans_go_back_to_their_thread);
     RUN(producer_consumer_cross_thread_frees);
     RUN(producer_consumer_profiled);
     RUN(tiny_objects_freed_across_threads);

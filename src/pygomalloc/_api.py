@@ -338,8 +338,8 @@ class Stats:
     # Caches, arenas, threads, errors.
     #: Part of heap_inuse on per-thread free lists: free, not yet in spans.
     cached_bytes: int = field(metadata={"unit": "bytes", "go": None})
-    #: Part of heap_inuse in the transfer caches: lists one thread flushed, kept whole for the next
-    #: thread that runs out (free, not in spans).
+    #: Part of heap_inuse in the transfer caches: lists a thread flushed, kept whole until it runs
+    #: out (any thread may take a consumer's) (free, not in spans).
     transfer_bytes: int = field(metadata={"unit": "bytes", "go": None})
     #: 64 MiB heap arenas holding mapped memory (each has a heapArena record).
     num_arenas: int = field(metadata={"unit": "arenas", "go": None})
