@@ -261,6 +261,21 @@ static bool grow(uintptr_t npages) {
     return true;
 }
 
+/* Take npages from the front of free run s (off its list; what is left goes
+ * back on one).  Returns s if the run is used up, its struct the caller's to
+ * reuse or free, else NULL.  Under lock. */
+static gm_mspan *cut_front(gm_mspan *s, uintptr_t npages) {
+    free_remove(s);
+    if (s->npages == npages)
+        return s;
+    s->nreleased -= count_released(s->startAddr, npages);
+    s->startAddr += npages * PAGE_SIZE;
+    s->npages -= npages;
+    set_tag(s->startAddr, s);
+    free_insert(s);
+    return NULL;
+}
+
 /*
  * Take npages from the free lists (growing if needed).  Returns the base, or
  * 0.  If the run taken was exactly npages, its struct is returned in *reuse.
@@ -275,18 +290,8 @@ static uintptr_t take_pages(uintptr_t npages, gm_mspan **reuse) {
         if (s == NULL)
             return 0;
     }
-    free_remove(s);
     uintptr_t base = s->startAddr;
-    if (s->npages == npages) {
-        *reuse = s;
-    } else {
-        s->nreleased -= count_released(base, npages);
-        s->startAddr += npages * PAGE_SIZE;
-        s->npages -= npages;
-        set_tag(s->startAddr, s);
-        free_insert(s);
-        *reuse = NULL;
-    }
+    *reuse = cut_front(s, npages);
     return base;
 }
 
@@ -783,16 +788,8 @@ bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
         both_unreserve(hp, extra * PAGE_SIZE);
         return false;
     }
-    free_remove(r);
-    if (r->npages == extra) {
+    if (cut_front(r, extra) != NULL)
         gm_fixalloc_free(&gm_mheap.spanalloc, r);
-    } else {
-        r->nreleased -= count_released(end, extra);
-        r->startAddr += extra * PAGE_SIZE;
-        r->npages -= extra;
-        set_tag(r->startAddr, r);
-        free_insert(r);
-    }
     struct page_state ps = claim_pages(end, extra);
     if (!ps.allzero)
         s->needzero = 1;
