@@ -572,3 +572,15 @@ def test_extension_makes_uses_and_destroys_a_heap_through_the_capsule(capi_modul
     assert lib.capi_heap_free(other, p) == 0
     assert lib.capi_heap_destroy(other) == 0
     gm.check_heap()
+
+
+def test_import_leaves_pickle_to_the_program() -> None:
+    """`import pygomalloc` (a sitecustomize's, before the program runs)
+    imports neither tracemalloc nor, through it, pickle: a program that
+    wants the pure-Python pickle (`sys.modules['_pickle'] = None` before
+    its first `import pickle`, as pyperformance's unpickle_pure_python
+    does) must still get it."""
+    code = ("import sys, pygomalloc; sys.modules['_pickle'] = None; import pickle; "
+            "print('tracemalloc' in sys.modules, pickle.Pickler.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "pickle"], out

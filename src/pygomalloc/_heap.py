@@ -19,17 +19,21 @@ crashes.
 
 from __future__ import annotations
 
+import _tracemalloc  # is_tracing() without the tracemalloc module, which imports pickle
 import threading
-import tracemalloc
 import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ._api import _ROW_FIELDS, _SLOTS, Buffer, NotOursError, SizeClassStats, _error, _overflow_error, _symbols
 from ._gomalloc import ffi, lib
+
+if TYPE_CHECKING:
+    import tracemalloc
 
 __all__ = [
     "EscapeReport",
@@ -571,7 +575,6 @@ def default_heap() -> Heap:
 # Scopes
 
 _local = threading.local()
-_OWN_FILES = (str(Path(__file__)), tracemalloc.__file__)
 
 
 def _scope_stack() -> list[Scope]:
@@ -693,11 +696,13 @@ class _Escapes:
 
 
 def _python_growth(before: tracemalloc.Snapshot | None) -> tuple[tracemalloc.StatisticDiff, ...] | None:
-    if before is None or not tracemalloc.is_tracing():
+    if before is None or not _tracemalloc.is_tracing():
         return None
     # (Every frame: the scope's own bookkeeping calls generated code, such
     # as a dataclass's __init__, whose frame is the most recent.)
-    exclude = [tracemalloc.Filter(False, f, all_frames=True) for f in _OWN_FILES]
+    import tracemalloc  # here: importing pygomalloc must not import pickle (pure-Python pickle users)
+
+    exclude = [tracemalloc.Filter(False, f, all_frames=True) for f in (str(Path(__file__)), tracemalloc.__file__)]
     after = tracemalloc.take_snapshot().filter_traces(exclude)
     diffs = after.compare_to(before.filter_traces(exclude), "traceback")
     return tuple(d for d in diffs if d.size_diff > 0)
@@ -770,7 +775,9 @@ class Scope:
         heap = self._heap
         handle = heap._h()
         before = heap.stats()
-        if self._report and handle != _DEFAULT and tracemalloc.is_tracing():
+        if self._report and handle != _DEFAULT and _tracemalloc.is_tracing():
+            import tracemalloc
+
             self._snapshot = tracemalloc.take_snapshot()
         stack = _scope_stack()
         with heap._lock:
