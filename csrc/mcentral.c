@@ -16,15 +16,15 @@
  * producer/consumer pair of threads trades lists without touching spans.
  * Threads that both allocate a class keep to their own batches, and to
  * their own partial spans (lastOwner), so that their objects do not
- * interleave.  A batch that finds it full
- * goes to the spans, and the scavenger empties batches older than decay_ms
- * (objects in them keep their spans in use).  A batch that leaves the
- * transfer cache, or does not enter it, goes to the spans (free_objs_locked): each object's
- * state byte goes from OBJ_CACHED to OBJ_FREE and its span's allocCount
- * drops.  allocBits is rebuilt from the state bytes when the span is next
- * handed to an mcache (cacheSpan), as Go's sweeper rebuilds it from
- * gcmarkBits; until then the owner of a cached span keeps allocating from
- * the slots it reserved, and the freed slots wait.
+ * interleave.  A batch that finds it full goes to the spans, and the
+ * scavenger empties batches older than decay_ms (objects in them keep
+ * their spans in use).  A batch that leaves the transfer cache, or does
+ * not enter it, goes to the spans (free_objs_locked): each object's state
+ * byte goes from OBJ_CACHED to OBJ_FREE and its span's allocCount drops.
+ * allocBits is rebuilt from the state bytes when the span is next handed
+ * to an mcache (cacheSpan), as Go's sweeper rebuilds it from gcmarkBits;
+ * until then the owner of a cached span keeps allocating from the slots it
+ * reserved, and the freed slots wait.
  */
 #include <string.h>
 
