@@ -443,7 +443,7 @@ static void *own_thread_a(void *arg) {
     pthread_barrier_wait(&own_barrier); /* 3: B's batch is in */
     for (int i = 0; i < own_a.n; i++)
         own_got[i] = gm_malloc(OWN_SIZE);
-    pthread_barrier_wait(&own_barrier); /* 4: B may flush again (evicting the oldest batch) */
+    pthread_barrier_wait(&own_barrier); /* 4: B may flush again */
     for (int i = 0; i < own_a.n; i++)
         gm_free(own_got[i]);
     for (int i = own_a.nfreed; i < own_a.n; i++)
