@@ -376,6 +376,11 @@ static inline uint32_t gm_list_len(uint64_t npush, uint64_t limit, uint32_t list
     int64_t len = (int64_t)(npush - limit) / (int64_t)LIST_UNIT + listmax;
     return len < 0 ? 0 : len > listmax ? listmax : (uint32_t)len;
 }
+/* Objects a cache has allocated of one class, ever (see gm_mclass), from
+ * its counters as the caller read them. */
+static inline uint64_t gm_list_mallocs(uint64_t limit, uint32_t listmax, uint64_t nflush, uint64_t nrecv, uint64_t nspan) {
+    return limit / LIST_UNIT - listmax - nflush + nrecv + nspan;
+}
 /* The first entry of a list (the oldest), and the entry a push fills. */
 static inline gm_freeobj *gm_list_base(const gm_mclass *m, uint32_t listmax) { return m->end - listmax; }
 static inline gm_freeobj *gm_list_slot(const gm_mclass *m) {

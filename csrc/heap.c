@@ -258,7 +258,7 @@ gm_mcache *gm_heap_cache(gm_mcache *dc, gm_heap *hp) {
 static void fold_cache(gm_heap *hp, gm_mcache *hc) {
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         gm_mclass *m = gm_mclass_of(hc, (uint8_t)sc);
-        hp->dead_nmalloc[sc] += m->limit / LIST_UNIT - hc->listmax[sc] - hc->nflush[sc] + hc->nrecv[sc] + hc->nspan[sc];
+        hp->dead_nmalloc[sc] += gm_list_mallocs(m->limit, hc->listmax[sc], hc->nflush[sc], hc->nrecv[sc], hc->nspan[sc]);
         hp->dead_nfree[sc] += m->npush / LIST_UNIT;
         m->npush = 0;
         m->limit = hc->listmax[sc] * LIST_UNIT;
@@ -586,8 +586,8 @@ static void add_cache_counts(const gm_mcache *hc, uint64_t *nmalloc, uint64_t *n
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         const gm_mclass *m = &hc->cls[hc->clsbase + sc];
         uint64_t npush = LOAD_RELAXED(&m->npush), limit = LOAD_RELAXED(&m->limit);
-        nmalloc[sc] += limit / LIST_UNIT - hc->listmax[sc] - LOAD_RELAXED(&hc->nflush[sc]) +
-                       LOAD_RELAXED(&hc->nrecv[sc]) + LOAD_RELAXED(&hc->nspan[sc]);
+        nmalloc[sc] += gm_list_mallocs(limit, hc->listmax[sc], LOAD_RELAXED(&hc->nflush[sc]),
+                                       LOAD_RELAXED(&hc->nrecv[sc]), LOAD_RELAXED(&hc->nspan[sc]));
         nfree[sc] += npush / LIST_UNIT;
         *cached += (uint64_t)gm_list_len(npush, limit, hc->listmax[sc]) * gm_class_to_size[sc];
     }

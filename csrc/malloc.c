@@ -53,8 +53,8 @@
  *   3. When the list exceeds its bound, its older half leaves in one batch
  *      under the class lock (mcentral.c): into the class's transfer cache,
  *      kept whole for the thread to take back when it runs out (step 3a
- *      above), if it has room; else back to the spans, where each object's state byte
- *      becomes OBJ_FREE and its span's allocCount drops.  gm_release
+ *      above), if it has room; else back to the spans, where each object's
+ *      state byte becomes OBJ_FREE and its span's allocCount drops.  gm_release
  *      empties the transfer caches into the spans.
  *   4. A span whose objects are all free, and which no thread is allocating
  *      from, goes back to the page heap, where it merges with neighbouring
@@ -756,9 +756,6 @@ void *gm_realloc(void *p, size_t size) {
             return p;
     } else if (size > MAX_SMALL_SIZE && (size + PAGE_SIZE - 1) >> PAGE_SHIFT == s->npages) {
         return p;
-    } else if (size > MAX_SMALL_SIZE && (size + PAGE_SIZE - 1) >> PAGE_SHIFT > s->npages &&
-               gm_mheap_grow_large(s, (uintptr_t)p, (size + PAGE_SIZE - 1) >> PAGE_SHIFT)) {
-        return p; /* grown into the free pages after it */
     }
     void *q = gm_malloc_internal(size);
     if (q == NULL)

@@ -292,7 +292,7 @@ void gm_stats_fold_mcache(gm_mcache *c) {
     c->tiny_mallocs = c->tiny_frees = 0;
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
         gm_mclass *m = gm_mclass_of(c, (uint8_t)sc);
-        ATOMIC_ADD(&gm_dead_nmalloc[sc], m->limit / LIST_UNIT - c->listmax[sc] - c->nflush[sc] + c->nrecv[sc] + c->nspan[sc]);
+        ATOMIC_ADD(&gm_dead_nmalloc[sc], gm_list_mallocs(m->limit, c->listmax[sc], c->nflush[sc], c->nrecv[sc], c->nspan[sc]));
         ATOMIC_ADD(&gm_dead_nfree[sc], m->npush / LIST_UNIT);
         /* The list is empty (flushed), or lost with an orphan. */
         m->npush = 0;
@@ -340,7 +340,7 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
 #define CONSUMER_RATIO 8
 static bool consumer(const gm_mcache *c, uint8_t sc) {
     const gm_mclass *m = gm_mclass_of((gm_mcache *)c, sc);
-    uint64_t mallocs = m->limit / LIST_UNIT - c->listmax[sc] - c->nflush[sc] + c->nrecv[sc] + c->nspan[sc];
+    uint64_t mallocs = gm_list_mallocs(m->limit, c->listmax[sc], c->nflush[sc], c->nrecv[sc], c->nspan[sc]);
     return mallocs * CONSUMER_RATIO < m->npush / LIST_UNIT;
 }
 

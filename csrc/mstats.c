@@ -35,7 +35,7 @@ static GM_RACY_READER void collect(struct gm_stats *st) {
         for (int sc = 0; sc < NUM_CLASSES; sc++) {
             gm_mclass *m = &c->cls[sc];
             uint64_t npush = RACY(m->npush), limit = RACY(m->limit), len = gm_list_len(npush, limit, c->listmax[sc]);
-            nmalloc[sc] += limit / LIST_UNIT - c->listmax[sc] - RACY(c->nflush[sc]) + RACY(c->nrecv[sc]) + RACY(c->nspan[sc]);
+            nmalloc[sc] += gm_list_mallocs(limit, c->listmax[sc], RACY(c->nflush[sc]), RACY(c->nrecv[sc]), RACY(c->nspan[sc]));
             nfree[sc] += npush / LIST_UNIT;
             cached += len * gm_class_to_size[sc];
         }
