@@ -615,17 +615,11 @@ GM_INLINE void canary_set(void *p) {
 }
 GM_INLINE bool canary_ok(const void *p) { return (((const uint64_t *)p)[0] ^ ((const uint64_t *)p)[1]) == gm_secret; }
 
-/* A flush clears the canary of each object it sends back to its span, so
- * a slot handed out from a span holds none; clearing it here as well is a
- * second line of defence.  A store, not a test: a read would wait for a
- * line the program is about to write anyway (a cache miss per object when
- * a heap is rebuilt after a big drop), a store does not.  Only in spans
- * whose memory was used before (needzero): a fresh page is zero, and
- * must not be touched (that would fault it in before the program does). */
-GM_INLINE void gm_clear_canary(const gm_mspan *s, void *p) {
-    if (LOAD_RELAXED(&s->needzero))
-        *(uint64_t *)p = 0;
-}
+/* A slot handed out from a span holds no canary: every way back to the
+ * spans (free_objs_locked) is taken after check_canaries, which clears
+ * both words.  Debug builds check it (a fresh page, needzero 0, is zero
+ * and must not be touched: that would fault it in). */
+#define GM_ASSERT_NO_CANARY(s, p) GM_ASSERT(!LOAD_RELAXED(&(s)->needzero) || !canary_ok(p))
 
 /* nextFreeFast (malloc.go): the next free object of the cached span if the
  * allocCache has one, else 0.  Go's code, nearly word for word, plus the
@@ -643,7 +637,7 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
             s->freeindex = freeidx;
             gm_set_objstate(gm_objstate_ptr(s, result), s->liveval);
             void *p = (void *)(s->startAddr + result * s->elemsize);
-            gm_clear_canary(s, p);
+            GM_ASSERT_NO_CANARY(s, p);
             return p;
         }
     }

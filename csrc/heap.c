@@ -23,7 +23,8 @@
  *
  * Destroying a heap frees everything at once: the caches' lists are
  * dropped, every span goes back to the page heap (its state bytes cleared:
- * a memset per span, not a step per object), or, with fault_on_destroy,
+ * a memset per span, and the canaries of the objects that were on lists:
+ * a read of its state bytes), or, with fault_on_destroy,
  * becomes PROT_NONE and waits decay_ms in a quarantine before its pages are
  * reused, so that a dangling pointer faults at once.  Threads may be
  * allocating from the heap at that moment: each works on its cache between
@@ -821,6 +822,20 @@ static bool in_scope(gm_heap *hp) {
 /* The caches of a quiesced heap let go of everything (their lists are
  * dropped: destroy frees their objects with the spans; delete has flushed
  * them), their counts folded into the heap's.  Under hp->lock. */
+/* The objects of s that sat on a free list (cached) still hold free's
+ * canary; cleared before s's pages go back to the page heap, whose next
+ * span hands its slots out as they are (gm_nextFreeFast clears nothing:
+ * every other way back to the page heap goes through check_canaries).
+ * Also under fault_on_destroy, whose pages may stay mapped (when the
+ * kernel refuses the change) and be reused as they are. */
+static void clear_cached_canaries(const gm_mspan *s) {
+    for (uintptr_t i = 0; i < s->nelems; i++)
+        if (gm_objstate(s, i) == OBJ_CACHED) {
+            uint64_t *w = (uint64_t *)(s->startAddr + i * s->elemsize);
+            w[0] = w[1] = 0;
+        }
+}
+
 static void drop_caches(gm_heap *hp) {
     while (hp->caches != NULL) {
         gm_mcache *hc = hp->caches;
@@ -910,8 +925,10 @@ int gm_heap_destroy(gm_heap_t *h) {
         spans = s->next; /* (the page heap or the quarantine links s anew) */
         s->next = s->prev = NULL;
         gm_profile_forget_span(s); /* its sampled objects leave the heap profile, as if freed */
-        if (s->sizeclass != 0)
+        if (s->sizeclass != 0) {
+            clear_cached_canaries(s);
             memset(s->objstate, 0, (s->npages * PAGE_SIZE) >> STATE_SHIFT); /* no object starts there now */
+        }
         else
             ATOMIC_ADD(&hp->large_frees, 1);
         s->cachedBy = NULL;

@@ -313,7 +313,7 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
         uintptr_t i = gm_span_nextFreeIndex(s);
         if (i < s->nelems) {
             void *p = (void *)(s->startAddr + i * s->elemsize);
-            gm_clear_canary(s, p);
+            GM_ASSERT_NO_CANARY(s, p);
             return p;
         }
         gm_mcentral_uncacheSpan(s);
@@ -327,7 +327,7 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
     if (i >= s->nelems)
         gm_throw("cacheSpan returned a span without free slots");
     void *p = (void *)(s->startAddr + i * s->elemsize);
-    gm_clear_canary(s, p);
+    GM_ASSERT_NO_CANARY(s, p);
     return p;
 }
 

@@ -537,6 +537,41 @@ TEST(destroy_frees_sampled_objects_in_the_profile) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* The objects on a destroyed heap's lists held free's canary (the secret):
+ * none of it may reach the program through the spans that reuse their
+ * pages, which hand slots out as they find them. */
+TEST(a_destroyed_heaps_canaries_never_reach_the_program) {
+    enum { N = 2000 };
+    static void *objs[N], *again[4 * N];
+    gm_release();
+    gm_heap_t *h = gm_heap_new(NULL);
+    CHECK(h != NULL);
+    if (h == NULL)
+        return;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (int i = 0; i < N; i++) {
+        objs[i] = gm_heap_malloc(h, 48);
+        CHECK(objs[i] != NULL);
+        lo = (uintptr_t)objs[i] < lo ? (uintptr_t)objs[i] : lo;
+        hi = (uintptr_t)objs[i] > hi ? (uintptr_t)objs[i] : hi;
+    }
+    for (int i = 0; i < N; i++)
+        gm_free(objs[i]); /* to this thread's cache for h, and h's transfer cache */
+    CHECK_EQ(gm_heap_destroy(h), 0);
+    int reused = 0, secrets = 0;
+    for (int i = 0; i < 4 * N; i++) {
+        uint64_t *p = again[i] = gm_malloc(48);
+        CHECK(p != NULL);
+        reused += (uintptr_t)p >= lo && (uintptr_t)p <= hi;
+        secrets += p[0] == gm_secret || p[1] == gm_secret || (p[0] ^ p[1]) == gm_secret;
+    }
+    CHECK(reused > N / 2); /* the test's point: the pages came back */
+    CHECK_EQ(secrets, 0);
+    for (int i = 0; i < 4 * N; i++)
+        gm_free(again[i]);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 /* ---- fault_on_destroy ------------------------------------------------------------------ */
 
 TEST(destroyed_memory_faults_when_asked) {
@@ -762,6 +797,7 @@ int main(void) {
     RUN(bad_handles_and_wrong_heaps);
     RUN(allocations_racing_destroy_fail_cleanly);
     RUN(destroy_frees_sampled_objects_in_the_profile);
+    RUN(a_destroyed_heaps_canaries_never_reach_the_program);
     RUN(destroyed_memory_faults_when_asked);
     RUN(default_heap_visit_sees_every_object);
     RUN(heap_total_alloc_counts_freed_large_objects);
