@@ -518,6 +518,26 @@ GM_INLINE uintptr_t gm_arena_map_load(uintptr_t a) {
 }
 /* The state byte of address a, whose arena map entry is e (nonzero). */
 GM_INLINE uint8_t *gm_state_at(uintptr_t e, uintptr_t a) { return (uint8_t *)(e + (a >> STATE_SHIFT)); }
+/* Addresses that cannot start an object: outside the 48 bits the arena
+ * map covers, or off a 16-byte granule (every object starts on one).  One
+ * test for both, before the arena map is indexed. */
+#define GM_NOT_GRANULE (~(((uintptr_t)1 << HEAP_ADDR_BITS) - 1) | ((1u << STATE_SHIFT) - 1))
+
+/* Does realloc(a, n) leave a where it is, a being a live small object
+ * that keeps its class, or shrinks by less than 1/4 (pymalloc's rule)?
+ * The common realloc (a str or a buffer grown by a few bytes), decided in
+ * a leaf with no stack frame; false for everything else, n == 0
+ * included, which the callers' full paths decide (pymem.c). */
+GM_INLINE bool gm_realloc_stays(uintptr_t a, size_t n) {
+    uintptr_t e;
+    if ((a & GM_NOT_GRANULE) != 0 || (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) == 0)
+        return false;
+    unsigned st = LOAD_RELAXED(gm_state_at(e, a));
+    if (st - 1 >= NUM_CLASSES - 1) /* not OBJ_LIVE(c) */
+        return false;
+    size_t cap = gm_class_to_size[st];
+    return n - 1 < cap && (n > gm_class_to_size[st - 1] || n > cap - cap / 4);
+}
 /* The heapArena record of the arena holding address a, or NULL. */
 GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
     uintptr_t e = gm_arena_map_load(a);

@@ -523,10 +523,6 @@ GM_INLINE bool claim_live(uint8_t *st, uint8_t live) {
     return __atomic_compare_exchange_n(st, &live, OBJ_CACHED, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 }
 
-/* One test for both: inside the 48 bits the arena map covers, and on a
- * 16-byte granule (every object starts on one). */
-#define FREE_OUTSIDE (~(((uintptr_t)1 << HEAP_ADDR_BITS) - 1) | ((1u << STATE_SHIFT) - 1))
-
 /*
  * The free fast path: p (address a) lies in an arena, whose arena map
  * entry is e, and is 16-byte aligned; its state byte (one more load) is
@@ -550,7 +546,7 @@ GM_INLINE bool free_push_fast(void *p, uintptr_t a, uintptr_t e, bool fixed_tls)
 
 GM_INLINE int free_fast(void *p, bool checked, bool fixed_tls) {
     uintptr_t a = (uintptr_t)p, e;
-    if (likely((a & FREE_OUTSIDE) == 0 && (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) != 0) &&
+    if (likely((a & GM_NOT_GRANULE) == 0 && (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) != 0) &&
         likely(free_push_fast(p, a, e, fixed_tls)))
         return GM_OK;
     /* free(NULL) is common (optional fields of a structure): answered here,
@@ -664,7 +660,7 @@ void gm_free_internal(void *p) { (void)free_fast(p, false, false); }
  * byte (one lookup, not two: 6 instructions fewer per free).  0: not ours. */
 GM_INLINE int free_owned(void *p, bool fixed_tls) {
     uintptr_t a = (uintptr_t)p, e;
-    if (likely((a & FREE_OUTSIDE) == 0)) {
+    if (likely((a & GM_NOT_GRANULE) == 0)) {
         if ((e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) == 0)
             return 0;
         if (likely(free_push_fast(p, a, e, fixed_tls)))
@@ -744,7 +740,17 @@ size_t gm_usable_size(const void *p) {
     return s->elemsize;
 }
 
+static GM_NOINLINE void *realloc_slow(void *p, size_t size);
+
+/* The common case with no stack frame (gm_realloc_stays), the rest out
+ * of line. */
 void *gm_realloc(void *p, size_t size) {
+    if (likely(gm_realloc_stays((uintptr_t)p, size)))
+        return p;
+    return realloc_slow(p, size);
+}
+
+static void *realloc_slow(void *p, size_t size) {
     if (p == NULL)
         return gm_malloc_internal(size);
     void *r;

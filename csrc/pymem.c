@@ -129,7 +129,17 @@ int gm_realloc_fast(void *p, size_t n, void **out) {
     return e != 0 && n != 0 && realloc_decide(p, e, n, out, gm_malloc_internal, gm_free_internal, 4);
 }
 
+static GM_NOINLINE void *py_realloc_slow(void *dom, void *p, size_t n);
+
+/* The common case with no stack frame (gm_realloc_stays), the rest out
+ * of line. */
 void *gm_py_realloc(void *dom, void *p, size_t n) {
+    if (likely(gm_realloc_stays((uintptr_t)p, n)))
+        return p;
+    return py_realloc_slow(dom, p, n);
+}
+
+static void *py_realloc_slow(void *dom, void *p, size_t n) {
     const struct gm_pydomain *d = dom;
     if (p == NULL)
         return gm_py_routed(dom) ? d->fast_malloc(n) : d->malloc(d->ctx, n);
