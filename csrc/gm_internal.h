@@ -518,6 +518,12 @@ GM_INLINE uintptr_t gm_arena_map_load(uintptr_t a) {
 }
 /* The state byte of address a, whose arena map entry is e (nonzero). */
 GM_INLINE uint8_t *gm_state_at(uintptr_t e, uintptr_t a) { return (uint8_t *)(e + (a >> STATE_SHIFT)); }
+/* calloc of up to this many bytes: the malloc fast path and a memset
+ * (gm_calloc, gm_py_calloc); larger ones go through malloc_slow, which
+ * skips the memset of fresh pages.  Python's callocs are nearly all this
+ * small: under the preload library each one took the slow path. */
+#define GM_CALLOC_FAST GM_SC_SMALL_SIZE_MAX
+
 /* Addresses that cannot start an object: outside the 48 bits the arena
  * map covers, or off a 16-byte granule (every object starts on one).  One
  * test for both, before the arena map is indexed. */

@@ -498,6 +498,12 @@ void *gm_calloc(size_t nmemb, size_t size) {
         errno = ENOMEM;
         return NULL;
     }
+    if (likely(total <= GM_CALLOC_FAST)) {
+        void *p = malloc_fast(total, gm_tls.alloc);
+        if (p != NULL)
+            memset(p, 0, total);
+        return p;
+    }
     return malloc_slow(total, true, gm_tls.alloc);
 }
 

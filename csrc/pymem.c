@@ -50,16 +50,12 @@
 #define PY_LARGE_HEADROOM 2
 #define PY_HEADROOM_MIN 512
 
-/* calloc of up to this many bytes: the malloc fast path and a memset.
- * Larger ones go to gm_calloc, which skips the memset of fresh pages. */
-#define PY_CALLOC_FAST GM_SC_SMALL_SIZE_MAX
-
 void *gm_py_calloc(void *dom, size_t nelem, size_t elsize) {
     const struct gm_pydomain *d = dom;
     if (!gm_py_routed(dom))
         return d->calloc(d->ctx, nelem, elsize);
     size_t n;
-    if (!__builtin_mul_overflow(nelem, elsize, &n) && n <= PY_CALLOC_FAST) {
+    if (!__builtin_mul_overflow(nelem, elsize, &n) && n <= GM_CALLOC_FAST) {
         void *p = d->fast_malloc(n);
         if (p != NULL)
             memset(p, 0, n);
