@@ -664,6 +664,8 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
             gm_set_objstate(gm_objstate_ptr(s, result), s->liveval);
             void *p = (void *)(s->startAddr + result * s->elemsize);
             GM_ASSERT_NO_CANARY(s, p);
+            if (p == NULL) /* never (a span's start is not 0): lets the caller's test of the result fold away */
+                __builtin_unreachable();
             return p;
         }
     }
