@@ -642,9 +642,10 @@ GM_INLINE void canary_set(void *p) {
 GM_INLINE bool canary_ok(const void *p) { return (((const uint64_t *)p)[0] ^ ((const uint64_t *)p)[1]) == gm_secret; }
 
 /* A slot handed out from a span holds no canary: every way back to the
- * spans (free_objs_locked) is taken after check_canaries, which clears
- * both words.  Debug builds check it (a fresh page, needzero 0, is zero
- * and must not be touched: that would fault it in). */
+ * spans (free_objs_locked) checks the canary and clears both words, and a
+ * heap's destroy clears those of the objects on its lists.  Debug builds
+ * check it (a fresh page, needzero 0, is zero and must not be touched:
+ * that would fault it in). */
 #define GM_ASSERT_NO_CANARY(s, p) GM_ASSERT(!LOAD_RELAXED(&(s)->needzero) || !canary_ok(p))
 
 /* nextFreeFast (malloc.go): the next free object of the cached span if the

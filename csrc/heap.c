@@ -819,13 +819,11 @@ static bool in_scope(gm_heap *hp) {
     return any;
 }
 
-/* The caches of a quiesced heap let go of everything (their lists are
- * dropped: destroy frees their objects with the spans; delete has flushed
- * them), their counts folded into the heap's.  Under hp->lock. */
 /* The objects of s that sat on a free list (cached) still hold free's
  * canary; cleared before s's pages go back to the page heap, whose next
  * span hands its slots out as they are (gm_nextFreeFast clears nothing:
- * every other way back to the page heap goes through check_canaries).
+ * every other way back to the page heap goes through free_objs_locked,
+ * which clears them).
  * Also under fault_on_destroy, whose pages may stay mapped (when the
  * kernel refuses the change) and be reused as they are. */
 static void clear_cached_canaries(const gm_mspan *s) {
@@ -836,6 +834,9 @@ static void clear_cached_canaries(const gm_mspan *s) {
         }
 }
 
+/* The caches of a quiesced heap let go of everything (their lists are
+ * dropped: destroy frees their objects with the spans; delete has flushed
+ * them), their counts folded into the heap's.  Under hp->lock. */
 static void drop_caches(gm_heap *hp) {
     while (hp->caches != NULL) {
         gm_mcache *hc = hp->caches;

@@ -203,7 +203,8 @@ static void span_freed(gm_mcentral *mc, gm_mspan *s, uint32_t n, bool *released)
 
 /*
  * Where a freed object goes: n entries of class sc return to their spans.
- * Each object's state byte goes from OBJ_CACHED to OBJ_FREE and its span's
+ * Each object's canary is checked and cleared, its state byte goes from
+ * OBJ_CACHED to OBJ_FREE and its span's
  * allocCount drops; a span no thread allocates from that becomes empty goes
  * back to the heap.  Under mc->lock.
  *
@@ -248,6 +249,15 @@ static uint64_t free_objs_locked(gm_mcentral *mc, const gm_freeobj *objs, uint32
             continue;
         }
         GM_ASSERT(gm_span_is_slot(s, a));
+        /* Its canary: a write after free is reported, as malloc reports
+         * it, and cleared, so that the slot holds nothing of the
+         * allocator's when it is handed out again.  Read after the entry
+         * is validated: nothing is written through an entry that is not
+         * a freed object's. */
+        uint64_t *w = (uint64_t *)a;
+        if (unlikely(!canary_ok(w)))
+            gm_report_corruption(w, sc, "written after it was freed");
+        w[0] = w[1] = 0;
         gm_set_objstate(st, OBJ_FREE);
         run++;
         done++;
@@ -257,23 +267,8 @@ static uint64_t free_objs_locked(gm_mcentral *mc, const gm_freeobj *objs, uint32
     return done;
 }
 
-/* Objects leave the free lists for their spans: each one's canary is
- * checked (a write after free is reported, as malloc reports it) and
- * cleared, so that the slot holds nothing of the allocator's when it is
- * handed out again.  The objects are still the caller's (OBJ_CACHED on its
- * list, or in a batch it holds the lock of). */
-static void check_canaries(uint8_t sc, const gm_freeobj *objs, uint32_t n) {
-    for (uint32_t k = 0; k < n; k++) {
-        uint64_t *w = objs[k].p;
-        if (unlikely(!canary_ok(w)))
-            gm_report_corruption(w, sc, "written after it was freed");
-        w[0] = w[1] = 0;
-    }
-}
-
 uint64_t gm_mcentral_freeObjs(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n) {
     bool released = false;
-    check_canaries(mc->sizeclass, objs, n);
     pthread_mutex_lock(&mc->lock);
     uint64_t done = free_objs_locked(mc, objs, n, &released);
     pthread_mutex_unlock(&mc->lock);
@@ -289,7 +284,6 @@ uint64_t gm_mcentral_freeObjs(gm_mcentral *mc, const gm_freeobj *objs, uint32_t 
 static void evict_oldest(gm_mcentral *mc, uint32_t k, bool *released) {
     gm_freeobj *bufs[TC_BATCHES];
     for (uint32_t i = 0; i < k; i++) {
-        check_canaries(mc->sizeclass, mc->tc[i].objs, mc->tc[i].n);
         free_objs_locked(mc, mc->tc[i].objs, mc->tc[i].n, released);
         mc->tc_objects -= mc->tc[i].n;
         bufs[i] = mc->tc[i].objs;
@@ -326,7 +320,6 @@ void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, 
             b = NULL; /* no memory for the buffer: to the spans */
     }
     if (b == NULL) {
-        check_canaries(sc, objs, n);
         free_objs_locked(mc, objs, n, &released);
     } else {
         memcpy(b->objs, objs, n * sizeof *objs);
