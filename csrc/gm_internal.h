@@ -325,6 +325,7 @@ typedef struct gm_mcache {
     uint64_t nspan[NUM_CLASSES];    /* objects malloc took from spans, ever. Owner writes, others read racily. */
     uint64_t nflush[NUM_CLASSES];   /* objects taken off the list by flushes, ever. Same. */
     uint64_t nrecv[NUM_CLASSES];    /* objects put on the list from the transfer cache, ever. Same. */
+    uint32_t ntcown[NUM_CLASSES];   /* its own batches in the class's transfer cache: a hint, exact when takeBatch last looked, high after others drained them. Owner only. */
     uint32_t listmax[NUM_CLASSES];  /* bound on each list's length (tcache_bytes). Fixed at creation. */
     gm_freeobj *lists;              /* the lists' arrays, one block (gm_mcache_lists_bytes). Owner only. */
     gm_pagecache pcache;
@@ -405,8 +406,10 @@ typedef struct gm_fixalloc {
  * whose list runs dry (tcmalloc's transfer cache; Go needs none, its
  * sweeper frees in bulk).  A batch is a copy of the list's entries; the
  * objects stay OBJ_CACHED. */
-#define TC_BATCHES 4
-#define TC_BYTES (32u << 10) /* bound on the bytes of objects a class holds in batches */
+#define TC_BATCHES 16    /* the most batches a class holds (tc_room: one per thread with a cache, at least TC_BATCHES_MIN) */
+#define TC_BATCHES_MIN 4 /* the batches a class holds with up to 4 threads */
+#define TC_BYTES (32u << 10) /* bytes of objects a class holds in TC_BATCHES_MIN batches; in n, n/TC_BATCHES_MIN times as many */
+#define TC_BYTES_MAX (TC_BYTES / TC_BATCHES_MIN * TC_BATCHES)
 typedef struct gm_tcbatch {
     gm_freeobj *objs; /* n entries; the buffer holds gm_list_cap[class]. Under the class lock. */
     uint32_t n;
@@ -426,7 +429,8 @@ typedef struct gm_mcentral {
     gm_tcbatch tc[TC_BATCHES]; /* tc[0..ntc) hold batches, oldest first; every tc[i].objs is a buffer once allocated. Under lock. */
     gm_fixalloc tinywordalloc; /* tinywords arrays of this class's spans (the 16-byte class only). Under lock. */
     uint32_t ntc;      /* Under lock; read racily by malloc to skip the lock when 0. */
-    uint32_t tc_objects; /* objects in tc, at most TC_BYTES of them. Under lock. */
+    uint32_t tc_objects; /* objects in tc, at most tc_room's bytes of them when they came in. Under lock. */
+    uint32_t nany;     /* batches in tc with no owner. Under lock; read racily by malloc to skip the lock when 0 and none is its own. */
     char pad[64];
 } gm_mcentral;
 
@@ -673,6 +677,9 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
     return NULL;
 }
 
+/* Threads with a cache now (mcache.c); read racily. */
+GM_HIDDEN uint32_t gm_mcache_threads(void);
+
 /* ---- mcentral.c ------------------------------------------------------------- */
 
 /* Give mcache c a span of class sc of c's heap with free slots (cacheSpan). */
@@ -684,13 +691,15 @@ GM_HIDDEN void gm_mcentral_uncacheSpan(gm_mspan *s);
  * validation are reported and skipped. */
 GM_HIDDEN uint64_t gm_mcentral_freeObjs(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n);
 /* n freed objects leave an mcache: copied whole into mc's transfer cache
- * if it has room, else back to the spans.  owner: the cache, or NULL for
- * a batch any thread may take (see gm_tcbatch). */
-GM_HIDDEN void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner);
+ * if it has room (returns true), else back to the spans.  owner: the
+ * cache, or NULL for a batch any thread may take (see gm_tcbatch). */
+GM_HIDDEN bool gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner);
 /* Copy the newest batch of mc's transfer cache that cache owner may take
  * (its own, else one with no owner) into out if it holds at most max
- * objects; returns their number (0: none taken). */
-GM_HIDDEN uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, const void *owner);
+ * objects; returns their number (0: none taken), and owner's batches left
+ * in *own_left. */
+GM_HIDDEN uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, const void *owner,
+                                         uint32_t *own_left);
 /* Empty every transfer cache into the spans (gm_release). */
 GM_HIDDEN void gm_mcentral_drainAll(void);
 /* Empty mc's transfer cache into the spans. */

@@ -77,7 +77,7 @@ static void central_init(gm_heap *hp) {
         mc->sizeclass = (uint8_t)sc;
         mc->partial = mc->full = NULL;
         mc->nspans = 0;
-        mc->ntc = mc->tc_objects = 0;
+        mc->ntc = mc->tc_objects = mc->nany = 0;
     }
 }
 
@@ -918,7 +918,7 @@ int gm_heap_destroy(gm_heap_t *h) {
         mc->nspans = 0; /* (its lists were emptied by detach_spans) */
         for (uint32_t i = 0; i < mc->ntc; i++)
             mc->tc[i].n = 0;
-        mc->ntc = mc->tc_objects = 0;
+        mc->ntc = mc->tc_objects = mc->nany = 0;
     }
     pthread_mutex_unlock(&hp->lock);
     while (spans != NULL) {

@@ -9,8 +9,8 @@
  *
  * Frees arrive here in batches from mcache free lists (mcache.c), one lock
  * acquisition per batch.  A batch goes first to the class's transfer cache,
- * which keeps up to TC_BATCHES of them (and TC_BYTES of objects) as they
- * are: when the thread that flushed a batch runs dry, it copies the batch
+ * which keeps up to one of them per thread (at least 4, at most
+ * TC_BATCHES, and TC_BYTES of objects per 4: tc_room) as they are: when the thread that flushed a batch runs dry, it copies the batch
  * back into its list in one step, the objects still OBJ_CACHED; a batch a
  * consumer flushed (see gm_tcbatch) goes to any thread, so that a
  * producer/consumer pair of threads trades lists without touching spans.
@@ -286,6 +286,8 @@ static void evict_oldest(gm_mcentral *mc, uint32_t k, bool *released) {
     for (uint32_t i = 0; i < k; i++) {
         free_objs_locked(mc, mc->tc[i].objs, mc->tc[i].n, released);
         mc->tc_objects -= mc->tc[i].n;
+        if (mc->tc[i].owner == NULL)
+            STORE_RELAXED(&mc->nany, mc->nany - 1);
         bufs[i] = mc->tc[i].objs;
     }
     memmove(&mc->tc[0], &mc->tc[k], (mc->ntc - k) * sizeof mc->tc[0]);
@@ -294,7 +296,22 @@ static void evict_oldest(gm_mcentral *mc, uint32_t k, bool *released) {
     STORE_RELAXED(&mc->ntc, mc->ntc - k);
 }
 
-void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner) {
+/* How many batches, and *bytes of objects, a class's transfer cache takes:
+ * one batch per thread with a cache, at least 4 and at most TC_BATCHES,
+ * and TC_BYTES per 4 batches.  Its batches are shared by every thread:
+ * with 4 for 8 or 32 threads, most flushes found it full and went to the
+ * spans, and most threads whose lists ran dry found no batch of their own
+ * and went to cacheSpan, each a class-lock acquisition (graphs, 32
+ * threads: 10 times the acquisitions per document of 2 threads; README
+ * "Scaling", measured with make lockstats).  Up to 4 threads it is as it
+ * was, and so is a one-thread program's memory. */
+static uint32_t tc_room(uint64_t *bytes) {
+    uint32_t t = gm_mcache_threads(), b = t < TC_BATCHES_MIN ? TC_BATCHES_MIN : t > TC_BATCHES ? TC_BATCHES : t;
+    *bytes = (uint64_t)TC_BYTES / TC_BATCHES_MIN * b;
+    return b;
+}
+
+bool gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner) {
     uint8_t sc = mc->sizeclass;
     uint64_t size = gm_class_to_size[sc];
     /* A batch that does not fit goes to the spans, not the oldest batch
@@ -304,15 +321,17 @@ void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, 
      * cache, a document or a dict dropped, paid a cache miss per object
      * for it).  Batches that sit in the cache are drained by the
      * scavenger once decay_ms old. */
-    if (n * size > TC_BYTES || n > gm_list_cap[sc] || LOAD_RELAXED(&mc->ntc) == TC_BATCHES) {
+    uint64_t bytes;
+    uint32_t room = tc_room(&bytes);
+    if (n * size > bytes || n > gm_list_cap[sc] || LOAD_RELAXED(&mc->ntc) >= room) {
         gm_mcentral_freeObjs(mc, objs, n);
-        return;
+        return false;
     }
     uint64_t now = gm_now_ms();
     bool released = false;
     pthread_mutex_lock(&mc->lock);
     gm_tcbatch *b = &mc->tc[mc->ntc];
-    if (mc->ntc == TC_BATCHES || (mc->tc_objects + n) * size > TC_BYTES) {
+    if (mc->ntc >= room || (mc->tc_objects + n) * size > bytes) {
         b = NULL; /* full: to the spans */
     } else if (b->objs == NULL) {
         b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_mheap.other_sys);
@@ -327,11 +346,14 @@ void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, 
         b->since = now;
         b->owner = owner;
         mc->tc_objects += n;
+        if (owner == NULL)
+            STORE_RELAXED(&mc->nany, mc->nany + 1);
         STORE_RELAXED(&mc->ntc, mc->ntc + 1);
     }
     pthread_mutex_unlock(&mc->lock);
     if (released)
         gm_scavenger_notify();
+    return b != NULL;
 }
 
 /* A batch for cache owner: its own newest, else the newest a consumer
@@ -344,9 +366,12 @@ void gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, 
  * (graphs, two threads, on this VM when its two vCPUs sit on different
  * cores: 1.8 times glibc's time, 1.05 with this and cacheSpan's affinity).
  * A consumer, which flushes and a producer, which takes, still trade. */
-uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, const void *owner) {
-    uint32_t n = 0;
+uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, const void *owner,
+                               uint32_t *own_left) {
+    uint32_t n = 0, own = 0;
     pthread_mutex_lock(&mc->lock);
+    for (uint32_t k = 0; k < mc->ntc; k++)
+        own += mc->tc[k].owner == owner;
     uint32_t i = mc->ntc;
     while (i > 0 && mc->tc[i - 1].owner != owner)
         i--;
@@ -362,6 +387,10 @@ uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, c
             n = b.n;
             memcpy(out, b.objs, n * sizeof *out);
             mc->tc_objects -= n;
+            if (b.owner == NULL)
+                STORE_RELAXED(&mc->nany, mc->nany - 1);
+            else
+                own--;
             /* Out of the order; its buffer goes to the free end. */
             memmove(&mc->tc[i], &mc->tc[i + 1], (mc->ntc - 1 - i) * sizeof mc->tc[0]);
             mc->tc[mc->ntc - 1] = (gm_tcbatch){.objs = b.objs};
@@ -369,6 +398,7 @@ uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, c
         }
     }
     pthread_mutex_unlock(&mc->lock);
+    *own_left = own;
     return n;
 }
 
@@ -548,7 +578,11 @@ int gm_mcentral_check_tc(gm_heap *hp, uint64_t *nobjects) {
             }
             total += mc->tc[i].n;
         }
-        if (total != mc->tc_objects || mc->ntc > TC_BATCHES || total * gm_class_to_size[sc] > TC_BYTES) {
+        uint32_t any = 0;
+        for (uint32_t i = 0; i < mc->ntc; i++)
+            any += mc->tc[i].owner == NULL;
+        if (total != mc->tc_objects || mc->ntc > TC_BATCHES || total * gm_class_to_size[sc] > TC_BYTES_MAX ||
+            any != mc->nany) {
             gm_warn_check("transfer cache counts are off", NULL);
             bad++;
         }

@@ -11,11 +11,13 @@
  * cache registry, the profile, ...).  A try that fails first counts as
  * contended, and the wait is timed; hold time is timed from the
  * acquisition to the matching unlock (a per-thread stack of the locks
- * held); a condition wait (the scavenger's sleep, a thread reaping
+ * held), and per call site (the caller's return address, as an offset in
+ * its library for addr2line) for the class locks; a condition wait (the scavenger's sleep, a thread reaping
  * another) releases the lock for its duration, which is not hold time.
  * Totals print to stderr at exit.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -42,6 +44,27 @@ struct counts {
     _Atomic uint64_t acquired, contended, wait_ns, wait_max_ns, hold_ns, hold_max_ns;
 };
 static struct counts counts[K_KINDS];
+
+/* Class-lock acquisitions and waits per call site: open addressing on the
+ * return address, never removed. */
+#define SITES 256
+static struct {
+    _Atomic uintptr_t pc;
+    _Atomic uint64_t acquired, wait_ns;
+} sites[SITES];
+
+static void count_site(uintptr_t pc, uint64_t wait) {
+    for (uint32_t i = (uint32_t)(pc >> 4) % SITES, n = 0; n < SITES; i = (i + 1) % SITES, n++) {
+        uintptr_t cur = atomic_load_explicit(&sites[i].pc, memory_order_relaxed);
+        if (cur == 0 && atomic_compare_exchange_strong(&sites[i].pc, &cur, pc))
+            cur = pc;
+        if (cur == pc) {
+            atomic_fetch_add_explicit(&sites[i].acquired, 1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&sites[i].wait_ns, wait, memory_order_relaxed);
+            return;
+        }
+    }
+}
 
 /* The locks this thread holds, with when each was taken (held locks nest
  * a few deep at most: class lock, then heap lock). */
@@ -89,8 +112,11 @@ static void acquired(pthread_mutex_t *l, int k, uint64_t t) {
 
 int __wrap_pthread_mutex_lock(pthread_mutex_t *l) {
     int k = kind_of(l);
+    uintptr_t pc = (uintptr_t)__builtin_return_address(0);
     if (__real_pthread_mutex_trylock(l) == 0) {
         acquired(l, k, now_ns());
+        if (k == K_CLASS)
+            count_site(pc, 0);
         return 0;
     }
     uint64_t t0 = now_ns();
@@ -101,6 +127,8 @@ int __wrap_pthread_mutex_lock(pthread_mutex_t *l) {
     raise_max(&counts[k].wait_max_ns, t1 - t0);
     if (r == 0)
         acquired(l, k, t1);
+    if (k == K_CLASS)
+        count_site(pc, t1 - t0);
     return r;
 }
 
@@ -160,5 +188,16 @@ __attribute__((destructor)) static void report(void) {
                 a ? 100.0 * (double)n / (double)a : 0.0, (double)atomic_load(&c->wait_ns) / 1e6,
                 (double)atomic_load(&c->wait_max_ns) / 1e3, (double)atomic_load(&c->hold_ns) / 1e6,
                 (double)atomic_load(&c->hold_max_ns) / 1e3);
+    }
+    fprintf(stderr, "class locks by call site (addr2line -f -e LIBRARY OFFSET names them):\n%12s %12s  %s\n",
+            "acquired", "wait ms", "library+offset");
+    for (int i = 0; i < SITES; i++) {
+        uintptr_t pc = atomic_load(&sites[i].pc);
+        Dl_info info;
+        if (pc == 0 || !dladdr((void *)pc, &info))
+            continue;
+        const char *name = info.dli_fname;
+        fprintf(stderr, "%12llu %12.1f  %s+%#lx\n", (unsigned long long)atomic_load(&sites[i].acquired),
+                (double)atomic_load(&sites[i].wait_ns) / 1e6, name, (unsigned long)(pc - (uintptr_t)info.dli_fbase));
     }
 }

@@ -530,10 +530,51 @@ static void *burst_thread(void *arg) {
 
 TEST(transfer_cache_keeps_its_batches_through_a_burst) {
     gm_release(); /* every transfer cache empty */
-    CHECK((8 * TC_SIZE) * (uint64_t)TC_BATCHES <= 8 * (uint64_t)TC_BYTES); /* the burst overflows it */
+    CHECK((8 * TC_SIZE) * (uint64_t)TC_BATCHES_MIN <= 8 * (uint64_t)TC_BYTES); /* the burst overflows it (2 threads) */
     pthread_t t;
     CHECK_EQ(pthread_create(&t, NULL, burst_thread, NULL), 0);
     CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
+/* The transfer cache takes one batch per thread with a cache (at least
+ * TC_BATCHES_MIN, tc_room): with 12 threads alive, a burst of frees leaves
+ * more than TC_BYTES in it, and at most 12 batches' worth. */
+enum { ROOM_IDLE = 11 };
+static pthread_barrier_t room_barrier;
+static void *room_idle(void *arg) {
+    (void)arg;
+    gm_free(gm_malloc(16)); /* a cache */
+    pthread_barrier_wait(&room_barrier); /* every cache alive */
+    pthread_barrier_wait(&room_barrier); /* the burst is done */
+    return NULL;
+}
+
+TEST(transfer_cache_grows_with_the_threads) {
+    gm_release(); /* every transfer cache empty */
+    gm_free(gm_malloc(TC_SIZE)); /* this thread's cache */
+    pthread_t t[ROOM_IDLE];
+    pthread_barrier_init(&room_barrier, NULL, ROOM_IDLE + 1);
+    for (int i = 0; i < ROOM_IDLE; i++)
+        CHECK_EQ(pthread_create(&t[i], NULL, room_idle, NULL), 0);
+    pthread_barrier_wait(&room_barrier);
+    uint32_t threads = gm_mcache_threads();
+    CHECK(threads >= ROOM_IDLE + 1);
+    enum { N = 4000 };
+    static void *objs[N];
+    for (int i = 0; i < N; i++)
+        CHECK((objs[i] = gm_malloc(TC_SIZE)) != NULL);
+    for (int i = 0; i < N; i++)
+        gm_free(objs[i]);
+    struct gm_stats s = stats();
+    CHECK(s.transfer_bytes > TC_BYTES);
+    CHECK(s.transfer_bytes <= (uint64_t)TC_BYTES / TC_BATCHES_MIN * threads);
+    CHECK_EQ(gm_check_heap(), 0);
+    pthread_barrier_wait(&room_barrier);
+    for (int i = 0; i < ROOM_IDLE; i++)
+        CHECK_EQ(pthread_join(t[i], NULL), 0);
+    pthread_barrier_destroy(&room_barrier);
+    gm_release();
     CHECK_EQ(gm_check_heap(), 0);
 }
 
@@ -1076,6 +1117,7 @@ int main(void) {
     RUN(transfer_cache_hands_batches_between_threads);
     RUN(transfer_cache_gives_a_thread_its_own_batch_not_an_allocators);
     RUN(transfer_cache_keeps_its_batches_through_a_burst);
+    RUN(transfer_cache_grows_with_the_threads);
     RUN(partial_spans_go_back_to_their_thread);
     RUN(producer_consumer_cross_thread_frees);
     RUN(producer_consumer_profiled);
