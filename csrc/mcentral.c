@@ -10,8 +10,9 @@
  * Frees arrive here in batches from mcache free lists (mcache.c), one lock
  * acquisition per batch.  A batch goes first to the class's transfer cache,
  * which keeps up to one of them per thread (at least 4, at most
- * TC_BATCHES, and TC_BYTES of objects per 4: tc_room) as they are: when the thread that flushed a batch runs dry, it copies the batch
- * back into its list in one step, the objects still OBJ_CACHED; a batch a
+ * TC_BATCHES, and TC_BYTES of objects per 4: tc_room) as they are: when
+ * the thread that flushed a batch runs dry, it copies the batch back into
+ * its list in one step, the objects still OBJ_CACHED; a batch a
  * consumer flushed (see gm_tcbatch) goes to any thread, so that a
  * producer/consumer pair of threads trades lists without touching spans.
  * Threads that both allocate a class keep to their own batches, and to
