@@ -929,9 +929,9 @@ int gm_heap_destroy(gm_heap_t *h) {
         if (s->sizeclass != 0) {
             clear_cached_canaries(s);
             memset(s->objstate, 0, (s->npages * PAGE_SIZE) >> STATE_SHIFT); /* no object starts there now */
-        }
-        else
+        } else {
             ATOMIC_ADD(&hp->large_frees, 1);
+        }
         s->cachedBy = NULL;
         s->list = LIST_NONE;
         gm_mheap_release_heap_span(s, hp->fault_on_destroy);

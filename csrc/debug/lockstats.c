@@ -4,17 +4,18 @@
  * long threads waited for them and held them.  For README "Scaling"; not
  * part of any library that ships.
  *
- * The core is linked with -Wl,--wrap=pthread_mutex_lock (and unlock, and
- * trylock): its own calls come here, the program's do not.  A lock is
- * classified by its address: the default heap's class locks (gm_central),
- * the page heap's lock (gm_mheap.lock), or another (program heaps, the
- * cache registry, the profile, ...).  A try that fails first counts as
- * contended, and the wait is timed; hold time is timed from the
- * acquisition to the matching unlock (a per-thread stack of the locks
- * held), and per call site (the caller's return address, as an offset in
- * its library for addr2line) for the class locks; a condition wait (the scavenger's sleep, a thread reaping
- * another) releases the lock for its duration, which is not hold time.
- * Totals print to stderr at exit.
+ * The core is linked with -Wl,--wrap=pthread_mutex_lock (and unlock,
+ * trylock and the condition waits): its own calls come here, the
+ * program's do not.  A lock is classified by its address: the default
+ * heap's class locks (gm_central), the page heap's lock (gm_mheap.lock),
+ * or another (program heaps, the cache registry, the profile, ...).  A
+ * try that fails first counts as contended, and the wait is timed; hold
+ * time runs from the acquisition to the matching unlock (a per-thread
+ * stack of the locks held).  A condition wait (the scavenger's sleep, a
+ * thread reaping another) releases the lock for its duration, which is
+ * not hold time.  The class locks are also counted per call site (the
+ * caller's return address, printed as an offset in its library for
+ * addr2line).  Totals print to stderr at exit.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
