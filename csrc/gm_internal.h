@@ -538,15 +538,18 @@ GM_INLINE uint8_t *gm_state_at(uintptr_t e, uintptr_t a) { return (uint8_t *)(e 
  * The common realloc (a str or a buffer grown by a few bytes), decided in
  * a leaf with no stack frame; false for everything else, n == 0
  * included, which the callers' full paths decide (pymem.c). */
+/* A live small object of class c resized to n bytes (0 < n) stays where
+ * it is: n keeps its class, or shrinks it by less than 1/4. */
+GM_INLINE bool gm_small_stays(unsigned c, size_t n) {
+    size_t cap = gm_class_to_size[c];
+    return n <= cap && (n > gm_class_to_size[c - 1] || n > cap - cap / 4);
+}
 GM_INLINE bool gm_realloc_stays(uintptr_t a, size_t n) {
     uintptr_t e;
     if ((a & GM_NOT_GRANULE) != 0 || (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) == 0)
         return false;
     unsigned st = LOAD_RELAXED(gm_state_at(e, a));
-    if (st - 1 >= NUM_CLASSES - 1) /* not OBJ_LIVE(c) */
-        return false;
-    size_t cap = gm_class_to_size[st];
-    return n - 1 < cap && (n > gm_class_to_size[st - 1] || n > cap - cap / 4);
+    return st - 1 < NUM_CLASSES - 1 /* OBJ_LIVE(st) */ && n != 0 && gm_small_stays(st, n);
 }
 /* The heapArena record of the arena holding address a, or NULL. */
 GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {

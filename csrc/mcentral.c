@@ -369,18 +369,17 @@ bool gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, 
  * A consumer, which flushes and a producer, which takes, still trade. */
 uint32_t gm_mcentral_takeBatch(gm_mcentral *mc, gm_freeobj *out, uint32_t max, const void *owner,
                                uint32_t *own_left) {
-    uint32_t n = 0, own = 0;
+    uint32_t n = 0, own = 0, mine = 0, anyones = 0; /* newest of each, + 1; 0: none */
     pthread_mutex_lock(&mc->lock);
-    for (uint32_t k = 0; k < mc->ntc; k++)
-        own += mc->tc[k].owner == owner;
-    uint32_t i = mc->ntc;
-    while (i > 0 && mc->tc[i - 1].owner != owner)
-        i--;
-    if (i == 0) { /* none of its own: a consumer's */
-        i = mc->ntc;
-        while (i > 0 && mc->tc[i - 1].owner != NULL)
-            i--;
+    for (uint32_t k = 0; k < mc->ntc; k++) {
+        if (mc->tc[k].owner == owner) {
+            own++;
+            mine = k + 1;
+        } else if (mc->tc[k].owner == NULL) {
+            anyones = k + 1;
+        }
     }
+    uint32_t i = mine != 0 ? mine : anyones; /* its own, else a consumer's */
     if (i > 0) {
         i--;
         gm_tcbatch b = mc->tc[i];

@@ -76,8 +76,8 @@ GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(
         unsigned st = LOAD_RELAXED(gm_state_at(e, a));
         if (st - 1 < NUM_CLASSES - 1) { /* OBJ_LIVE(st) */
             size_t cap = gm_class_to_size[st];
-            if (n <= cap && (n > gm_class_to_size[st - 1] || n > cap - cap / 4)) {
-                *out = p; /* the same class, or a shrink by less than 1/4 */
+            if (gm_small_stays(st, n)) {
+                *out = p; /* (gm_realloc_stays decided the rest; here gm_py_realloc's n == 0, made 1) */
                 return 1;
             }
             void *q = alloc(n > cap && n > PY_HEADROOM_MIN ? n + n / PY_HEADROOM : n);
