@@ -599,6 +599,9 @@ GM_HIDDEN void gm_mheap_free(gm_mspan *s);
 /* Grow the unsampled large object p (span s) in place to npages, from the
  * free run after it: true if it did (realloc). */
 GM_HIDDEN bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages);
+/* Shrink it in place to npages > 0, the rest of its pages freed: true if it
+ * did (realloc). */
+GM_HIDDEN bool gm_mheap_shrink_large(gm_mspan *s, uintptr_t p, uintptr_t npages);
 GM_HIDDEN int gm_mheap_free_large(gm_mspan *s, uintptr_t p);
 GM_HIDDEN void gm_pagecache_flush(gm_mcache *c);
 /* Scavenge free pages until `want` bytes were released (all if want == ~0). */

@@ -808,6 +808,41 @@ bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
     return true;
 }
 
+/*
+ * realloc of a large object in place, the other way: span s, the unsampled
+ * large object at p, keeps its first npages and gives the rest back to the
+ * free runs, as if freed (glibc splits a shrunk chunk the same way).  A C
+ * program that shrinks a buffer to fit gets its pages back without a copy,
+ * and Python's writers, which overallocate and then shrink to the exact
+ * size, are not moved.  Returns whether it did; on false (fault_on_free,
+ * a racing free, no span struct) nothing changed.
+ */
+bool gm_mheap_shrink_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
+    uintptr_t have = LOAD_RELAXED(&s->npages);
+    if (npages == 0 || npages >= have || gm_opt.fault_on_free != 0)
+        return false;
+    pthread_mutex_lock(&gm_mheap.lock);
+    gm_heap *hp = s->heap;
+    gm_mspan *t = NULL; /* the tail's struct, taken first: once cut, the pages must go somewhere */
+    if (gm_span_of(p) != s || LOAD_RELAXED(&s->state) != SPAN_INUSE || s->sizeclass != 0 || s->startAddr != p ||
+        s->npages != have || hp == NULL || LOAD_RELAXED(&s->sampled) ||
+        (t = gm_fixalloc_alloc(&gm_mheap.spanalloc)) == NULL) {
+        pthread_mutex_unlock(&gm_mheap.lock);
+        return false;
+    }
+    uintptr_t cut = have - npages, tail = p + npages * PAGE_SIZE;
+    s->npages = npages;
+    s->elemsize = npages * PAGE_SIZE;
+    gm_set_spans(s, tail, cut, NULL);
+    both_unreserve(hp, cut * PAGE_SIZE);
+    ATOMIC_ADD(&gm_mheap.large_bytes_freed, cut * PAGE_SIZE);
+    gm_obs_span_free(tail, cut);
+    (void)free_range(t, tail, cut, gm_now_ms());
+    pthread_mutex_unlock(&gm_mheap.lock);
+    gm_scavenger_notify();
+    return true;
+}
+
 /* ---- scavenging ---------------------------------------------------------- */
 
 /* The state bytes of a free run are all 0 (no object starts there), so the

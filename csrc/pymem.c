@@ -27,12 +27,15 @@
  *     so that the next steps stay in place;
  *   - a small object stays in place within its class, and when it shrinks
  *     by less than 1/4 (pymalloc's rule for its own blocks);
- *   - a large object stays in place when it shrinks by less than 1/2 under
- *     gm_py_realloc (Python's writers overallocate, then shrink to the
- *     exact size), by less than 1/4 under gm_realloc (a C program under
- *     the preload library that shrinks a big buffer to fit gets its
- *     written pages back).  Headroom pages never written are never
- *     resident;
+ *   - a large object stays in place when it shrinks: by less than 1/2
+ *     under gm_py_realloc (Python's writers overallocate, then shrink to
+ *     the exact size) or 1/3 under gm_realloc (PY_LARGE_HEADROOM's 1/2
+ *     more, asked again, is 2/3 of it: a request no smaller than the last
+ *     one always stays) as it is; by more, it gives the pages after its
+ *     new end back (gm_mheap_shrink_large: a C program under the preload
+ *     library that shrinks a big buffer to fit gets its written pages
+ *     back, without a copy, as glibc splits a chunk).  Headroom pages
+ *     never written are never resident;
  *   - a large object that grows takes the free pages right after it, when
  *     there are enough, and stays where it is (gm_mheap_grow_large: as
  *     glibc grows a chunk into its free neighbour).
@@ -95,7 +98,8 @@ GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(
         if (s != NULL && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == 0 && s->startAddr == a &&
             !LOAD_RELAXED(&s->sampled)) {
             size_t cap = s->npages << PAGE_SHIFT;
-            if (n <= cap && n > cap - cap / large_keep) {
+            if (n <= cap && (n > cap - cap / large_keep ||
+                             gm_mheap_shrink_large(s, a, (n + PAGE_SIZE - 1) >> PAGE_SHIFT))) {
                 *out = p;
                 return 1;
             }
@@ -122,7 +126,7 @@ GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(
 
 int gm_realloc_fast(void *p, size_t n, void **out) {
     uintptr_t e = gm_arena_map_load((uintptr_t)p);
-    return e != 0 && n != 0 && realloc_decide(p, e, n, out, gm_malloc_internal, gm_free_internal, 4);
+    return e != 0 && n != 0 && realloc_decide(p, e, n, out, gm_malloc_internal, gm_free_internal, 3);
 }
 
 static GM_NOINLINE void *py_realloc_slow(void *dom, void *p, size_t n);

@@ -335,6 +335,47 @@ TEST(realloc_large_grows_into_free_pages) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* A large object shrunk by a third or more stays where it is and gives the
+ * pages after its new end back: the heap's figures fall by them, they are
+ * no longer the object's, and the next allocation of that many pages can
+ * take them.  A smaller shrink keeps every page.  Under the hard limit the
+ * pages given back count at once. */
+TEST(realloc_large_shrinks_in_place) {
+    const size_t sz = 24 * PAGE_SIZE, small = 9 * PAGE_SIZE - 100;
+    char *p = gm_malloc(sz);
+    CHECK(p != NULL);
+    fill(p, sz, 5);
+    CHECK(gm_realloc(p, 20 * PAGE_SIZE) == p); /* by 1/6: as it was */
+    CHECK_EQ(gm_usable_size(p), sz);
+    struct gm_stats s0 = {.size = sizeof s0};
+    gm_read_stats(&s0);
+    char *q = gm_realloc(p, small);
+    CHECK(q == p);
+    CHECK_EQ(gm_usable_size(q), 9 * PAGE_SIZE);
+    CHECK_EQ(verify(q, small, 5), small);
+    CHECK_EQ(gm_check(q + small - 1), GM_ERR_INTERIOR);
+    CHECK(gm_check(q + 9 * PAGE_SIZE) != GM_ERR_INTERIOR); /* the tail is no longer the object's */
+    struct gm_stats s1 = {.size = sizeof s1};
+    gm_read_stats(&s1);
+    CHECK_EQ(s0.heap_inuse - s1.heap_inuse, 15 * PAGE_SIZE);
+    CHECK_EQ(s0.heap_alloc - s1.heap_alloc, 15 * PAGE_SIZE);
+    CHECK_EQ(gm_check_heap(), 0);
+    /* The tail is free pages: a 15-page object fits there (first fit takes
+     * the lowest run, so it lands there unless an older run was free). */
+    char *t = gm_malloc(15 * PAGE_SIZE);
+    CHECK(t != NULL);
+    fill(t, 15 * PAGE_SIZE, 6);
+    CHECK_EQ(verify(q, small, 5), small);
+    /* Grown back: t may sit where its pages were, so it moves if it must. */
+    char *r = gm_realloc(q, sz);
+    CHECK(r != NULL);
+    CHECK_EQ(verify(r, small, 5), small);
+    CHECK_EQ(verify(t, 15 * PAGE_SIZE, 6), 15 * PAGE_SIZE);
+    gm_free(t);
+    gm_free(r);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 TEST(realloc_same_class_in_place) {
     void *p = gm_malloc(100); /* class 112 */
     CHECK(p != NULL);
@@ -1251,6 +1292,7 @@ int main(void) {
     RUN(realloc_null);
     RUN(realloc_zero_frees);
     RUN(realloc_grow_shrink_preserves);
+    RUN(realloc_large_shrinks_in_place);
     RUN(realloc_same_class_in_place);
     RUN(realloc_large_grows_into_free_pages);
     RUN(usable_size);
