@@ -336,10 +336,10 @@ TEST(realloc_large_grows_into_free_pages) {
 }
 
 /* A large object shrunk by a third or more stays where it is and gives the
- * pages after its new end back: the heap's figures fall by them, they are
- * no longer the object's, and the next allocation of that many pages can
- * take them.  A smaller shrink keeps every page.  Under the hard limit the
- * pages given back count at once. */
+ * pages after its new end back: the heap's figures fall by them at once
+ * and they are no longer the object's.  A smaller shrink keeps every page.
+ * An object allocated after it and the object grown again keep their
+ * bytes, wherever they land. */
 TEST(realloc_large_shrinks_in_place) {
     const size_t sz = 24 * PAGE_SIZE, small = 9 * PAGE_SIZE - 100;
     char *p = gm_malloc(sz);
@@ -360,8 +360,7 @@ TEST(realloc_large_shrinks_in_place) {
     CHECK_EQ(s0.heap_inuse - s1.heap_inuse, 15 * PAGE_SIZE);
     CHECK_EQ(s0.heap_alloc - s1.heap_alloc, 15 * PAGE_SIZE);
     CHECK_EQ(gm_check_heap(), 0);
-    /* The tail is free pages: a 15-page object fits there (first fit takes
-     * the lowest run, so it lands there unless an older run was free). */
+    /* The tail is free pages again: a 15-page object may land there. */
     char *t = gm_malloc(15 * PAGE_SIZE);
     CHECK(t != NULL);
     fill(t, 15 * PAGE_SIZE, 6);
