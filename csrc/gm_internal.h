@@ -533,17 +533,17 @@ GM_INLINE uint8_t *gm_state_at(uintptr_t e, uintptr_t a) { return (uint8_t *)(e 
  * test for both, before the arena map is indexed. */
 #define GM_NOT_GRANULE (~(((uintptr_t)1 << HEAP_ADDR_BITS) - 1) | ((1u << STATE_SHIFT) - 1))
 
-/* Does realloc(a, n) leave a where it is, a being a live small object
- * that keeps its class, or shrinks by less than 1/4 (pymalloc's rule)?
- * The common realloc (a str or a buffer grown by a few bytes), decided in
- * a leaf with no stack frame; false for everything else, n == 0
- * included, which the callers' full paths decide (pymem.c). */
 /* A live small object of class c resized to n bytes (0 < n) stays where
  * it is: n keeps its class, or shrinks it by less than 1/4. */
 GM_INLINE bool gm_small_stays(unsigned c, size_t n) {
     size_t cap = gm_class_to_size[c];
     return n <= cap && (n > gm_class_to_size[c - 1] || n > cap - cap / 4);
 }
+/* Does realloc(a, n) leave a where it is, a being a live small object
+ * that keeps its class, or shrinks by less than 1/4 (pymalloc's rule)?
+ * The common realloc (a str or a buffer grown by a few bytes), decided in
+ * a leaf with no stack frame; false for everything else, n == 0
+ * included, which the callers' full paths decide (pymem.c). */
 GM_INLINE bool gm_realloc_stays(uintptr_t a, size_t n) {
     uintptr_t e;
     if ((a & GM_NOT_GRANULE) != 0 || (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) == 0)

@@ -764,6 +764,13 @@ int gm_mheap_free_large(gm_mspan *s, uintptr_t p) {
     return GM_OK;
 }
 
+/* Span s is still the unsampled large object at p, of have pages, in heap
+ * hp (realloc read them before taking the lock).  Under lock. */
+static bool large_unchanged(const gm_mspan *s, uintptr_t p, uintptr_t have, const gm_heap *hp) {
+    return gm_span_of(p) == s && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == 0 &&
+           s->startAddr == p && s->npages == have && s->heap == hp && !LOAD_RELAXED(&s->sampled);
+}
+
 /*
  * realloc of a large object in place: span s, the unsampled large object at
  * p, grows to npages by taking the front of the free run that follows it
@@ -779,9 +786,7 @@ bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
     pthread_mutex_lock(&gm_mheap.lock);
     uintptr_t extra = npages - have, end = p + have * PAGE_SIZE;
     gm_mspan *r = NULL;
-    bool ok = gm_span_of(p) == s && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == 0 &&
-              s->startAddr == p && s->npages == have && s->heap == hp && !LOAD_RELAXED(&s->sampled) &&
-              (r = free_run_at(end)) != NULL && r->startAddr == end && r->npages >= extra &&
+    bool ok = large_unchanged(s, p, have, hp) && (r = free_run_at(end)) != NULL && r->startAddr == end && r->npages >= extra &&
               unfault_pages(end, extra);
     if (!ok) {
         pthread_mutex_unlock(&gm_mheap.lock);
@@ -818,15 +823,13 @@ bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
  * a racing free, no span struct) nothing changed.
  */
 bool gm_mheap_shrink_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
+    gm_heap *hp = LOAD_RELAXED(&s->heap);
     uintptr_t have = LOAD_RELAXED(&s->npages);
-    if (npages == 0 || npages >= have || gm_opt.fault_on_free != 0)
+    if (hp == NULL || npages == 0 || npages >= have || gm_opt.fault_on_free != 0)
         return false;
     pthread_mutex_lock(&gm_mheap.lock);
-    gm_heap *hp = s->heap;
     gm_mspan *t = NULL; /* the tail's struct, taken first: once cut, the pages must go somewhere */
-    if (gm_span_of(p) != s || LOAD_RELAXED(&s->state) != SPAN_INUSE || s->sizeclass != 0 || s->startAddr != p ||
-        s->npages != have || hp == NULL || LOAD_RELAXED(&s->sampled) ||
-        (t = gm_fixalloc_alloc(&gm_mheap.spanalloc)) == NULL) {
+    if (!large_unchanged(s, p, have, hp) || (t = gm_fixalloc_alloc(&gm_mheap.spanalloc)) == NULL) {
         pthread_mutex_unlock(&gm_mheap.lock);
         return false;
     }
