@@ -406,9 +406,9 @@ typedef struct gm_fixalloc {
  * whose list runs dry (tcmalloc's transfer cache; Go needs none, its
  * sweeper frees in bulk).  A batch is a copy of the list's entries; the
  * objects stay OBJ_CACHED. */
-#define TC_BATCHES 16    /* the most batches a class holds (tc_room: one per thread with a cache, at least TC_BATCHES_MIN) */
-#define TC_BATCHES_MIN 4 /* the batches a class holds with up to 4 threads */
-#define TC_BYTES (32u << 10) /* bytes of objects a class holds in TC_BATCHES_MIN batches; in n, n/TC_BATCHES_MIN times as many */
+#define TC_BATCHES 32     /* the most batches a class holds (tc_room: one per thread with a cache, at least TC_BATCHES_MIN) */
+#define TC_BATCHES_MIN 16 /* the batches a class holds with up to 16 threads */
+#define TC_BYTES (128u << 10) /* bytes of objects a class holds in TC_BATCHES_MIN batches; in n, n/TC_BATCHES_MIN times as many */
 #define TC_BYTES_MAX (TC_BYTES / TC_BATCHES_MIN * TC_BATCHES)
 typedef struct gm_tcbatch {
     gm_freeobj *objs; /* n entries; the buffer holds gm_list_cap[class]. Under the class lock. */

@@ -649,13 +649,14 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
  * flushing c at its thread's exit). */
 bool gm_free_to(gm_mcache *c, uint8_t sc, void *p, uint8_t *st) {
     gm_mclass *m = gm_mclass_of(c, sc);
-    /* Half leaves, rounded down: two batches of a list of tcache_bytes
-     * must fit the transfer cache's TC_BYTES (equal by default).  Rounded
-     * up, an odd list's two halves were one object over (80-byte class:
-     * 2 x 205 x 80 > 32 KiB), so every second batch pushed the first out
-     * to the spans: a thread that dropped and rebuilt 54 KiB of that class
-     * sent 205 objects through free_objs_locked and cacheSpan's sweep on
-     * each cycle instead of none. */
+    /* Half leaves, rounded down: a whole number of batches of a list of
+     * tcache_bytes must fit the transfer cache's TC_BYTES.  Rounded up,
+     * an odd list's two halves were one object over (80-byte class, when
+     * TC_BYTES was tcache_bytes: 2 x 205 x 80 > 32 KiB), so every second
+     * batch pushed the first out to the spans: a thread that dropped and
+     * rebuilt 54 KiB of that class sent 205 objects through
+     * free_objs_locked and cacheSpan's sweep on each cycle instead of
+     * none. */
     if (m->npush >= m->limit)
         gm_mcache_flushClass(c, sc, c->listmax[sc] - c->listmax[sc] / 2);
     if (!claim_live(st, c->clsbase | sc))

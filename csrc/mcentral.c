@@ -9,8 +9,8 @@
  *
  * Frees arrive here in batches from mcache free lists (mcache.c), one lock
  * acquisition per batch.  A batch goes first to the class's transfer cache,
- * which keeps up to one of them per thread (at least 4, at most
- * TC_BATCHES, and TC_BYTES of objects per 4: tc_room) as they are: when
+ * which keeps up to one of them per thread (at least 16, at most
+ * TC_BATCHES, and TC_BYTES of objects per 16: tc_room) as they are: when
  * the thread that flushed a batch runs dry, it copies the batch back into
  * its list in one step, the objects still OBJ_CACHED; a batch a
  * consumer flushed (see gm_tcbatch) goes to any thread, so that a
@@ -298,14 +298,24 @@ static void evict_oldest(gm_mcentral *mc, uint32_t k, bool *released) {
 }
 
 /* How many batches, and *bytes of objects, a class's transfer cache takes:
- * one batch per thread with a cache, at least 4 and at most TC_BATCHES,
- * and TC_BYTES per 4 batches.  Its batches are shared by every thread:
- * with 4 for 8 or 32 threads, most flushes found it full and went to the
- * spans, and most threads whose lists ran dry found no batch of their own
- * and went to cacheSpan, each a class-lock acquisition (graphs, 32
- * threads: 10 times the acquisitions per document of 2 threads; README
- * "Scaling", measured with make lockstats).  Up to 4 threads it is as it
- * was, and so is a one-thread program's memory. */
+ * one batch per thread with a cache, at least TC_BATCHES_MIN (16) and at
+ * most TC_BATCHES (32), and TC_BYTES (128 KiB) per 16 batches.  Its
+ * batches are shared by every thread: with 4 for 8 or 32 threads, most
+ * flushes found it full and went to the spans, and most threads whose
+ * lists ran dry found no batch of their own and went to cacheSpan, each a
+ * class-lock acquisition (graphs, 32 threads: 10 times the acquisitions
+ * per document of 2 threads; README "Scaling", measured with make
+ * lockstats).  One or two threads need the room too: a program that drops
+ * a document (a parsed JSON text, a request's objects) and builds the
+ * next frees and allocates thousands of objects of a class in a burst,
+ * and with 4 batches (32 KiB) most of them went through the spans
+ * (free_objs_locked, then cacheSpan's sweep) on the way back.  Against 4
+ * batches and 32 KiB, alternating the two builds (2 threads): graphs 0.88
+ * of the time, larson 0.94, alloc_test 0.95, xmalloc 0.94; Python's
+ * strings_json (bench python, install()) 1.16 of pymalloc's time instead
+ * of 1.19; peak RSS: graphs unchanged, larson +4%, alloc_test +5%.
+ * 32 to 64 batches and 256 KiB: alloc_test 0.90, strings_json 1.15, but
+ * RSS +7% to +8%.  Batches leave after decay_ms. */
 static uint32_t tc_room(uint64_t *bytes) {
     uint32_t t = gm_mcache_threads(), b = t < TC_BATCHES_MIN ? TC_BATCHES_MIN : t > TC_BATCHES ? TC_BATCHES : t;
     *bytes = (uint64_t)TC_BYTES / TC_BATCHES_MIN * b;

@@ -498,17 +498,22 @@ TEST(transfer_cache_gives_a_thread_its_own_batch_not_an_allocators) {
  * their spans while their canaries are still in this core's cache (the
  * cache no longer evicts its oldest batch for each new one).  After the
  * list is used up, the next malloc receives the newest batch that fitted:
- * the second half-list flushed.  Its own thread, so that the lists start
- * empty. */
+ * the fit-th half-list flushed (fit: the batches of TC_BYTES, at most
+ * TC_BATCHES_MIN, with two threads alive).  Its own thread, so that the
+ * lists start empty. */
 static void *burst_thread(void *arg) {
     (void)arg;
     uint8_t sc = gm_size_to_class(TC_SIZE);
     void *first = gm_malloc(TC_SIZE); /* the thread's cache */
     CHECK(first != NULL);
     uint32_t listmax = gm_mcache_of(gm_tls.alloc)->listmax[sc];
-    uint32_t half = listmax - listmax / 2, n = 8 * listmax;
+    uint32_t half = listmax - listmax / 2;
+    uint32_t fit = (uint32_t)(TC_BYTES / ((uint64_t)half * TC_SIZE));
+    if (fit > TC_BATCHES_MIN)
+        fit = TC_BATCHES_MIN;
+    uint32_t n = listmax + 2 * fit * half; /* fit batches that stay, as many that go to the spans */
     void **objs = malloc(n * sizeof *objs);
-    CHECK(objs != NULL && listmax >= 16);
+    CHECK(objs != NULL && listmax >= 16 && fit >= 2);
     objs[0] = first;
     for (uint32_t i = 1; i < n; i++)
         CHECK((objs[i] = gm_malloc(TC_SIZE)) != NULL);
@@ -522,15 +527,14 @@ static void *burst_thread(void *arg) {
         if (objs[i] == p)
             at = (int)i;
     /* A thread's first free goes to its span (test above): the list
-     * starts at objs[1], and the second batch is objs[1 + half ...]. */
-    CHECK(at >= 1 + (int)half && at < 1 + 2 * (int)half);
+     * starts at objs[1], and batch k (from 1) is objs[1 + (k - 1) * half ...]. */
+    CHECK(at >= 1 + (int)((fit - 1) * half) && at < 1 + (int)(fit * half));
     free(objs);
     return NULL;
 }
 
 TEST(transfer_cache_keeps_its_batches_through_a_burst) {
     gm_release(); /* every transfer cache empty */
-    CHECK((8 * TC_SIZE) * (uint64_t)TC_BATCHES_MIN <= 8 * (uint64_t)TC_BYTES); /* the burst overflows it (2 threads) */
     pthread_t t;
     CHECK_EQ(pthread_create(&t, NULL, burst_thread, NULL), 0);
     CHECK_EQ(pthread_join(t, NULL), 0);
@@ -538,9 +542,10 @@ TEST(transfer_cache_keeps_its_batches_through_a_burst) {
 }
 
 /* The transfer cache takes one batch per thread with a cache (at least
- * TC_BATCHES_MIN, tc_room): with 12 threads alive, a burst of frees leaves
- * more than TC_BYTES in it, and at most 12 batches' worth. */
-enum { ROOM_IDLE = 11 };
+ * TC_BATCHES_MIN, tc_room): with TC_BATCHES_MIN + 8 threads alive, a burst
+ * of frees leaves more than TC_BYTES in it, and at most that many batches'
+ * worth. */
+enum { ROOM_IDLE = TC_BATCHES_MIN + 7 };
 static pthread_barrier_t room_barrier;
 static void *room_idle(void *arg) {
     (void)arg;
@@ -560,7 +565,7 @@ TEST(transfer_cache_grows_with_the_threads) {
     pthread_barrier_wait(&room_barrier);
     uint32_t threads = gm_mcache_threads();
     CHECK(threads >= ROOM_IDLE + 1);
-    enum { N = 4000 };
+    enum { N = 2 * TC_BYTES_MAX / TC_SIZE }; /* twice what the cache can take */
     static void *objs[N];
     for (int i = 0; i < N; i++)
         CHECK((objs[i] = gm_malloc(TC_SIZE)) != NULL);
