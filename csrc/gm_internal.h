@@ -979,6 +979,9 @@ GM_HIDDEN void gm_stats_fold_mcache(gm_mcache *c);
 GM_HIDDEN void gm_scavenger_notify(void);
 GM_HIDDEN void gm_scavenger_threads_gone(void);
 GM_HIDDEN uintptr_t gm_scavenge_excess(uintptr_t coming);
+GM_HIDDEN uint64_t gm_scavenge_min_age(uintptr_t coming);
+/* Is any page of [base, base + npages) PROT_NONE (faulted)?  Under mheap.lock. */
+GM_HIDDEN bool gm_pages_faulted(uintptr_t base, uintptr_t npages);
 GM_HIDDEN void gm_scavenger_fork_prepare(void);
 GM_HIDDEN void gm_scavenger_fork_parent(void);
 GM_HIDDEN void gm_scavenger_fork_child(void);

@@ -94,6 +94,11 @@ void gm_obs_quarantined(uintptr_t base, uintptr_t npages) {
 
 /* Free, or faulted where fault_on_free made the page PROT_NONE. */
 void gm_obs_span_free(uintptr_t base, uintptr_t npages) {
+    if (likely(!gm_pages_faulted(base, npages))) {
+        pm_set(base, npages, GM_PAGE_FREE);
+        gm_pressure_note();
+        return;
+    }
     for (uintptr_t a = base; a < base + npages * PAGE_SIZE; a += PAGE_SIZE) {
         gm_heap_arena *ha = gm_arena_of(a);
         uintptr_t i = (a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1);

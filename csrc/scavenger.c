@@ -80,8 +80,14 @@ static bool over_limit_now(void) {
 /* The excess over the goal goes once it has been free for a tenth of the
  * decay time, so that memory a program frees and allocates again at once
  * (a churn of large blocks, say) is not released and faulted back in; over
- * the soft limit it goes at once. */
-static uint64_t goal_min_age(void) { return over_limit_now() ? 0 : (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms) / 10; }
+ * the soft limit (counting `coming`, as gm_scavenge_excess) it goes at
+ * once. */
+uint64_t gm_scavenge_min_age(uintptr_t coming) {
+    uint64_t retained = LOAD_RELAXED(&gm_mheap.heap_sys) - LOAD_RELAXED(&gm_mheap.heap_released) + coming;
+    return over_memory_limit(retained) ? 0 : (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms) / 10;
+}
+
+static uint64_t goal_min_age(void) { return gm_scavenge_min_age(0); }
 
 /* One pass: the excess over the goal, then runs older than the decay time.
  * Returns bytes released. */
