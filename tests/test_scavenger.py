@@ -545,6 +545,39 @@ def test_soft_memory_limit_bounds_retained_memory() -> None:
     assert limited["samples"][-1]["retained"] <= limit, limited
 
 
+#: The heap grows (a 32 MiB block fits none of the 8 MiB holes) while 64 MiB
+#: of free holes are retained over the goal (64 MiB live + 10%).
+GROW_WORKLOAD = '''
+blocks = [gm.malloc(8 * MiB) for _ in range(16)]
+for a in blocks:
+    touch(a, 8 * MiB)
+for a in blocks[0::2]:
+    gm.free(a)
+time.sleep(AGE)
+before = retained()
+big = gm.malloc(32 * MiB)
+after = retained()
+report(before=before, after=after, inuse=gm.stats().heap_inuse)
+'''
+
+
+@pytest.mark.parametrize("age, decay_ms, kept", [(0.0, "10000", True), (0.5, "1000", False)])
+def test_growth_releases_only_free_runs_older_than_the_goals_age(age: float, decay_ms: str,
+                                                                  kept: bool) -> None:
+    """Growing the heap releases the excess over the goal from free runs free
+    for a tenth of decay_ms, as the scavenger does: holes just freed (a churn
+    of large blocks) stay, to be reused without page faults; older ones go.
+    The scavenger is off: only the growth can release them."""
+    r = child_result(GROW_WORKLOAD.replace("AGE", str(age)),
+                     {"GOMALLOC_SCAVENGER": "0", "GOMALLOC_DECAY_MS": decay_ms})
+    assert 96 * MiB <= r["inuse"] < 97 * MiB, r
+    assert r["before"] >= 128 * MiB, r  # the holes are retained before the growth
+    if kept:
+        assert r["after"] >= r["before"] + 32 * MiB, {k: mib(v) for k, v in r.items()}
+    else:  # down to the goal: in use + 10%
+        assert r["after"] <= r["inuse"] * 1.1 + MiB, {k: mib(v) for k, v in r.items()}
+
+
 def test_soft_memory_limit_counts_the_allocation_that_grows_the_heap() -> None:
     r = child_result('''
 blocks = [gm.malloc(8 * MiB) for _ in range(30)]
