@@ -129,7 +129,27 @@ static bool inuse_reserve(uintptr_t bytes) {
 }
 static void inuse_unreserve(uintptr_t bytes) { ATOMIC_ADD(&gm_mheap.heap_inuse, -(uint64_t)bytes); }
 
-static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms);
+/* What the last growths left retained over the goal (grow): bytes, and the
+ * age a free run must have to be released for them.  The thread that grew
+ * takes it before it drops the heap lock (take_grown) and releases it
+ * after (release_grown), so that no madvise runs under the heap lock.
+ * Under lock. */
+struct grown {
+    uintptr_t bytes;
+    uint64_t min_age_ms;
+};
+static struct grown grown_excess;
+
+static struct grown take_grown(void) {
+    struct grown g = grown_excess;
+    grown_excess.bytes = 0;
+    return g;
+}
+
+static void release_grown(struct grown g) {
+    if (g.bytes != 0)
+        (void)gm_mheap_scavenge_aged(g.bytes, g.min_age_ms);
+}
 
 void gm_pages_init(void) {
     gm_fixalloc_init(&gm_mheap.spanalloc, sizeof(gm_mspan), &gm_mheap.mspan_sys);
@@ -299,10 +319,15 @@ static bool grow(uintptr_t npages) {
      * free runs each time, which the next blocks took and faulted back in
      * (bench malloc_large: a third more page faults, 34,000 against
      * 20,500, and the same peak RSS).  The background scavenger releases
-     * them once they are that old. */
+     * them once they are that old.  Released by the growing thread once
+     * it has dropped the lock (struct grown). */
     uintptr_t excess = gm_scavenge_excess(npages * PAGE_SIZE);
-    if (excess != 0)
-        scavenge_locked(excess, gm_scavenge_min_age(npages * PAGE_SIZE));
+    if (excess != 0) {
+        uint64_t age = gm_scavenge_min_age(npages * PAGE_SIZE);
+        if (grown_excess.bytes == 0 || age < grown_excess.min_age_ms)
+            grown_excess.min_age_ms = age;
+        grown_excess.bytes += excess;
+    }
     return true;
 }
 
@@ -528,7 +553,9 @@ static bool pagecache_refill(gm_mcache *c, uintptr_t npages, bool small) {
             break;
         c->spancache[c->nspancache++] = t;
     }
+    struct grown g = take_grown();
     pthread_mutex_unlock(&gm_mheap.lock);
+    release_grown(g);
     pc->base = base;
     pc->free = take == 64 ? ~(uint64_t)0 : ((uint64_t)1 << take) - 1;
     pc->scav = ps.scav;
@@ -659,7 +686,9 @@ gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, gm_h
         while (c->nspancache < SPAN_CACHE_MAX && (t = gm_fixalloc_alloc(&gm_mheap.spanalloc)) != NULL)
             c->spancache[c->nspancache++] = t;
     }
+    struct grown g = take_grown();
     pthread_mutex_unlock(&gm_mheap.lock);
+    release_grown(g);
     if (ps.nscav != 0)
         gm_sysUsed((void *)base, npages * PAGE_SIZE);
     return s;
@@ -709,7 +738,9 @@ gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align, gm_heap *hp)
         (void)free_range(spare[used++], aligned + npages * PAGE_SIZE, tail, now);
     for (; used < 3; used++)
         gm_fixalloc_free(&gm_mheap.spanalloc, spare[used]);
+    struct grown g = take_grown();
     pthread_mutex_unlock(&gm_mheap.lock);
+    release_grown(g);
     if (ps.nscav != 0)
         gm_sysUsed((void *)aligned, npages * PAGE_SIZE);
     return s;
@@ -906,7 +937,7 @@ bool gm_mheap_shrink_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
  * pages of the state maps under it can go back to the OS with it: touched
  * again only when spans are made there, they come back as zeros.  Releases
  * the whole state pages that cover [lo, hi) and lie under free run
- * [start, end).  Under lock. */
+ * [start, end), a run claimed by gm_mheap_scavenge_aged (no lock needed). */
 static void release_statemaps(uintptr_t lo, uintptr_t hi, uintptr_t start, uintptr_t end) {
     uintptr_t phys = gm_phys_page_size;
     while (lo < hi) {
@@ -925,56 +956,9 @@ static void release_statemaps(uintptr_t lo, uintptr_t hi, uintptr_t start, uintp
     }
 }
 
-/* Release up to about `budget` bytes of the unreleased pages of free run s,
- * from its end backwards (its start is what allocation takes next), in
- * physical-page-aligned pieces.  Returns bytes released.  Under lock. */
-static uintptr_t release_run(gm_mspan *s, uintptr_t budget) {
-    uintptr_t released = 0, phys = gm_phys_page_size > PAGE_SIZE ? gm_phys_page_size : PAGE_SIZE;
-    uintptr_t start = s->startAddr, b = s->startAddr + s->npages * PAGE_SIZE;
-    while (b > start && released < budget) {
-        while (b > start && page_released(b - PAGE_SIZE))
-            b -= PAGE_SIZE;
-        /* [a, b): an unreleased stretch, no longer than the budget needs. */
-        uintptr_t a = b;
-        while (a > start && !page_released(a - PAGE_SIZE) && b - a < budget - released)
-            a -= PAGE_SIZE;
-        uintptr_t lo = (a + phys - 1) & ~(phys - 1), hi = b & ~(phys - 1);
-        if (hi > lo && gm_sysUnused((void *)lo, hi - lo)) { /* else: the pages stay resident */
-            release_statemaps(lo, hi, start, s->startAddr + s->npages * PAGE_SIZE);
-            for (uintptr_t p = lo; p < hi; p += PAGE_SIZE)
-                *page_word(gm_arena_of(p)->scavenged, p) |= page_mask(p);
-            released += hi - lo;
-        }
-        b = a;
-    }
-    s->nreleased += released / PAGE_SIZE;
-    return released;
-}
-
-/* Release free runs that have been free for at least min_age_ms, largest
- * first, until at least `want` bytes have been released.  Under lock. */
-static uintptr_t scavenge_locked(uintptr_t want, uint64_t min_age_ms) {
-    uintptr_t total = 0;
-    if (LOAD_RELAXED(&gm_opt.madv_free))
-        madv_free_used = true;
-    uint64_t now = gm_now_ms();
-    for (int pass = 0; pass < FREE_LARGE_LISTS + FREE_EXACT_LISTS && total < want; pass++) {
-        gm_mspan *s = pass < FREE_LARGE_LISTS ? gm_mheap.large[FREE_LARGE_LISTS - 1 - pass]
-                                              : gm_mheap.free[FREE_EXACT_LISTS - 1 - (pass - FREE_LARGE_LISTS)];
-        for (; s != NULL && total < want; s = s->next)
-            if (s->nreleased < s->npages && now - s->unusedsince >= min_age_ms)
-                total += release_run(s, want - total);
-    }
-    if (total != 0) {
-        ATOMIC_ADD(&gm_mheap.heap_released, total);
-        gm_mheap.scavenge_cycles++;
-        gm_mheap.scavenged_bytes += total;
-    }
-    return total;
-}
-
 /* The unreleased stretches of a claimed run that one trip out of the heap
- * lock releases: from the run's end backwards, as release_run. */
+ * lock releases: from the run's end backwards (its start is what
+ * allocation takes next), in physical-page-aligned pieces. */
 #define CLAIM_STRETCHES 16
 struct stretches {
     int n;

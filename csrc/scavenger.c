@@ -30,7 +30,8 @@
  * itself: after each pass it sleeps three times as long as the pass took,
  * so it uses at most a quarter of one CPU even when there is a lot to
  * release (the kernel's work of freeing pages, mostly), and each pass
- * releases at most 64 MiB under the heap lock.
+ * releases at most 64 MiB, with its madvise calls outside the heap lock
+ * (gm_mheap_scavenge_aged).
  * After fork() the child has no scavenger thread; the next free that
  * returns pages starts one.  When the last thread with a cache exits, the
  * scavenger exits too, so that the process can end (gm_scavenger_threads_gone).
