@@ -895,7 +895,9 @@ struct gm_options {
     long long hard_limit;
     /* release with MADV_FREE instead of MADV_DONTNEED (RSS then drops only under memory pressure) */
     long long madv_free;
-    long long thp;            /* advise transparent huge pages on whole huge pages of reused memory */
+    /* advise transparent huge pages on whole huge pages of the chunks the heap grows by and of
+     * reused memory */
+    long long thp;
     /* bound of each per-thread, per-class list of freed objects (read when a thread's cache is
      * created) */
     long long tcache_bytes;

@@ -208,8 +208,24 @@ void *gm_sysReserveAligned(void *hint, size_t n, size_t align) {
     return (void *)aligned;
 }
 
+/* Option thp: advise transparent huge pages on the whole huge pages inside
+ * [v, v + n) only, so that a partly used region is not inflated
+ * (tcmalloc#85). */
+static void advise_huge(void *v, size_t n) {
+    if (LOAD_RELAXED(&gm_opt.thp) && gm_huge_page_size != 0) {
+        uintptr_t h = gm_huge_page_size;
+        uintptr_t b = ((uintptr_t)v + h - 1) & ~(h - 1), e = ((uintptr_t)v + n) & ~(h - 1);
+        if (e > b && !inject(GM_DEBUG_OS_USED, EAGAIN))
+            (void)madvise((void *)b, e - b, MADV_HUGEPAGE); /* advice: failure changes nothing */
+    }
+}
+
 /* Returns 0 or the errno.  A failed MAP_FIXED mmap may, on older kernels,
- * have unmapped the range already: the caller re-reserves it (sysFault). */
+ * have unmapped the range already: the caller re-reserves it (sysFault).
+ * Under option thp, a chunk the heap grows by is advised at once: the
+ * small spans carved from it one page-cache refill (512 KiB) at a time
+ * are never whole huge pages for sysUsed (bench mleak, 400 MiB of small
+ * objects: 121,000 page faults instead of 12,000). */
 int gm_sysMap(void *v, size_t n) {
     if (inject(GM_DEBUG_OS_MAP, ENOMEM))
         return ENOMEM;
@@ -219,19 +235,13 @@ int gm_sysMap(void *v, size_t n) {
     if (p != v)
         gm_throw("sysMap: mmap MAP_FIXED returned another address");
     count(SYS_MAP, n);
+    advise_huge(v, n);
     return 0;
 }
 
 void gm_sysUsed(void *v, size_t n) {
     count(SYS_USED, n);
-    if (LOAD_RELAXED(&gm_opt.thp) && gm_huge_page_size != 0) {
-        /* Advise only the whole huge pages inside the range, so that a
-         * partly used region is not inflated (tcmalloc#85). */
-        uintptr_t h = gm_huge_page_size;
-        uintptr_t b = ((uintptr_t)v + h - 1) & ~(h - 1), e = ((uintptr_t)v + n) & ~(h - 1);
-        if (e > b && !inject(GM_DEBUG_OS_USED, EAGAIN))
-            (void)madvise((void *)b, e - b, MADV_HUGEPAGE); /* advice: failure changes nothing */
-    }
+    advise_huge(v, n);
 }
 
 /* Returns whether the pages were released.  madvise fails with EAGAIN or

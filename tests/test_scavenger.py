@@ -735,6 +735,19 @@ report(off=off, on=on, huge_page_size=gm.stats().huge_page_size)
     assert r["off"] == 0 and r["on"] >= 1, r
 
 
+def test_thp_option_advises_the_chunks_the_heap_grows_by() -> None:
+    """Small spans come from the heap a page-cache refill (512 KiB) at a
+    time, never a whole huge page: the chunk the heap grows by is advised
+    when it is mapped."""
+    r = child_result('''
+objs = [gm.malloc(64) for _ in range(200000)]  # 12 MiB of small objects, nothing large
+report(hg=arena_smaps()["hg"], huge_page_size=gm.stats().huge_page_size)
+''', {"GOMALLOC_THP": "1"})
+    if r["huge_page_size"] == 0:
+        pytest.skip("no transparent huge pages on this kernel")
+    assert r["hg"] >= 1, r
+
+
 # --------------------------------------------------------------------------
 # Options
 

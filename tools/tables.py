@@ -166,7 +166,8 @@ OPTIONS: list[Option] = [
            "release with `MADV_FREE` instead of `MADV_DONTNEED` (RSS then drops only under "
            "memory pressure)"),
     Option("thp", 0, 0, 1, "flag",
-           "advise transparent huge pages on whole huge pages of reused memory"),
+           "advise transparent huge pages on whole huge pages of the chunks the heap grows by "
+           "and of reused memory"),
     Option("tcache_bytes", 32 * KiB, 0, 16 * MiB, "bytes",
            "bound of each per-thread, per-class list of freed objects (read when a thread's "
            "cache is created)"),
