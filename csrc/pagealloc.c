@@ -317,8 +317,8 @@ static bool grow(uintptr_t npages) {
      * limit): a heap of large blocks freed and allocated again grows
      * whenever no free run fits the next block, and released its youngest
      * free runs each time, which the next blocks took and faulted back in
-     * (bench malloc_large: a third more page faults, 34,000 against
-     * 20,500, and the same peak RSS).  The background scavenger releases
+     * (bench malloc_large: 34,000 page faults against 19,500, and the
+     * same peak RSS).  The background scavenger releases
      * them once they are that old.  Released by the growing thread once
      * it has dropped the lock (struct grown). */
     uintptr_t excess = gm_scavenge_excess(npages * PAGE_SIZE);
