@@ -367,6 +367,19 @@ static uintptr_t pgm_capi_name_pointer(void) { return (uintptr_t)pgm_capi_name; 
 static struct gm_pydomain pgm_dom[PGM_NDOMAINS]; /* the allocator replaced and the route, per domain */
 static int pgm_wrapped;                          /* bit d: pygomalloc is installed in domain d. Under the GIL. */
 
+/* Are domain d's callers sure to hold the GIL (mem and obj, with a GIL)?
+ * Then its frees of a block are ordered and gm_py_free_gil claims the
+ * block's state byte without a locked instruction (csrc/pymem.h). */
+static int pgm_gil_held_domain(int d)
+{
+#ifdef Py_GIL_DISABLED
+    (void)d;
+    return 0;
+#else
+    return d != PYMEM_DOMAIN_RAW;
+#endif
+}
+
 /* Route the domains in mask (bit d: domain d) to pygomalloc (on) or back to
  * their previous allocators (off), wrapping a domain the first time.
  * Returns the domains routed to pygomalloc now. */
@@ -377,7 +390,8 @@ static int pgm_pymem_route(int mask, int on)
         if (!(mask & (1 << d)))
             continue;
         if (on && !(pgm_wrapped & (1 << d))) {
-            PyMemAllocatorEx prev, ours = {&pgm_dom[d], gm_py_malloc, gm_py_calloc, gm_py_realloc, gm_py_free};
+            PyMemAllocatorEx prev, ours = {&pgm_dom[d], gm_py_malloc, gm_py_calloc, gm_py_realloc,
+                                           pgm_gil_held_domain(d) ? gm_py_free_gil : gm_py_free};
             PyMem_GetAllocator((PyMemAllocatorDomain)d, &prev);
             pgm_dom[d].ctx = prev.ctx;
             pgm_dom[d].malloc = prev.malloc;

@@ -7,8 +7,9 @@
  * is a struct gm_pydomain, one per domain, which holds the allocator they
  * replaced (CPython allows only wrapping after start-up: blocks that are
  * not pygomalloc's go back to it) and whether new blocks come from
- * pygomalloc.  Nothing in them relies on the GIL: the raw domain, and the
- * mem domain of free-threaded builds, call them from any thread.
+ * pygomalloc.  Nothing in them relies on the GIL (the raw domain, and the
+ * mem domain of free-threaded builds, call them from any thread) but
+ * gm_py_free_gil, the free of the domains whose callers hold it.
  */
 #ifndef GM_PYMEM_H
 #define GM_PYMEM_H
@@ -37,6 +38,12 @@ GM_API void *gm_py_malloc(void *dom, size_t size);
 GM_API void *gm_py_calloc(void *dom, size_t nelem, size_t elsize);
 GM_API void *gm_py_realloc(void *dom, void *ptr, size_t size);
 GM_API void gm_py_free(void *dom, void *ptr);
+/* gm_py_free for domains whose every caller holds the GIL (mem and obj in
+ * builds with a GIL): their frees of a block are ordered, and the state
+ * byte is claimed with a plain store instead of a compare-and-swap
+ * (malloc.c, free_push_fast).  Not for the raw domain, nor for any domain
+ * of a free-threaded build. */
+GM_API void gm_py_free_gil(void *dom, void *ptr);
 
 #ifdef GM_HIDDEN /* inside the core */
 /* gm_realloc's common case (pymem.c): p a live small object or a large

@@ -248,6 +248,35 @@ report(moves=moves, steps=steps, contents_ok=contents_ok, grown_ours=grown_ours,
     assert r["moves"] < 0.75 * r["steps"], r
 
 
+def test_double_free_through_every_domain_is_caught() -> None:
+    """The mem and obj domains free with a plain store of the state byte
+    (gm_py_free_gil: their callers hold the GIL, so two frees of a block are
+    ordered), the raw domain with a compare-and-swap: in each a second free
+    of a block is reported and changes nothing, so the block is handed out
+    once afterwards."""
+    r = child('''
+gm.install(("raw", "mem", "obj"))
+gm.set_option("abort_on_error", 0)
+out = {}
+for dom, alloc, free in (("obj", api.PyObject_Malloc, api.PyObject_Free),
+                         ("mem", api.PyMem_Malloc, api.PyMem_Free),
+                         ("raw", api.PyMem_RawMalloc, api.PyMem_RawFree)):
+    before = gm.stats().bad_frees
+    p = alloc(48)
+    ours = gm.owns(p)
+    free(p)
+    free(p)
+    a, b = alloc(48), alloc(48)
+    out[dom] = {"ours": ours, "bad": gm.stats().bad_frees - before, "distinct": a != b}
+    free(a)
+    free(b)
+gm.check_heap()
+report(**out)
+''')
+    for dom in ("obj", "mem", "raw"):
+        assert r[dom] == {"ours": True, "bad": 1, "distinct": True}, r
+
+
 def test_install_rejects_unknown_domains() -> None:
     r = child('''
 errors = []
