@@ -556,12 +556,7 @@ GM_INLINE bool free_push_fast(void *p, uintptr_t a, uintptr_t e, bool fixed_tls,
     gm_mclass *m = (gm_mclass *)((char *)tls_free(fixed_tls) + b * sizeof(gm_mclass));
     uint64_t npush = m->npush;
     int64_t d = (int64_t)(npush - m->limit); /* < 0: room; the top's offset from end */
-    if (ordered && likely(d < 0)) {
-        STORE_RELAXED(st, OBJ_CACHED);
-        free_push(m, (gm_freeobj *)((char *)m->end + d), npush, p, st);
-        return true;
-    }
-    if (likely(d < 0 && claim_live(st, (uint8_t)b))) {
+    if (likely(d < 0 && (ordered ? (STORE_RELAXED(st, OBJ_CACHED), true) : claim_live(st, (uint8_t)b)))) {
         free_push(m, (gm_freeobj *)((char *)m->end + d), npush, p, st);
         return true;
     }

@@ -131,8 +131,8 @@ static void inuse_unreserve(uintptr_t bytes) { ATOMIC_ADD(&gm_mheap.heap_inuse, 
 
 /* What the last growths left retained over the goal (grow): bytes, and the
  * age a free run must have to be released for them.  The thread that grew
- * takes it before it drops the heap lock (take_grown) and releases it
- * after (release_grown), so that no madvise runs under the heap lock.
+ * releases it once it has dropped the heap lock (unlock_and_release_grown),
+ * so that no madvise runs under the heap lock.
  * Under lock. */
 struct grown {
     uintptr_t bytes;
@@ -140,13 +140,12 @@ struct grown {
 };
 static struct grown grown_excess;
 
-static struct grown take_grown(void) {
+/* Drop the heap lock, then release what growths under it left over the
+ * goal. */
+static void unlock_and_release_grown(void) {
     struct grown g = grown_excess;
     grown_excess.bytes = 0;
-    return g;
-}
-
-static void release_grown(struct grown g) {
+    pthread_mutex_unlock(&gm_mheap.lock);
     if (g.bytes != 0)
         (void)gm_mheap_scavenge_aged(g.bytes, g.min_age_ms);
 }
@@ -553,9 +552,7 @@ static bool pagecache_refill(gm_mcache *c, uintptr_t npages, bool small) {
             break;
         c->spancache[c->nspancache++] = t;
     }
-    struct grown g = take_grown();
-    pthread_mutex_unlock(&gm_mheap.lock);
-    release_grown(g);
+    unlock_and_release_grown();
     pc->base = base;
     pc->free = take == 64 ? ~(uint64_t)0 : ((uint64_t)1 << take) - 1;
     pc->scav = ps.scav;
@@ -686,9 +683,7 @@ gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, gm_h
         while (c->nspancache < SPAN_CACHE_MAX && (t = gm_fixalloc_alloc(&gm_mheap.spanalloc)) != NULL)
             c->spancache[c->nspancache++] = t;
     }
-    struct grown g = take_grown();
-    pthread_mutex_unlock(&gm_mheap.lock);
-    release_grown(g);
+    unlock_and_release_grown();
     if (ps.nscav != 0)
         gm_sysUsed((void *)base, npages * PAGE_SIZE);
     return s;
@@ -738,9 +733,7 @@ gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align, gm_heap *hp)
         (void)free_range(spare[used++], aligned + npages * PAGE_SIZE, tail, now);
     for (; used < 3; used++)
         gm_fixalloc_free(&gm_mheap.spanalloc, spare[used]);
-    struct grown g = take_grown();
-    pthread_mutex_unlock(&gm_mheap.lock);
-    release_grown(g);
+    unlock_and_release_grown();
     if (ps.nscav != 0)
         gm_sysUsed((void *)aligned, npages * PAGE_SIZE);
     return s;

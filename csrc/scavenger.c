@@ -56,6 +56,12 @@ static atomic_bool scav_sleeping;    /* the thread waits for frees, without a ti
 static atomic_bool scav_waiting;     /* the thread waits, with or without a timeout; under scav_lock */
 static atomic_bool scav_quit;        /* the program's threads are gone: the thread exits; under scav_lock */
 
+/* Mapped heap bytes not released, counting `coming` released bytes about
+ * to be made Ready for an allocation. */
+static uint64_t retained_with(uintptr_t coming) {
+    return LOAD_RELAXED(&gm_mheap.heap_sys) - LOAD_RELAXED(&gm_mheap.heap_released) + coming;
+}
+
 static bool over_memory_limit(uint64_t retained) {
     long long limit = LOAD_RELAXED(&gm_opt.memory_limit);
     return limit > 0 && retained > (uint64_t)limit;
@@ -65,9 +71,8 @@ static bool over_memory_limit(uint64_t retained) {
  * `coming` released bytes about to be made Ready for an allocation (whose
  * bytes heap_inuse already counts: the heap reserves them first). */
 uintptr_t gm_scavenge_excess(uintptr_t coming) {
-    uint64_t sys = LOAD_RELAXED(&gm_mheap.heap_sys), rel = LOAD_RELAXED(&gm_mheap.heap_released);
     uint64_t inuse = LOAD_RELAXED(&gm_mheap.heap_inuse);
-    uint64_t retained = sys - rel + coming;
+    uint64_t retained = retained_with(coming);
     uint64_t goal = inuse + inuse / 100 * (uint64_t)LOAD_RELAXED(&gm_opt.retain_percent);
     if (over_memory_limit(retained))
         goal = inuse; /* over the soft limit: release every free page */
@@ -75,7 +80,7 @@ uintptr_t gm_scavenge_excess(uintptr_t coming) {
 }
 
 static bool over_limit_now(void) {
-    return over_memory_limit(LOAD_RELAXED(&gm_mheap.heap_sys) - LOAD_RELAXED(&gm_mheap.heap_released));
+    return over_memory_limit(retained_with(0));
 }
 
 /* The excess over the goal goes once it has been free for a tenth of the
@@ -84,8 +89,7 @@ static bool over_limit_now(void) {
  * the soft limit (counting `coming`, as gm_scavenge_excess) it goes at
  * once. */
 uint64_t gm_scavenge_min_age(uintptr_t coming) {
-    uint64_t retained = LOAD_RELAXED(&gm_mheap.heap_sys) - LOAD_RELAXED(&gm_mheap.heap_released) + coming;
-    return over_memory_limit(retained) ? 0 : (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms) / 10;
+    return over_memory_limit(retained_with(coming)) ? 0 : (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms) / 10;
 }
 
 static uint64_t goal_min_age(void) { return gm_scavenge_min_age(0); }
