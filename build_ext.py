@@ -368,8 +368,9 @@ static struct gm_pydomain pgm_dom[PGM_NDOMAINS]; /* the allocator replaced and t
 static int pgm_wrapped;                          /* bit d: pygomalloc is installed in domain d. Under the GIL. */
 
 /* Are domain d's callers sure to hold the GIL (mem and obj, with a GIL)?
- * Then its frees of a block are ordered and gm_py_free_gil claims the
- * block's state byte without a locked instruction (csrc/pymem.h). */
+ * Then its frees of a block are ordered and gm_py_free_gil (and
+ * gm_py_realloc_gil's moves) claim the block's state byte without a
+ * locked instruction (csrc/pymem.h). */
 static int pgm_gil_held_domain(int d)
 {
 #ifdef Py_GIL_DISABLED
@@ -390,8 +391,7 @@ static int pgm_pymem_route(int mask, int on)
         if (!(mask & (1 << d)))
             continue;
         if (on && !(pgm_wrapped & (1 << d))) {
-            PyMemAllocatorEx prev, ours = {&pgm_dom[d], gm_py_malloc, gm_py_calloc, gm_py_realloc,
-                                           pgm_gil_held_domain(d) ? gm_py_free_gil : gm_py_free};
+            PyMemAllocatorEx prev;
             PyMem_GetAllocator((PyMemAllocatorDomain)d, &prev);
             pgm_dom[d].ctx = prev.ctx;
             pgm_dom[d].malloc = prev.malloc;
@@ -400,11 +400,19 @@ static int pgm_pymem_route(int mask, int on)
             pgm_dom[d].free = prev.free;
             pgm_dom[d].fast_malloc = gm_malloc;
             pgm_dom[d].fast_free = gm_free;
-            PyMem_SetAllocator((PyMemAllocatorDomain)d, &ours);
             pgm_wrapped |= 1 << d;
         }
-        if (pgm_wrapped & (1 << d))
+        if (pgm_wrapped & (1 << d)) {
+            /* gm_py_malloc reads no route: the domain's malloc is swapped.
+             * Every mix of the two structs a racing caller could read (raw
+             * domain) is right: the context is the same, and each function
+             * serves both kinds of block. */
+            int gil = pgm_gil_held_domain(d);
+            PyMemAllocatorEx now = {&pgm_dom[d], on ? gm_py_malloc : gm_py_malloc_prev, gm_py_calloc,
+                                    gil ? gm_py_realloc_gil : gm_py_realloc, gil ? gm_py_free_gil : gm_py_free};
             __atomic_store_n(&pgm_dom[d].route, on, __ATOMIC_RELAXED);
+            PyMem_SetAllocator((PyMemAllocatorDomain)d, &now);
+        }
     }
     int routed = 0;
     for (int d = 0; d < PGM_NDOMAINS; d++)

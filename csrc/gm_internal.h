@@ -539,18 +539,6 @@ GM_INLINE bool gm_small_stays(unsigned c, size_t n) {
     size_t cap = gm_class_to_size[c];
     return n <= cap && (n > gm_class_to_size[c - 1] || n > cap - cap / 4);
 }
-/* Does realloc(a, n) leave a where it is, a being a live small object
- * that keeps its class, or shrinks by less than 1/4 (pymalloc's rule)?
- * The common realloc (a str or a buffer grown by a few bytes), decided in
- * a leaf with no stack frame; false for everything else, n == 0
- * included, which the callers' full paths decide (pymem.c). */
-GM_INLINE bool gm_realloc_stays(uintptr_t a, size_t n) {
-    uintptr_t e;
-    if ((a & GM_NOT_GRANULE) != 0 || (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) == 0)
-        return false;
-    unsigned st = LOAD_RELAXED(gm_state_at(e, a));
-    return st - 1 < NUM_CLASSES - 1 /* OBJ_LIVE(st) */ && n != 0 && gm_small_stays(st, n);
-}
 /* The heapArena record of the arena holding address a, or NULL. */
 GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
     uintptr_t e = gm_arena_map_load(a);

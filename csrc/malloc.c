@@ -692,6 +692,46 @@ GM_INLINE int free_owned(void *p, bool fixed_tls, bool ordered) {
     return 1;
 }
 
+/* realloc_small's move, out of line so that the in-place case needs no
+ * stack frame (one copy: fixed_tls and ordered are tested at run time,
+ * beside a memcpy). */
+static GM_NOINLINE void *realloc_move(void *p, uintptr_t e, unsigned c, size_t n, bool fixed_tls, bool ordered) {
+    size_t cap = gm_class_to_size[c];
+    void *q = malloc_fast(n > cap && n > GM_REALLOC_HEADROOM_MIN ? n + n / GM_REALLOC_HEADROOM : n,
+                          tls_alloc(fixed_tls));
+    if (q != NULL) {
+        memcpy(q, p, n < cap ? n : cap);
+        /* A racing free of p since realloc_small's load: the claim fails,
+         * and free_slow reports it. */
+        if (!free_push_fast(p, (uintptr_t)p, e, fixed_tls, ordered))
+            (void)free_slow(p, false);
+    }
+    return q;
+}
+
+/*
+ * realloc of a live small object of the default heap, decided from its
+ * state byte (the one load free() validates with: a byte OBJ_LIVE(c) at
+ * p's granule says p starts a live object of class c): in place, or moved
+ * through the fast paths, malloc's and free's (ordered: as in
+ * free_push_fast).  The policy is pymem.c's ("Where the object goes").
+ * Returns 1 with *out set (NULL: out of memory, p untouched), 0 for
+ * everything else (n == 0, NULL, large, tiny or sampled objects, a
+ * program's heap's, bad pointers), which the callers' slow paths decide.
+ */
+GM_INLINE int realloc_small(void *p, size_t n, bool fixed_tls, bool ordered, void **out) {
+    uintptr_t a = (uintptr_t)p, e;
+    if ((a & GM_NOT_GRANULE) != 0 || (e = LOAD_RELAXED(&gm_arena_map[a >> ARENA_SHIFT])) == 0 || n == 0)
+        return 0;
+    unsigned c = LOAD_RELAXED(gm_state_at(e, a));
+    if (c - 1 >= NUM_CLASSES - 1) /* not OBJ_LIVE(c) */
+        return 0;
+    *out = likely(gm_small_stays(c, n)) ? p : realloc_move(p, e, c, n, fixed_tls, ordered);
+    return 1;
+}
+
+static GM_NOINLINE void *realloc_slow(void *p, size_t size);
+
 /* The public fast paths, in the two TLS variants where they differ (see
  * "the calling thread's mcache"). */
 #ifdef GM_TLS_SWITCH
@@ -711,8 +751,25 @@ GM_TLS_VARIANTS(void *, gm_malloc, (size_t size), return malloc_fast(size, tls_a
 GM_TLS_VARIANTS(void, gm_free, (void *p), (void)free_fast(p, false, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_checked, (void *p), return free_fast(p, true, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_owned, (void *p), return free_owned(p, fixed_tls, false);)
+GM_TLS_VARIANTS(void *, gm_realloc, (void *p, size_t size), void *q;
+                if (likely(realloc_small(p, size, fixed_tls, false, &q))) return q; return realloc_slow(p, size);)
 /* CPython's memory domains (pymem.h): the fast paths with no wrapper between. */
-GM_TLS_VARIANTS(void *, gm_py_malloc, (void *dom, size_t size), return likely(gm_py_routed(dom)) ? malloc_fast(size, tls_alloc(fixed_tls)) : gm_py_prev_malloc(dom, size);)
+/* gm_py_malloc reads no route: a domain routed back has gm_py_malloc_prev
+ * in its place (build_ext.py, pgm_pymem_route).  gm_py_realloc's common
+ * cases are inlined here: small objects (realloc_small), and Python's
+ * realloc(NULL, n) (a list's first append), a malloc; the rest is in
+ * pymem.c.  gm_py_realloc_gil is to gm_py_realloc what gm_py_free_gil is
+ * to gm_py_free. */
+#define PY_REALLOC(ordered)                                                   \
+    void *q;                                                                  \
+    if (likely(realloc_small(p, n, fixed_tls, ordered, &q)))                  \
+        return q;                                                             \
+    if (p == NULL && likely(gm_py_routed(dom)))                               \
+        return malloc_fast(n, tls_alloc(fixed_tls));                          \
+    return gm_py_realloc_slow(dom, p, n);
+GM_TLS_VARIANTS(void *, gm_py_malloc, (void *dom, size_t size), (void)dom; return malloc_fast(size, tls_alloc(fixed_tls));)
+GM_TLS_VARIANTS(void *, gm_py_realloc, (void *dom, void *p, size_t n), PY_REALLOC(false))
+GM_TLS_VARIANTS(void *, gm_py_realloc_gil, (void *dom, void *p, size_t n), PY_REALLOC(true))
 GM_TLS_VARIANTS(void, gm_py_free, (void *dom, void *p), if (!free_owned(p, fixed_tls, false)) gm_py_prev_free(dom, p);)
 GM_TLS_VARIANTS(void, gm_py_free_gil, (void *dom, void *p), if (!free_owned(p, fixed_tls, true)) gm_py_prev_free(dom, p);)
 
@@ -761,21 +818,11 @@ size_t gm_usable_size(const void *p) {
     return s->elemsize;
 }
 
-static GM_NOINLINE void *realloc_slow(void *p, size_t size);
-
-/* The common case with no stack frame (gm_realloc_stays), the rest out
- * of line. */
-void *gm_realloc(void *p, size_t size) {
-    if (likely(gm_realloc_stays((uintptr_t)p, size)))
-        return p;
-    return realloc_slow(p, size);
-}
-
 static void *realloc_slow(void *p, size_t size) {
     if (p == NULL)
         return gm_malloc_internal(size);
     void *r;
-    if (gm_realloc_fast(p, size, &r)) /* pymem.c: most reallocs, decided from the state byte */
+    if (gm_realloc_fast(p, size, &r)) /* pymem.c: large objects, grown or shrunk in place when they can */
         return r;
     int code = gm_check(p);
     if (code != GM_OK) {

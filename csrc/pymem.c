@@ -5,15 +5,15 @@
  *
  * Python resizes its objects often (lists, strings, bytearrays, dict
  * tables): gm_realloc validated a pointer with gm_check (span lookup and
- * division), twice, before it decided.  gm_py_realloc, and gm_realloc
- * (the preload library's realloc, under PYTHONMALLOC=malloc too) through
- * gm_realloc_fast, decide from the object's state byte, the one load
- * free() validates with: a byte OBJ_LIVE(c) at p's granule says p starts
- * a live small object of class c.
- * A large object is recognised as gm_check does (its span, in use, starts
- * at p, not sampled).  Every other case (a tiny or sampled object, or a
- * bad pointer) goes to the rest of gm_realloc, which checks and reports
- * as before.  Moves go through the fast paths.
+ * division), twice, before it decided.  Now gm_realloc and gm_py_realloc
+ * (malloc.c) decide a small object from its state byte, the one load
+ * free() validates with (realloc_small: in place, or moved through
+ * malloc's and free's fast paths, inlined), and a large one here
+ * (realloc_decide, through gm_realloc_fast and gm_py_realloc_slow),
+ * recognised as gm_check does (its span, in use, starts at p, not
+ * sampled).  Every other case (a tiny or sampled object, a program's
+ * heap's, or a bad pointer) goes to the rest of gm_realloc, which checks
+ * and reports.
  *
  * Where the object goes.  Python grows buffers by small steps (a list by
  * 1/8, the json encoder's and str.join's writers by 1/4), each one a
@@ -22,8 +22,9 @@
  * shrinks it in place, where gm_realloc moved and copied whenever the
  * class (for a large object, the page count) changed, and the classes
  * above 512 bytes are less than 1/4 apart.  So:
- *   - a grown object of more than PY_HEADROOM_MIN bytes gets
- *     1/PY_HEADROOM more than asked, a large one 1/PY_LARGE_HEADROOM more,
+ *   - a grown object of more than GM_REALLOC_HEADROOM_MIN bytes gets
+ *     1/GM_REALLOC_HEADROOM more than asked (pymem.h), a large one
+ *     1/PY_LARGE_HEADROOM more,
  *     so that the next steps stay in place;
  *   - a small object stays in place within its class, and when it shrinks
  *     by less than 1/4 (pymalloc's rule for its own blocks);
@@ -49,9 +50,7 @@
 #include "gm_internal.h"
 #include "pymem.h"
 
-#define PY_HEADROOM 4
 #define PY_LARGE_HEADROOM 2
-#define PY_HEADROOM_MIN 512
 
 void *gm_py_calloc(void *dom, size_t nelem, size_t elsize) {
     const struct gm_pydomain *d = dom;
@@ -67,33 +66,16 @@ void *gm_py_calloc(void *dom, size_t nelem, size_t elsize) {
     return gm_calloc(nelem, elsize); /* NULL on overflow */
 }
 
-/* The decision for p, an address in an arena, and n > 0: in place, or
- * moved with alloc and release.  Returns 1 with *out set (NULL: out of
- * memory, p untouched) when p is a live small object or a large one;
- * returns 0 for everything else, which the caller's gm_realloc checks and
- * reports.  e is p's arena map entry. */
-GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(*alloc)(size_t),
-                            void (*release)(void *), unsigned large_keep) {
+/* The decision for p, any address, and n > 0, when p is a large object:
+ * in place, or moved with alloc and release.  Returns 1
+ * with *out set (NULL: out of memory, p untouched); returns 0 for
+ * everything else, which the caller's gm_realloc decides (small objects in
+ * malloc.c's realloc_small), checks and reports. */
+GM_INLINE int realloc_decide(void *p, size_t n, void **out, void *(*alloc)(size_t), void (*release)(void *),
+                            unsigned large_keep) {
     uintptr_t a = (uintptr_t)p;
-    if ((a & ((1u << STATE_SHIFT) - 1)) == 0) {
-        unsigned st = LOAD_RELAXED(gm_state_at(e, a));
-        if (st - 1 < NUM_CLASSES - 1) { /* OBJ_LIVE(st) */
-            size_t cap = gm_class_to_size[st];
-            if (gm_small_stays(st, n)) {
-                *out = p; /* (gm_realloc_stays decided the rest; here gm_py_realloc's n == 0, made 1) */
-                return 1;
-            }
-            void *q = alloc(n > cap && n > PY_HEADROOM_MIN ? n + n / PY_HEADROOM : n);
-            if (q != NULL) {
-                memcpy(q, p, n < cap ? n : cap);
-                release(p);
-            }
-            *out = q;
-            return 1;
-        }
-    }
     if (n > MAX_SMALL_SIZE && (a & (PAGE_SIZE - 1)) == 0) {
-        /* A large object, unsampled: see PY_HEADROOM. */
+        /* A large object, unsampled: see "Where the object goes". */
         gm_mspan *s = gm_span_of(a);
         if (s != NULL && LOAD_RELAXED(&s->state) == SPAN_INUSE && s->sizeclass == 0 && s->startAddr == a &&
             !LOAD_RELAXED(&s->sampled)) {
@@ -125,31 +107,22 @@ GM_INLINE int realloc_decide(void *p, uintptr_t e, size_t n, void **out, void *(
 }
 
 int gm_realloc_fast(void *p, size_t n, void **out) {
-    uintptr_t e = gm_arena_map_load((uintptr_t)p);
-    return e != 0 && n != 0 && realloc_decide(p, e, n, out, gm_malloc_internal, gm_free_internal, 3);
+    return n != 0 && realloc_decide(p, n, out, gm_malloc_internal, gm_free_internal, 3);
 }
 
-static GM_NOINLINE void *py_realloc_slow(void *dom, void *p, size_t n);
+void *gm_py_malloc_prev(void *dom, size_t size) { return gm_py_prev_malloc(dom, size); }
 
-/* The common case with no stack frame (gm_realloc_stays), the rest out
- * of line. */
-void *gm_py_realloc(void *dom, void *p, size_t n) {
-    if (likely(gm_realloc_stays((uintptr_t)p, n)))
-        return p;
-    return py_realloc_slow(dom, p, n);
-}
-
-static void *py_realloc_slow(void *dom, void *p, size_t n) {
+/* What gm_py_realloc (malloc.c) did not decide. */
+void *gm_py_realloc_slow(void *dom, void *p, size_t n) {
     const struct gm_pydomain *d = dom;
     if (p == NULL)
         return gm_py_routed(dom) ? d->fast_malloc(n) : d->malloc(d->ctx, n);
-    uintptr_t e = gm_arena_map_load((uintptr_t)p);
-    if (e == 0) /* not ours: the allocator we replaced made it */
+    if (gm_arena_map_load((uintptr_t)p) == 0) /* not ours: the allocator we replaced made it */
         return d->realloc(d->ctx, p, n);
     if (n == 0)
-        n = 1; /* Python's realloc(p, 0) keeps a block */
+        n = 1; /* Python's realloc(p, 0) keeps a block (a small one: gm_realloc's realloc_small) */
     void *q;
-    if (realloc_decide(p, e, n, &q, d->fast_malloc, d->fast_free, PY_LARGE_HEADROOM))
+    if (realloc_decide(p, n, &q, d->fast_malloc, d->fast_free, PY_LARGE_HEADROOM))
         return q;
     return gm_realloc(p, n);
 }

@@ -133,7 +133,14 @@ del new_list, new_dict                                  # ours, freed by us afte
 gc.collect()
 s3 = gm.stats()
 gm.check_heap()
-report(before=before, now=now, again=again, python_mallocs=s1.mallocs - s0.mallocs,
+# Routed back to pygomalloc: new blocks are ours again (the domain's malloc
+# is swapped back, build_ext.py's pgm_pymem_route).
+rerouted = sorted(gm.install(("mem", "obj")))
+again_list = [str(i) * 20 for i in range(100)]
+again_owned = gm.owns(id(again_list[-1]))
+del after_list, again_list
+gm.check_heap()
+report(rerouted=rerouted, again_owned=again_owned, before=before, now=now, again=again, python_mallocs=s1.mallocs - s0.mallocs,
        grown_ours=grown_ours, old_owned=old_owned, distinct_zero=distinct_zero, kept=bool(kept),
        calloc_overflow=calloc_overflow, new_owned=new_owned, threads_mallocs=s2.mallocs - s1.mallocs,
        routed_after=routed_after, after_owned=after_owned, freed_after=s3.frees - s2.frees,
@@ -154,6 +161,7 @@ def test_install_wraps_the_interpreters_allocator(pythonmalloc: str) -> None:
     assert r["new_owned"], r
     assert r["threads_mallocs"] > 50000, r
     assert r["routed_after"] == [] and not r["after_owned"], r
+    assert r["rerouted"] == ["mem", "obj"] and r["again_owned"], r
     assert r["freed_after"] >= 7000, r
     assert r["bad_frees"] == 0, r
 
@@ -253,28 +261,38 @@ def test_double_free_through_every_domain_is_caught() -> None:
     (gm_py_free_gil: their callers hold the GIL, so two frees of a block are
     ordered), the raw domain with a compare-and-swap: in each a second free
     of a block is reported and changes nothing, so the block is handed out
-    once afterwards."""
+    once afterwards.  So do their reallocs' moves (gm_py_realloc_gil): the
+    block moved from is freed, and a free of it after is reported."""
     r = child('''
 gm.install(("raw", "mem", "obj"))
 gm.set_option("abort_on_error", 0)
 out = {}
-for dom, alloc, free in (("obj", api.PyObject_Malloc, api.PyObject_Free),
-                         ("mem", api.PyMem_Malloc, api.PyMem_Free),
-                         ("raw", api.PyMem_RawMalloc, api.PyMem_RawFree)):
+for dom, alloc, realloc, free in (("obj", api.PyObject_Malloc, api.PyObject_Realloc, api.PyObject_Free),
+                                  ("mem", api.PyMem_Malloc, api.PyMem_Realloc, api.PyMem_Free),
+                                  ("raw", api.PyMem_RawMalloc, api.PyMem_RawRealloc, api.PyMem_RawFree)):
     before = gm.stats().bad_frees
     p = alloc(48)
     ours = gm.owns(p)
     free(p)
     free(p)
     a, b = alloc(48), alloc(48)
-    out[dom] = {"ours": ours, "bad": gm.stats().bad_frees - before, "distinct": a != b}
-    free(a)
-    free(b)
+    bad_free = gm.stats().bad_frees - before
+    q = alloc(48)
+    ctypes.memmove(q, b"x" * 48, 48)
+    r = realloc(q, 200)                  # another class: moved, q freed
+    moved = r != q and ctypes.string_at(r, 48) == b"x" * 48
+    free(q)                              # q again: reported
+    c, d = alloc(48), alloc(48)
+    out[dom] = {"ours": ours, "bad": bad_free, "distinct": a != b, "moved": moved,
+                "bad_after_move": gm.stats().bad_frees - before - bad_free, "distinct_after": len({a, b, c, d}) == 4}
+    for x in (a, b, c, d, r):
+        free(x)
 gm.check_heap()
 report(**out)
 ''')
     for dom in ("obj", "mem", "raw"):
-        assert r[dom] == {"ours": True, "bad": 1, "distinct": True}, r
+        assert r[dom] == {"ours": True, "bad": 1, "distinct": True, "moved": True, "bad_after_move": 1,
+                          "distinct_after": True}, r
 
 
 def test_install_rejects_unknown_domains() -> None:
