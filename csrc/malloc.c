@@ -751,8 +751,10 @@ GM_TLS_VARIANTS(void *, gm_malloc, (size_t size), return malloc_fast(size, tls_a
 GM_TLS_VARIANTS(void, gm_free, (void *p), (void)free_fast(p, false, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_checked, (void *p), return free_fast(p, true, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_owned, (void *p), return free_owned(p, fixed_tls, false);)
+/* realloc: small objects (realloc_small) and realloc(NULL, n) inline. */
 GM_TLS_VARIANTS(void *, gm_realloc, (void *p, size_t size), void *q;
-                if (likely(realloc_small(p, size, fixed_tls, false, &q))) return q; return realloc_slow(p, size);)
+                if (likely(realloc_small(p, size, fixed_tls, false, &q))) return q;
+                if (p == NULL) return malloc_fast(size, tls_alloc(fixed_tls)); return realloc_slow(p, size);)
 /* CPython's memory domains (pymem.h): the fast paths with no wrapper between. */
 /* gm_py_malloc reads no route: a domain routed back has gm_py_malloc_prev
  * in its place (build_ext.py, pgm_pymem_route).  gm_py_realloc's common
@@ -818,9 +820,8 @@ size_t gm_usable_size(const void *p) {
     return s->elemsize;
 }
 
+/* Everything gm_realloc did not decide: p != NULL. */
 static void *realloc_slow(void *p, size_t size) {
-    if (p == NULL)
-        return gm_malloc_internal(size);
     void *r;
     if (gm_realloc_fast(p, size, &r)) /* pymem.c: large objects, grown or shrunk in place when they can */
         return r;
