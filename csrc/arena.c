@@ -117,10 +117,10 @@ static bool register_arenas(uintptr_t base, uintptr_t n) {
             meta = other;
         }
         gm_heap_arena *ha = (gm_heap_arena *)(meta + STATEMAP_BYTES);
+        /* spans[] is all NULL (no span) as the fresh mapping's zeros
+         * are: its 64 KiB stay untouched until spans cover its pages. */
         ha->base = a;
         ha->zeroedBase = 0;
-        for (uintptr_t i = 0; i < PAGES_PER_ARENA; i++)
-            ha->spans[i] = &gm_nospan;
         ATOMIC_ADD(&gm_mheap.other_sys, sizeof(gm_heap_arena));
         /* Publish after the record is complete: free() on another thread
          * may look the arena up without a lock. */
@@ -200,16 +200,10 @@ uintptr_t gm_arena_grow(uintptr_t n, uintptr_t *got) {
     return v;
 }
 
-/* A span that covers nothing: what the span map holds for pages no span
- * covers.  divMul 0 makes the slot test fail. */
-gm_mspan gm_nospan = {.state = SPAN_DEAD};
-
 /* Point spans[] of every page in [base, base+npages*PAGE_SIZE) at v (NULL:
  * no span). */
 void gm_set_spans(gm_mspan *s, uintptr_t base, uintptr_t npages, gm_mspan *v) {
     (void)s;
-    if (v == NULL)
-        v = &gm_nospan;
     uintptr_t a = base, end = base + npages * PAGE_SIZE;
     while (a < end) {
         gm_heap_arena *ha = gm_arena_of(a);

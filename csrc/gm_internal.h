@@ -255,7 +255,8 @@ static inline void gm_list_unlink(gm_mspan **head, gm_mspan *s) {
 typedef struct gm_heap_arena {
     /* spans[i] is the span holding page i of this arena: the in-use span
      * for every page of an in-use span; for a free run only its first and
-     * last page (boundary tags for coalescing); &gm_nospan elsewhere.
+     * last page (boundary tags for coalescing); NULL elsewhere (a fresh
+     * mapping's zeros: none of it is written until a span covers it).
      * Written under mheap.lock (or by the owner of the page cache holding
      * the pages); read without a lock by the slow paths (relaxed). */
     gm_mspan *spans[PAGES_PER_ARENA];
@@ -463,7 +464,7 @@ typedef struct gm_mheap_s {
 
 extern GM_HIDDEN gm_mheap_t gm_mheap;
 extern GM_HIDDEN gm_mcentral gm_central[NUM_CLASSES];
-extern GM_HIDDEN gm_mspan gm_emptyspan, gm_nospan;
+extern GM_HIDDEN gm_mspan gm_emptyspan;
 extern GM_HIDDEN struct gm_mcache gm_nocache;
 extern GM_HIDDEN uintptr_t gm_phys_page_size, gm_huge_page_size;
 
@@ -546,18 +547,14 @@ GM_INLINE gm_heap_arena *gm_arena_of(uintptr_t a) {
         return NULL;
     return (gm_heap_arena *)(e + ((a & ~(ARENA_SIZE - 1)) >> STATE_SHIFT) + STATEMAP_BYTES);
 }
-/* The span map entry for address a: NULL outside the arenas, &gm_nospan
- * for pages of an arena that no span covers. */
-GM_INLINE gm_mspan *gm_span_of_raw(uintptr_t a) {
+/* spanOf: the span map entry for address a, i.e. the span holding it, or
+ * NULL (outside the arenas, or a page no span covers).  Any address may be
+ * asked. */
+GM_INLINE gm_mspan *gm_span_of(uintptr_t a) {
     gm_heap_arena *ha = gm_arena_of(a);
     if (unlikely(ha == NULL))
         return NULL;
     return LOAD_RELAXED(&ha->spans[(a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)]);
-}
-/* spanOf: the span holding address a, or NULL.  Any address may be asked. */
-GM_INLINE gm_mspan *gm_span_of(uintptr_t a) {
-    gm_mspan *s = gm_span_of_raw(a);
-    return s == &gm_nospan ? NULL : s;
 }
 /* The state byte of address a, which lies in an arena. */
 GM_INLINE uint8_t *gm_state_of(uintptr_t a) { return gm_state_at(gm_arena_map_load(a), a); }

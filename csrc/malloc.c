@@ -780,7 +780,7 @@ GM_TLS_VARIANTS(void, gm_py_free_gil, (void *dom, void *p), if (!free_owned(p, f
  * span map no longer points at it then (the heap clears the entries before
  * it touches the span), and p is simply not allocated. */
 static int interior(const gm_mspan *s, uintptr_t a) {
-    if (gm_span_of_raw(a) != s || LOAD_RELAXED(&s->state) != SPAN_INUSE)
+    if (gm_span_of(a) != s || LOAD_RELAXED(&s->state) != SPAN_INUSE)
         return GM_ERR_NOT_ALLOCATED;
     return GM_ERR_INTERIOR;
 }

@@ -34,7 +34,7 @@
  * pages, so the fragments that freed small spans leave behind are reused
  * before larger runs are cut (Go's cache takes whatever pages are free in a
  * 64-page block, to the same end).  The pages in a cache belong to no free
- * run (their span map entries are gm_nospan), so they never merge; a cache
+ * run (their span map entries are NULL), so they never merge; a cache
  * gives its free pages back when its thread exits or on gm_release.
  */
 #define _GNU_SOURCE
@@ -219,8 +219,6 @@ static gm_mspan *free_find(uintptr_t npages) {
 
 static void set_tag(uintptr_t page, gm_mspan *v) {
     gm_heap_arena *ha = gm_arena_of(page);
-    if (v == NULL)
-        v = &gm_nospan;
     STORE_RELAXED(&ha->spans[(page >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)], v);
 }
 

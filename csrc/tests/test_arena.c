@@ -18,6 +18,8 @@
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "gm_internal.h"
 #include "gmtest.h"
@@ -53,7 +55,7 @@ TEST(first_arena_placement) {
     CHECK_EQ(ha->base % ARENA_SIZE, 0);
     CHECK(gm_arena_map[first_arena >> ARENA_SHIFT] == gm_arena_map_entry((uintptr_t)ha - STATEMAP_BYTES, first_arena));
     CHECK(gm_state_of(a) == (uint8_t *)ha - STATEMAP_BYTES + ((a - first_arena) >> STATE_SHIFT));
-    CHECK(gm_span_of_raw(a) == ha->spans[(a - first_arena) >> PAGE_SHIFT]);
+    CHECK(gm_span_of(a) == ha->spans[(a - first_arena) >> PAGE_SHIFT]);
     if (!UNDER_SANITIZER) {
         CHECK(first_arena >= ARENA_HINT_BASE);
         if (first_arena < ARENA_HINT_BASE)
@@ -77,6 +79,38 @@ TEST(first_arena_placement) {
 
 /* The first arena in /proc/self/maps: "rw-p" where chunks are mapped, then
  * "---p" for the reserved rest. */
+/* The span map of an arena is written only where spans cover pages: a
+ * fresh mapping's zeros say "no span", so the 64 KiB of spans[] of an
+ * arena whose first few MiB are used stay mostly out of memory (they were
+ * all written at the arena's creation before). */
+TEST(span_map_resident_only_where_spans_were) {
+    gm_heap_arena *ha = gm_arena_of((uintptr_t)first_obj);
+    CHECK(ha != NULL);
+    if (ha == NULL)
+        return;
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)ha->spans + pg - 1) & ~(uintptr_t)(pg - 1);
+    uintptr_t hi = ((uintptr_t)(ha->spans + PAGES_PER_ARENA)) & ~(uintptr_t)(pg - 1);
+    size_t n = (hi - lo) / pg, resident = 0, used = 0;
+    unsigned char vec[64];
+    CHECK(n > 0 && n <= sizeof vec);
+    if (n == 0 || n > sizeof vec || mincore((void *)lo, hi - lo, vec) != 0)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        resident += vec[i] & 1;
+        for (gm_mspan *const *e = (gm_mspan *const *)(lo + i * pg); e < (gm_mspan *const *)(lo + (i + 1) * pg); e++)
+            if (*e != NULL) {
+                used++;
+                break;
+            }
+    }
+    /* Pages of the map with a span in them, plus those whose spans were
+     * freed since (a few, in this test's small heap). */
+    CHECK(resident <= used + 2);
+    CHECK(resident < n);
+    CHECK(gm_span_of(ha->base + ARENA_SIZE - PAGE_SIZE) == NULL || used == n);
+}
+
 TEST(proc_maps_shows_reserved_and_mapped) {
     if (first_arena == 0) {
         CHECK(first_arena != 0);
@@ -350,6 +384,7 @@ int main(void) {
      * behind the tests' back: transition_counters counts them exactly. */
     gm_option_set("scavenger", 0);
     RUN(first_arena_placement);
+    RUN(span_map_resident_only_where_spans_were);
     RUN(proc_maps_shows_reserved_and_mapped);
     RUN(owns_heap_pointers);
     RUN(owns_foreign_pointers);
