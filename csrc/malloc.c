@@ -497,19 +497,20 @@ void *gm_malloc_from(gm_mcache *c, size_t size, bool zero) {
     return zero ? malloc_slow(size, true, biased) : malloc_fast(size, biased);
 }
 
-void *gm_calloc(size_t nmemb, size_t size) {
+/* calloc, for gm_calloc and gm_py_calloc (their TLS variants below). */
+GM_INLINE void *calloc_fast(size_t nmemb, size_t size, gm_mcache *c) {
     size_t total;
     if (unlikely(__builtin_mul_overflow(nmemb, size, &total))) {
         errno = ENOMEM;
         return NULL;
     }
     if (likely(total <= GM_CALLOC_FAST)) {
-        void *p = malloc_fast(total, gm_tls.alloc);
+        void *p = malloc_fast(total, c);
         if (p != NULL)
             memset(p, 0, total);
         return p;
     }
-    return malloc_slow(total, true, gm_tls.alloc);
+    return malloc_slow(total, true, c);
 }
 
 /* ---- free -------------------------------------------------------------------- */
@@ -748,6 +749,7 @@ static GM_NOINLINE void *realloc_slow(void *p, size_t size);
     }
 #endif
 GM_TLS_VARIANTS(void *, gm_malloc, (size_t size), return malloc_fast(size, tls_alloc(fixed_tls));)
+GM_TLS_VARIANTS(void *, gm_calloc, (size_t nmemb, size_t size), return calloc_fast(nmemb, size, tls_alloc(fixed_tls));)
 GM_TLS_VARIANTS(void, gm_free, (void *p), (void)free_fast(p, false, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_checked, (void *p), return free_fast(p, true, fixed_tls);)
 GM_TLS_VARIANTS(int, gm_free_owned, (void *p), return free_owned(p, fixed_tls, false);)
@@ -770,6 +772,9 @@ GM_TLS_VARIANTS(void *, gm_realloc, (void *p, size_t size), void *q;
         return malloc_fast(n, tls_alloc(fixed_tls));                          \
     return gm_py_realloc_slow(dom, p, n);
 GM_TLS_VARIANTS(void *, gm_py_malloc, (void *dom, size_t size), (void)dom; return malloc_fast(size, tls_alloc(fixed_tls));)
+GM_TLS_VARIANTS(void *, gm_py_calloc, (void *dom, size_t nelem, size_t elsize),
+                return likely(gm_py_routed(dom)) ? calloc_fast(nelem, elsize, tls_alloc(fixed_tls))
+                                                 : gm_py_prev_calloc(dom, nelem, elsize);)
 GM_TLS_VARIANTS(void *, gm_py_realloc, (void *dom, void *p, size_t n), PY_REALLOC(false))
 GM_TLS_VARIANTS(void *, gm_py_realloc_gil, (void *dom, void *p, size_t n), PY_REALLOC(true))
 GM_TLS_VARIANTS(void, gm_py_free, (void *dom, void *p), if (!free_owned(p, fixed_tls, false)) gm_py_prev_free(dom, p);)

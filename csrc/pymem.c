@@ -1,7 +1,7 @@
 /*
- * pymem.c: calloc and realloc for CPython's memory domains (pymem.h).
- * gm_py_malloc and gm_py_free are in malloc.c, where they inline the fast
- * paths.
+ * pymem.c: the slow half of realloc for CPython's memory domains
+ * (pymem.h).  gm_py_malloc, calloc, realloc's fast half and free are in
+ * malloc.c, where they inline the fast paths.
  *
  * Python resizes its objects often (lists, strings, bytearrays, dict
  * tables): gm_realloc validated a pointer with gm_check (span lookup and
@@ -51,20 +51,6 @@
 #include "pymem.h"
 
 #define PY_LARGE_HEADROOM 2
-
-void *gm_py_calloc(void *dom, size_t nelem, size_t elsize) {
-    const struct gm_pydomain *d = dom;
-    if (!gm_py_routed(dom))
-        return d->calloc(d->ctx, nelem, elsize);
-    size_t n;
-    if (!__builtin_mul_overflow(nelem, elsize, &n) && n <= GM_CALLOC_FAST) {
-        void *p = d->fast_malloc(n);
-        if (p != NULL)
-            memset(p, 0, n);
-        return p;
-    }
-    return gm_calloc(nelem, elsize); /* NULL on overflow */
-}
 
 /* The decision for p, any address, and n > 0, when p is a large object:
  * in place, or moved with alloc and release.  Returns 1

@@ -29,7 +29,7 @@ struct gm_pydomain {
      * route is 1, gm_py_malloc_prev while it is 0. */
     int route;
     /* gm_malloc and gm_free, as the installer's dynamic linker resolved
-     * them, for gm_py_calloc and gm_py_realloc: the core's own calls to
+     * them, for gm_py_realloc_slow's large objects: the core's own calls to
      * its IFUNCs are resolved while the core is relocated, maybe before
      * its TLS descriptor is, which picks the slower variants (malloc.c). */
     void *(*fast_malloc)(size_t size);
@@ -70,11 +70,16 @@ GM_HIDDEN void *gm_py_realloc_slow(void *dom, void *ptr, size_t size);
 static inline int gm_py_routed(const void *dom) {
     return __atomic_load_n(&((const struct gm_pydomain *)dom)->route, __ATOMIC_RELAXED);
 }
-/* The replaced allocator's malloc and free, for gm_py_malloc_prev and
- * gm_py_free (malloc.c, next to the fast paths it inlines). */
+/* The replaced allocator's malloc, calloc and free, for gm_py_malloc_prev,
+ * gm_py_calloc and gm_py_free (malloc.c, next to the fast paths they
+ * inline). */
 static inline void *gm_py_prev_malloc(void *dom, size_t size) {
     const struct gm_pydomain *d = (const struct gm_pydomain *)dom;
     return d->malloc(d->ctx, size);
+}
+static inline void *gm_py_prev_calloc(void *dom, size_t nelem, size_t elsize) {
+    const struct gm_pydomain *d = (const struct gm_pydomain *)dom;
+    return d->calloc(d->ctx, nelem, elsize);
 }
 static inline void gm_py_prev_free(void *dom, void *ptr) {
     const struct gm_pydomain *d = (const struct gm_pydomain *)dom;
