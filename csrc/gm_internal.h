@@ -427,13 +427,20 @@ typedef struct gm_mcentral {
     gm_mspan *partial; /* uncached spans with free slots (list == LIST_PARTIAL). */
     gm_mspan *full;    /* uncached spans without free slots (list == LIST_FULL). */
     uint64_t nspans;   /* in-use spans of this class, cached or not. Under lock. */
-    gm_tcbatch tc[TC_BATCHES]; /* tc[0..ntc) hold batches, oldest first; every tc[i].objs is a buffer once allocated. Under lock. */
+    /* TC_BATCHES descriptors, allocated by the class's first batch (NULL
+     * before; ntc is 0 then): inline, they made every heap's centrals 84
+     * KiB, all of it written at the heap's creation, where most classes
+     * never hold a batch.  tc[0..ntc) hold batches, oldest first; every
+     * tc[i].objs is a buffer once allocated.  Under lock. */
+    gm_tcbatch *tc;
     gm_fixalloc tinywordalloc; /* tinywords arrays of this class's spans (the 16-byte class only). Under lock. */
     uint32_t ntc;      /* Under lock; read racily by malloc to skip the lock when 0. */
     uint32_t tc_objects; /* objects in tc, at most tc_room's bytes of them when they came in. Under lock. */
     uint32_t nany;     /* batches in tc with no owner. Under lock; read racily by malloc to skip the lock when 0 and none is its own. */
     char pad[64];
 } gm_mcentral;
+/* Small: every heap has NUM_CLASSES of them, written at its creation. */
+_Static_assert(sizeof(gm_mcentral) <= 256, "gm_mcentral grew: keep what few classes use out of line");
 
 /* ---- The heap (mheap.go) --------------------------------------------------- */
 

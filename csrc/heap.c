@@ -69,10 +69,14 @@ static bool asym_barrier;         /* membarrier(PRIVATE_EXPEDITED) is registered
 static pthread_mutex_t quarantine_lock = PTHREAD_MUTEX_INITIALIZER;
 static gm_mspan *quarantine, **quarantine_tail = &quarantine;
 
-static void central_init(gm_heap *hp) {
+/* fresh: hp's memory was never a heap (else its transfer cache descriptors
+ * and buffers stay, emptied, for the next heap in the slot). */
+static void central_init(gm_heap *hp, bool fresh) {
     for (int sc = 0; sc < NUM_CLASSES; sc++) {
         gm_mcentral *mc = &hp->central[sc];
         pthread_mutex_init(&mc->lock, NULL);
+        if (fresh)
+            mc->tc = NULL;
         mc->heap = hp;
         mc->sizeclass = (uint8_t)sc;
         mc->partial = mc->full = NULL;
@@ -85,7 +89,7 @@ void gm_heaps_init(void) {
     gm_default_heap.id = 0;
     gm_default_heap.gen = 0;
     pthread_mutex_init(&gm_default_heap.lock, NULL);
-    central_init(&gm_default_heap);
+    central_init(&gm_default_heap, true);
     for (int sc = 0; sc < NUM_CLASSES; sc++)
         gm_fixalloc_init(&gm_default_heap.central[sc].tinywordalloc,
                          (size_t)gm_class_to_nelems[sc] * sizeof(uint32_t), &gm_mheap.other_sys);
@@ -385,13 +389,13 @@ gm_heap_t *gm_heap_new(const struct gm_heap_options *opts) {
             return NULL;
         }
         pthread_mutex_init(&hp->lock, NULL);
-        central_init(hp);
+        central_init(hp, true);
         hp->id = id;
         hp->gen = 0;
         __atomic_store_n(&table[id], hp, __ATOMIC_RELEASE);
         __atomic_store_n(&nslots, id + 1, __ATOMIC_RELEASE);
     } else {
-        central_init(hp); /* a slot a destroyed heap left: its transfer buffers stay */
+        central_init(hp, false); /* a slot a destroyed heap left */
     }
     hp->large = NULL;
     hp->caches = NULL;

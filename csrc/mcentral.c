@@ -341,13 +341,17 @@ bool gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, 
     uint64_t now = gm_now_ms();
     bool released = false;
     pthread_mutex_lock(&mc->lock);
-    gm_tcbatch *b = &mc->tc[mc->ntc];
+    gm_tcbatch *b = NULL; /* stays NULL: to the spans */
     if (mc->ntc >= room || (mc->tc_objects + n) * size > bytes) {
-        b = NULL; /* full: to the spans */
-    } else if (b->objs == NULL) {
-        b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_mheap.other_sys);
-        if (b->objs == NULL)
-            b = NULL; /* no memory for the buffer: to the spans */
+        /* full */
+    } else if (mc->tc == NULL &&
+               (mc->tc = gm_persistentalloc(TC_BATCHES * sizeof(gm_tcbatch), 64, &gm_mheap.other_sys)) == NULL) {
+        /* no memory for the descriptors */
+    } else {
+        b = &mc->tc[mc->ntc];
+        if (b->objs == NULL &&
+            (b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_mheap.other_sys)) == NULL)
+            b = NULL; /* no memory for the buffer */
     }
     if (b == NULL) {
         free_objs_locked(mc, objs, n, &released);
