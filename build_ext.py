@@ -371,13 +371,21 @@ static int pgm_wrapped;                          /* bit d: pygomalloc is install
  * Then its frees of a block are ordered and gm_py_free_gil (and
  * gm_py_realloc_gil's moves) claim the block's state byte without a
  * locked instruction (csrc/pymem.h). */
+static int pgm_free_threaded(void);
 static int pgm_gil_held_domain(int d)
 {
+    return !pgm_free_threaded() && d != PYMEM_DOMAIN_RAW;
+}
+
+/* Is this a free-threaded CPython (which forbids replacing "obj")?  Asked
+ * of the build, not of sysconfig: its config variables are a dict of a
+ * thousand entries, built on first use, that cost install() 130 KiB of RSS. */
+static int pgm_free_threaded(void)
+{
 #ifdef Py_GIL_DISABLED
-    (void)d;
-    return 0;
+    return 1;
 #else
-    return d != PYMEM_DOMAIN_RAW;
+    return 0;
 #endif
 }
 
@@ -890,6 +898,7 @@ static uintptr_t pgm_libc_malloc(size_t size);
 static void pgm_libc_free(uintptr_t p);
 static uintptr_t pgm_capi_pointer(void);
 static uintptr_t pgm_capi_name_pointer(void);
+static int pgm_free_threaded(void);
 static int pgm_pymem_route(int mask, int on);
 
 /* Seeing native memory (pygomalloc._observe). */

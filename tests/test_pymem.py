@@ -313,6 +313,14 @@ report(errors=errors, installed=sorted(gm.installed()))
     assert r["installed"] == [], r  # nothing half-installed
 
 
+def test_install_knows_a_free_threaded_build_as_sysconfig_does() -> None:
+    # install() refuses "obj" on a free-threaded CPython: the extension asks
+    # its own build (Py_GIL_DISABLED), sysconfig asks the interpreter's.
+    import sysconfig
+
+    assert bool(gm_lib.pgm_free_threaded()) == bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
 def test_uninstall_before_install_is_a_no_op() -> None:
     assert gm.installed() == frozenset()  # this process never installs
     assert gm.uninstall() == frozenset()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import difflib
 import sys
-import sysconfig
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -688,7 +687,7 @@ def install(domains: Iterable[str] = ("mem", "obj")) -> frozenset[str]:
     ``"obj"``.  Returns the domains routed to pygomalloc now.
     """
     mask = _domain_mask(domains)
-    if mask & (1 << _DOMAINS["obj"]) and sysconfig.get_config_var("Py_GIL_DISABLED"):
+    if mask & (1 << _DOMAINS["obj"]) and lib.pgm_free_threaded():
         raise RuntimeError("free-threaded CPython does not allow replacing the object allocator")
     return _domain_names(lib.pgm_pymem_route(mask, 1))
 
