@@ -18,7 +18,8 @@
  * only when every object in it is free, and the bytes between objects are
  * never written. */
 void gm_span_init_small(gm_mspan *s, uint8_t sizeclass) {
-    GM_ASSERT(sizeclass > 1 && sizeclass < NUM_CLASSES && gm_class_to_size[sizeclass] % 16 == 0);
+    GM_ASSERT(sizeclass > 1 && sizeclass < NUM_CLASSES && gm_class_to_size[sizeclass] % 16 == 0 &&
+              gm_class_to_nelems[sizeclass] <= MAX_NELEMS);
     s->sizeclass = sizeclass;
     s->elemsize = gm_class_to_size[sizeclass];
     s->nelems = gm_class_to_nelems[sizeclass];

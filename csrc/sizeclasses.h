@@ -80,7 +80,8 @@
 #define GM_SC_LARGE_SIZE_DIV 128
 #define GM_SC_MIN_ALLOC_SIZE 16
 #define GM_SC_MAX_NPAGES 10
-#define GM_SC_MAX_OBJECTS 1024
+// the most objects in a span of a class malloc uses (size >= GM_SC_MIN_ALLOC_SIZE)
+#define GM_SC_MAX_OBJECTS 512
 static const uint16_t gm_class_to_size[GM_SC_NUM_CLASSES] = {
         0,     8,    16,    32,    48,    64,    80,    96,
       112,   128,   144,   160,   176,   192,   208,   224,

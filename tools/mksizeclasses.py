@@ -206,7 +206,9 @@ def generate() -> str:
     c128 = size_to_class128(classes)
 
     max_npages = max(c.npages for c in classes)
-    max_objects = max(c.objects for c in classes)
+    # Only the classes malloc uses size the spans' bitmaps: the 8-byte
+    # class's 1024 objects would double every span struct's allocBits.
+    max_objects = max(c.objects for c in classes if c.size >= MIN_ALLOC_SIZE)
     for name, ctype_max, values in (
         ("class_to_size", 0xFFFF, [c.size for c in classes]),
         ("class_to_allocnpages", 0xFF, [c.npages for c in classes]),
@@ -245,6 +247,7 @@ def generate() -> str:
     w.write(f"#define GM_SC_LARGE_SIZE_DIV {LARGE_SIZE_DIV}\n")
     w.write(f"#define GM_SC_MIN_ALLOC_SIZE {MIN_ALLOC_SIZE}\n")
     w.write(f"#define GM_SC_MAX_NPAGES {max_npages}\n")
+    w.write("// the most objects in a span of a class malloc uses (size >= GM_SC_MIN_ALLOC_SIZE)\n")
     w.write(f"#define GM_SC_MAX_OBJECTS {max_objects}\n")
     format_array(w, "uint16_t", "gm_class_to_size", "GM_SC_NUM_CLASSES",
                  [c.size for c in classes], 8)
