@@ -101,8 +101,9 @@ void *gm_py_malloc_prev(void *dom, size_t size) { return gm_py_prev_malloc(dom, 
 /* What gm_py_realloc (malloc.c) did not decide. */
 void *gm_py_realloc_slow(void *dom, void *p, size_t n) {
     const struct gm_pydomain *d = dom;
-    if (p == NULL)
-        return gm_py_routed(dom) ? d->fast_malloc(n) : d->malloc(d->ctx, n);
+    if (p == NULL) /* an unrouted domain's (gm_py_realloc answers a routed one; a route that
+                    * changed since is a race either answer is right for) */
+        return d->malloc(d->ctx, n);
     if (gm_arena_map_load((uintptr_t)p) == 0) /* not ours: the allocator we replaced made it */
         return d->realloc(d->ctx, p, n);
     if (n == 0)
