@@ -25,7 +25,8 @@
  *     cache and its large objects; a heap's total_alloc counts its freed
  *     large objects; a destroyed heap's sampled objects leave the profile;
  *   - destroy needs no memory: with every metadata mmap failing, its spans
- *     all go back (or to the quarantine).
+ *     all go back (or to the quarantine);
+ *   - a class's transfer cache descriptors come with its first batch.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -657,6 +658,42 @@ TEST(destroy_needs_no_memory) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* ---- the transfer cache's descriptors ---------------------------------------------- */
+
+/* A class's batch descriptors are allocated by its first batch, so a heap's
+ * centrals stay small and classes that never hold a batch cost nothing: a
+ * fresh heap has none, a burst of frees of one class gives that class
+ * descriptors and a batch, and no other class of the heap gets any.  Runs
+ * first, so that its heap is made in a slot no heap used before (a
+ * destroyed heap's slot keeps its descriptors for the next). */
+TEST(transfer_cache_descriptors_come_with_the_first_batch) {
+    gm_heap_t *h = gm_heap_new(NULL);
+    CHECK(h != NULL);
+    gm_heap *hp = gm_heap_get(h);
+    CHECK(hp != NULL);
+    uint8_t sc = gm_size_to_class(48);
+    for (int c = 0; c < NUM_CLASSES; c++)
+        CHECK(hp->central[c].tc == NULL);
+    enum { N = 2000 };
+    void **objs = malloc(N * sizeof *objs);
+    CHECK(objs != NULL);
+    for (int i = 0; i < N; i++)
+        CHECK((objs[i] = gm_heap_malloc(h, 48)) != NULL);
+    for (int i = 0; i < N; i++)
+        gm_free(objs[i]);
+    free(objs);
+    gm_mcentral *mc = &hp->central[sc];
+    pthread_mutex_lock(&mc->lock);
+    CHECK(mc->tc != NULL && mc->ntc >= 1);
+    pthread_mutex_unlock(&mc->lock);
+    for (int c = 0; c < NUM_CLASSES; c++)
+        if (c != sc)
+            CHECK(hp->central[c].tc == NULL);
+    CHECK_EQ(gm_check_heap(), 0);
+    CHECK_EQ(gm_heap_destroy(h), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 /* ---- the default heap's visit, statistics of large objects, the profile ------------ */
 
 struct find_acc {
@@ -788,6 +825,7 @@ TEST(destroy_takes_sampled_objects_out_of_the_profile) {
 }
 
 int main(void) {
+    RUN(transfer_cache_descriptors_come_with_the_first_batch); /* first: see there */
     RUN(one_heap_every_call);
     RUN(eight_threads_four_heaps_then_destroy);
     RUN(quota_is_exact_and_the_heaps_own);
