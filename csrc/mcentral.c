@@ -322,6 +322,19 @@ static uint32_t tc_room(uint64_t *bytes) {
     return b;
 }
 
+/* The descriptor of mc's next batch, with its buffer, both allocated on
+ * first use; NULL if there is no memory for them.  Under lock. */
+static gm_tcbatch *tc_free_slot(gm_mcentral *mc) {
+    if (mc->tc == NULL &&
+        (mc->tc = gm_persistentalloc(TC_BATCHES * sizeof(gm_tcbatch), 64, &gm_mheap.other_sys)) == NULL)
+        return NULL;
+    gm_tcbatch *b = &mc->tc[mc->ntc];
+    if (b->objs == NULL &&
+        (b->objs = gm_persistentalloc(gm_list_cap[mc->sizeclass] * sizeof(gm_freeobj), 64, &gm_mheap.other_sys)) == NULL)
+        return NULL;
+    return b;
+}
+
 bool gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, const void *owner) {
     uint8_t sc = mc->sizeclass;
     uint64_t size = gm_class_to_size[sc];
@@ -341,18 +354,8 @@ bool gm_mcentral_freeBatch(gm_mcentral *mc, const gm_freeobj *objs, uint32_t n, 
     uint64_t now = gm_now_ms();
     bool released = false;
     pthread_mutex_lock(&mc->lock);
-    gm_tcbatch *b = NULL; /* stays NULL: to the spans */
-    if (mc->ntc >= room || (mc->tc_objects + n) * size > bytes) {
-        /* full */
-    } else if (mc->tc == NULL &&
-               (mc->tc = gm_persistentalloc(TC_BATCHES * sizeof(gm_tcbatch), 64, &gm_mheap.other_sys)) == NULL) {
-        /* no memory for the descriptors */
-    } else {
-        b = &mc->tc[mc->ntc];
-        if (b->objs == NULL &&
-            (b->objs = gm_persistentalloc(gm_list_cap[sc] * sizeof(gm_freeobj), 64, &gm_mheap.other_sys)) == NULL)
-            b = NULL; /* no memory for the buffer */
-    }
+    /* NULL: the cache is full, or no memory: to the spans */
+    gm_tcbatch *b = mc->ntc < room && (mc->tc_objects + n) * size <= bytes ? tc_free_slot(mc) : NULL;
     if (b == NULL) {
         free_objs_locked(mc, objs, n, &released);
     } else {
