@@ -444,7 +444,8 @@ static void init_span(gm_mspan *s, uintptr_t base, uintptr_t npages, uint8_t siz
     s->list = LIST_NONE;
     s->needzero = zero ? 0 : 1;
     s->next = s->prev = NULL;
-    s->cachedBy = NULL;
+    s->cachedBy = NULL; /* the in-use pair: its bytes held the free run's */
+    s->lastOwner = NULL;
     if (sizeclass != 0) {
         gm_span_init_small(s, sizeclass);
     } else {
