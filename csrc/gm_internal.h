@@ -37,6 +37,20 @@
 #define GM_INLINE static inline __attribute__((always_inline))
 #define GM_HIDDEN __attribute__((visibility("hidden")))
 
+/* Bits set in x.  The baseline x86-64 target has no popcnt instruction, and
+ * gcc makes __builtin_popcountll a call into libgcc there (__popcountdi2,
+ * about 20 instructions with the call); the sum of bit fields below is 12,
+ * inline.  A build for a CPU that has popcnt uses it. */
+GM_INLINE unsigned gm_popcount(uint64_t x) {
+#ifdef __POPCNT__
+    return (unsigned)__builtin_popcountll(x);
+#else
+    x -= (x >> 1) & 0x5555555555555555ULL;
+    x = (x & 0x3333333333333333ULL) + ((x >> 2) & 0x3333333333333333ULL);
+    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+    return (unsigned)((x * 0x0101010101010101ULL) >> 56);
+#endif
+}
 
 /* Assertions (mimalloc-style levels).  GM_ASSERT checks an invariant at the
  * line that could break it, in debug builds (GM_DEBUG: the debug and

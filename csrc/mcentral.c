@@ -81,7 +81,7 @@ static uint32_t sweep(gm_mspan *s) {
         for (; j < lim; j++)
             bits |= (uint64_t)(gm_objstate(s, w * 64 + j) != OBJ_FREE) << j;
         s->allocBits[w] = bits;
-        n += (uint32_t)__builtin_popcountll(bits);
+        n += (uint32_t)gm_popcount(bits);
     }
     return n;
 }
@@ -158,7 +158,7 @@ void gm_mcentral_uncacheSpan(gm_mspan *s) {
             valid &= ~(((uint64_t)1 << (fi % 64)) - 1);
         if (w == nwords - 1 && s->nelems % 64 != 0)
             valid &= ((uint64_t)1 << (s->nelems % 64)) - 1;
-        unused += (uint32_t)__builtin_popcountll(~s->allocBits[w] & valid);
+        unused += (uint32_t)gm_popcount(~s->allocBits[w] & valid);
     }
     if (unused > s->allocCount)
         gm_throw("uncacheSpan: more unused slots than reserved ones");

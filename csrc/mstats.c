@@ -259,8 +259,8 @@ static int check_heap(void) {
 
     gm_registry_lock();
     for (gm_mcache *c = gm_registry_first(); c != NULL; c = c->next) {
-        cached_pages += (uint64_t)__builtin_popcountll(c->pcache.free);
-        cached_scav += (uint64_t)__builtin_popcountll(c->pcache.scav);
+        cached_pages += (uint64_t)gm_popcount(c->pcache.free);
+        cached_scav += (uint64_t)gm_popcount(c->pcache.scav);
         if (c->heap != &gm_default_heap || c->clsbase != 0) {
             gm_warn_check("a thread's default cache is not the default heap's", NULL);
             bad++;

@@ -96,7 +96,7 @@ static uintptr_t count_released(uintptr_t base, uintptr_t npages) {
     uint64_t m, *w;
     page_words it = {base, base + npages * PAGE_SIZE};
     while ((w = page_words_next(&it, offsetof(gm_heap_arena, scavenged), &m)) != NULL)
-        n += (uintptr_t)__builtin_popcountll(*w & m);
+        n += (uintptr_t)gm_popcount(*w & m);
     return n;
 }
 
@@ -407,11 +407,11 @@ static struct page_state claim_pages(uintptr_t base, uintptr_t npages) {
     page_words it = {base, base + npages * PAGE_SIZE};
     while ((w = page_words_next(&it, offsetof(gm_heap_arena, scavenged), &m)) != NULL) {
         gm_heap_arena *ha = gm_arena_of(a);
-        unsigned sh = (unsigned)__builtin_ctzll(m), n = (unsigned)__builtin_popcountll(m);
+        unsigned sh = (unsigned)__builtin_ctzll(m), n = (unsigned)gm_popcount(m);
         GM_ASSERT(!(ha->faulted[((a >> PAGE_SHIFT) & (PAGES_PER_ARENA - 1)) / 64] & m)); /* unfault_pages ran */
         uint64_t scav = *w & m;
         *w &= ~m;
-        ps.nscav += (uintptr_t)__builtin_popcountll(scav);
+        ps.nscav += (uintptr_t)gm_popcount(scav);
         /* Zero: at or above zeroedBase, or released (unless MADV_FREE,
          * which may leave old bytes). */
         uintptr_t off = a - ha->base, first_fresh = 0;
@@ -596,7 +596,7 @@ static gm_mspan *pagecache_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizecla
     uintptr_t base = pc->base + (uintptr_t)i * PAGE_SIZE;
     init_span(s, base, npages, sizeclass, zero, hp);
     if (scav != 0) {
-        ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)__builtin_popcountll(scav) * PAGE_SIZE);
+        ATOMIC_ADD(&gm_mheap.heap_released, -(uint64_t)gm_popcount(scav) * PAGE_SIZE);
         gm_sysUsed((void *)base, npages * PAGE_SIZE);
     }
     return s;
@@ -609,8 +609,8 @@ void gm_pagecache_flush(gm_mcache *c) {
         /* Out of span structs, even c's own: the pages cannot be described
          * as free runs.  The cache may be about to be recycled (thread
          * exit), so they are written off, and counted. */
-        lost_pages += (uint64_t)__builtin_popcountll(c->pcache.free);
-        lost_scav += (uint64_t)__builtin_popcountll(c->pcache.scav);
+        lost_pages += (uint64_t)gm_popcount(c->pcache.free);
+        lost_scav += (uint64_t)gm_popcount(c->pcache.scav);
         c->pcache = (gm_pagecache){0};
     }
     while (c->nspancache > 0)

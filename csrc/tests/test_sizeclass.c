@@ -9,7 +9,8 @@
  *   - every size 0..32768 goes to the smallest class >= max(size, 16), seen
  *     through gm_malloc + gm_usable_size and through gm_size_to_class;
  *   - objects of every class are aligned to 16; the 8-byte class (class 1)
- *     is never used.
+ *     is never used;
+ *   - gm_popcount (the bitmaps' counts) agrees with counting bit by bit.
  */
 #define _GNU_SOURCE
 #include "gm_internal.h"
@@ -178,6 +179,31 @@ TEST(stats_rows_match_table) {
     CHECK_EQ(st.by_size[0].size, 0);
 }
 
+/* Bits set in x, one at a time. */
+static unsigned bits_one_by_one(uint64_t x) {
+    unsigned n = 0;
+    for (int i = 0; i < 64; i++)
+        n += (unsigned)((x >> i) & 1);
+    return n;
+}
+
+TEST(popcount_counts_every_bit) {
+    CHECK_EQ(gm_popcount(0), 0);
+    CHECK_EQ(gm_popcount(~(uint64_t)0), 64);
+    for (int i = 0; i < 64; i++) {
+        CHECK_EQ(gm_popcount((uint64_t)1 << i), 1);
+        CHECK_EQ(gm_popcount(~((uint64_t)1 << i)), 63);
+        CHECK_EQ(gm_popcount(((uint64_t)1 << i) - 1), (unsigned)i); /* the low i bits */
+    }
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    for (int k = 0; k < 100000; k++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        uint64_t y = x & (x >> 3) & (k % 2 ? x >> 11 : ~(uint64_t)0); /* sparse and dense words */
+        CHECK_EQ(gm_popcount(x), bits_one_by_one(x));
+        CHECK_EQ(gm_popcount(y), bits_one_by_one(y));
+    }
+}
+
 int main(void) {
     RUN(table_consistent);
     RUN(span_index_and_is_slot_every_offset);
@@ -186,5 +212,6 @@ int main(void) {
     RUN(malloc_usable_size_every_size);
     RUN(every_class_aligned_16);
     RUN(stats_rows_match_table);
+    RUN(popcount_counts_every_bit);
     return gmtest_summary();
 }
