@@ -49,61 +49,15 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import callgrind_profile  # bench/callgrind_profile.py
 from runner import bench  # bench/runner.py
 
 
 def parse_callgrind(path: str) -> Tuple[int, Dict[str, int]]:
-    """(total Ir, self Ir per function name) from a callgrind output file.
-
-    Cost lines hold positions then event counts (only Ir here).  A cost line
-    right after a ``calls=`` line is the inclusive cost of that call, not the
-    caller's own, so it is skipped.  Function names may be compressed as
-    "(id) name" at first use and "(id)" afterwards, in fn= and cfn= lines.
-    """
-    names: Dict[str, str] = {}
-
-    def name(spec: str) -> str:
-        spec = spec.strip()
-        if spec.startswith("("):
-            close = spec.index(")")
-            key, rest = spec[1:close], spec[close + 1:].strip()
-            if rest:
-                names[key] = rest
-                return rest
-            return names.get(key, spec)
-        return spec
-
-    self_ir: Dict[str, int] = {}
-    fn = "?"
-    npos = 1
-    skip = False
-    total = None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            c = line[:1]
-            if c.isdigit() or c in "+-*":
-                if skip:
-                    skip = False
-                    continue
-                parts = line.split()
-                if len(parts) > npos:  # missing trailing counts are zero
-                    self_ir[fn] = self_ir.get(fn, 0) + int(parts[npos])
-            elif line.startswith("fn="):
-                fn = name(line[3:])
-            elif line.startswith("cfn="):
-                name(line[4:])
-            elif line.startswith("calls="):
-                skip = True
-            elif line.startswith("positions:"):
-                npos = len(line.split()) - 1
-            elif line.startswith(("totals:", "summary:")):
-                total = int(line.split()[1])
-    if total is None:
-        raise RuntimeError(f"no summary/totals line in {path}")
-    if sum(self_ir.values()) != total:
-        raise RuntimeError(f"callgrind profile {path} does not add up "
-                           f"({sum(self_ir.values())} != {total})")
-    return total, self_ir
+    """(total Ir, self Ir per function name) from a callgrind output file
+    (bench/callgrind_profile.py reads it)."""
+    prof = callgrind_profile.parse(path)
+    return prof.total("Ir"), prof.by_function("Ir")
 
 
 def callgrind_run(binary: Path, args: List[str], cand, tmpdir: str,

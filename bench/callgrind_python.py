@@ -41,6 +41,8 @@ import tempfile
 from collections import defaultdict
 from typing import Dict, List, Tuple
 
+import callgrind_profile  # bench/callgrind_profile.py
+
 WORKLOADS: Dict[str, Tuple[str, Tuple[int, int]]] = {
     # A big dict of small containers built and dropped: the flush of many
     # frees back to their spans.
@@ -101,61 +103,11 @@ ENTRY = re.compile(r"^(PyObject_(Malloc|Calloc|Realloc|Free)|PyMem_(Raw)?(Malloc
 
 
 def parse(path: str) -> Tuple[int, Dict[Tuple[str, str, str], int], Dict[str, int]]:
-    """(total Ir, self Ir per (object, file, function), calls per callee name)."""
-    tables: Dict[str, Dict[str, str]] = {"ob": {}, "fl": {}, "fn": {}}
-
-    def name(kind: str, spec: str) -> str:
-        spec = spec.strip()
-        if spec.startswith("("):
-            close = spec.index(")")
-            key, rest = spec[1:close], spec[close + 1:].strip()
-            if rest:
-                tables[kind][key] = rest
-                return rest
-            return tables[kind].get(key, spec)
-        return spec
-
-    self_ir: Dict[Tuple[str, str, str], int] = defaultdict(int)
-    calls: Dict[str, int] = defaultdict(int)
-    ob = fl = fn = "?"
-    cfn = "?"
-    npos = 1
-    skip = False
-    total = None
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            c = line[:1]
-            if c.isdigit() or c in "+-*":
-                if skip:
-                    skip = False
-                    continue
-                parts = line.split()
-                if len(parts) > npos:
-                    self_ir[(ob, fl, fn)] += int(parts[npos])
-            elif line.startswith("ob="):
-                ob = name("ob", line[3:])
-            elif line.startswith(("fl=", "fi=", "fe=")):
-                fl_now = name("fl", line[3:])
-                if line.startswith("fl="):
-                    fl = fl_now
-            elif line.startswith("fn="):
-                fn = name("fn", line[3:])
-            elif line.startswith("cob="):
-                name("ob", line[4:])
-            elif line.startswith(("cfl=", "cfi=")):
-                name("fl", line[4:])
-            elif line.startswith("cfn="):
-                cfn = name("fn", line[4:])
-            elif line.startswith("calls="):
-                calls[cfn] += int(line[6:].split()[0])
-                skip = True
-            elif line.startswith("positions:"):
-                npos = len(line.split()) - 1
-            elif line.startswith(("totals:", "summary:")):
-                total = int(line.split()[1])
-    if total is None:
-        raise RuntimeError(f"no totals in {path}")
-    return total, dict(self_ir), dict(calls)
+    """(total Ir, self Ir per (object, file, function), calls per callee name)
+    (bench/callgrind_profile.py reads the file)."""
+    prof = callgrind_profile.parse(path)
+    i = prof.events.index("Ir")
+    return prof.total("Ir"), {k: v[i] for k, v in prof.self_cost.items()}, prof.calls
 
 
 def category(ob: str, fl: str, fn: str) -> str:
