@@ -679,8 +679,10 @@ GM_INLINE bool canary_ok(const void *p) { return (((const uint64_t *)p)[0] ^ ((c
 
 /* nextFreeFast (malloc.go): the next free object of the cached span if the
  * allocCache has one, else 0.  Go's code, nearly word for word, plus the
- * state byte. */
-GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
+ * state byte, live: the span's liveval, which the caller has in a register
+ * (the index of its cache entry, see gm_mcache) where the span's would be
+ * one more load. */
+GM_INLINE void *gm_nextFreeFast(gm_mspan *s, uint8_t live) {
     uint64_t cache = s->allocCache;
     if (likely(cache != 0)) {
         unsigned theBit = (unsigned)__builtin_ctzll(cache);
@@ -691,7 +693,8 @@ GM_INLINE void *gm_nextFreeFast(gm_mspan *s) {
                 return NULL;
             s->allocCache = (cache >> theBit) >> 1;
             s->freeindex = freeidx;
-            gm_set_objstate(gm_objstate_ptr(s, result), s->liveval);
+            GM_ASSERT(live == s->liveval);
+            gm_set_objstate(gm_objstate_ptr(s, result), live);
             void *p = (void *)(s->startAddr + result * s->elemsize);
             GM_ASSERT_NO_CANARY(s, p);
             if (p == NULL) /* never (a span's start is not 0): lets the caller's test of the result fold away */

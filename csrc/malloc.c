@@ -408,12 +408,14 @@ GM_INLINE void *malloc_fast(size_t size, gm_mcache *c) {
         __builtin_prefetch(top[-1].p, 1);
         return p;
     }
-    p = gm_nextFreeFast(m->span);
+    p = gm_nextFreeFast(m->span, live);
     if (likely(p != NULL)) {
         gm_mcache_of(m)->nspan[live & ~OBJ_HEAP_BIT]++;
         return p;
     }
-    return malloc_slow(size, false, c);
+    /* m leads malloc_slow to the cache as c does (gm_mcache_of), and c
+     * need not stay in a register across the span path. */
+    return malloc_slow(size, false, (gm_mcache *)m);
 }
 
 /* A large object from cache c's heap (c: the cache itself). */
@@ -440,7 +442,9 @@ static void *malloc_slow_inner(size_t size, bool zero, gm_mcache *c);
 
 /* While the heap profile samples, every malloc comes here (see
  * gm_route_update), and counts its bytes towards the thread's next sample;
- * with the tiny allocator on, so do mallocs of 1 to TINY_MAX bytes. */
+ * with the tiny allocator on, so do mallocs of 1 to TINY_MAX bytes.  c: the
+ * cache, or any pointer into it (its biased pointer, an entry of its cls[]):
+ * malloc_slow_inner finds the cache with gm_mcache_of. */
 static GM_NOINLINE void *malloc_slow(size_t size, bool zero, gm_mcache *c) {
     void *p = malloc_slow_inner(size, zero, c);
     if (unlikely(LOAD_RELAXED(&gm_opt.profile_rate) != 0) && p != NULL &&
@@ -476,7 +480,7 @@ GM_INLINE void *malloc_slow_inner(size_t size, bool zero, gm_mcache *biased) {
             continue; /* a bad entry was dropped: try the next */
         /* Steps 3 to 7, with the transfer cache before nextFreeIndex: a
          * batch another thread flushed is taken whole. */
-        p = gm_nextFreeFast(m->span);
+        p = gm_nextFreeFast(m->span, live);
         if (p == NULL && LOAD_RELAXED(&c->heap->central[sc].ntc) != 0 && gm_mcache_receive(c, sc))
             continue;
         if (p == NULL && (p = gm_mcache_refill(c, sc)) == NULL) {
