@@ -42,7 +42,6 @@ import argparse
 import concurrent.futures
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,35 +52,15 @@ import callgrind_profile  # bench/callgrind_profile.py
 from runner import bench  # bench/runner.py
 
 
-def parse_callgrind(path: str) -> Tuple[int, Dict[str, int]]:
-    """(total Ir, self Ir per function name) from a callgrind output file
-    (bench/callgrind_profile.py reads it)."""
-    prof = callgrind_profile.parse(path)
-    return prof.total("Ir"), prof.by_function("Ir")
-
-
 def callgrind_run(binary: Path, args: List[str], cand, tmpdir: str,
                   require: Optional[str] = None) -> Tuple[int, int]:
     """(total Ir, Ir in the driver's own main) for ``binary args`` under ``cand``.
 
     With ``require``, some function whose name starts with it must have run
     (RuntimeError otherwise)."""
-    fd, out = tempfile.mkstemp(prefix="callgrind.", dir=tmpdir)
-    os.close(fd)
-    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-           str(binary), *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env=bench.candidate_env(cand))
-        if proc.returncode != 0 or "RESULT " not in proc.stdout:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-            raise RuntimeError(f"{' '.join(args)} under {cand.name} failed "
-                               f"(exit {proc.returncode}):\n{tail}")
-        if "cannot be preloaded" in proc.stderr:
-            raise RuntimeError(f"LD_PRELOAD of {cand.preload} failed under valgrind")
-        total, self_ir = parse_callgrind(out)
-    finally:
-        os.unlink(out)
+    prof = callgrind_profile.run_driver(binary, args, cand.name, bench.candidate_env(cand), tmpdir,
+                                        preload=cand.preload)
+    total, self_ir = prof.total("Ir"), prof.by_function("Ir")
     if require is not None and not any(f.startswith(require) and ir > 0
                                        for f, ir in self_ir.items()):
         raise RuntimeError(f"{' '.join(args)} under {cand.name}: no {require}* in the "
@@ -184,9 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     bad = [o for o in opts.orders if o not in ("lifo", "fifo")]
     if bad:
         p.error(f"unknown order(s) {bad}: use lifo, fifo")
-    if shutil.which("valgrind") is None:
-        print("callgrind_fastpath: valgrind is not installed "
-              "(apt-get install valgrind, or run bench/setup_peers.sh)", file=sys.stderr)
+    if not callgrind_profile.have_valgrind("callgrind_fastpath"):
         return 2
     strict = bool(opts.allocators)
     want_linked = not strict or LINKED in opts.allocators

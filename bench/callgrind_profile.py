@@ -17,7 +17,13 @@ may be compressed: ``(id) name`` at first use, ``(id)`` afterwards.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Tuple
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
 
 
 @dataclasses.dataclass
@@ -32,18 +38,18 @@ class Profile:
 
     def by_function(self, event: str) -> Dict[str, int]:
         """Self cost of ``event`` per function name (objects merged)."""
-        i = self.events.index(event)
-        out: Dict[str, int] = {}
-        for (_, _, fn), counts in self.self_cost.items():
-            out[fn] = out.get(fn, 0) + counts[i]
-        return out
+        return self._sum(event, 2)
 
     def by_object(self, event: str) -> Dict[str, int]:
         """Self cost of ``event`` per object file."""
+        return self._sum(event, 0)
+
+    def _sum(self, event: str, part: int) -> Dict[str, int]:
+        """Self cost of ``event`` summed over the keys' part ``part``."""
         i = self.events.index(event)
         out: Dict[str, int] = {}
-        for (ob, _, _), counts in self.self_cost.items():
-            out[ob] = out.get(ob, 0) + counts[i]
+        for key, counts in self.self_cost.items():
+            out[key[part]] = out.get(key[part], 0) + counts[i]
         return out
 
 
@@ -114,3 +120,36 @@ def parse(path: str) -> Profile:
             raise RuntimeError(f"callgrind profile {path} does not add up "
                                f"({ev}: {got} != {totals[i]})")
     return Profile(events, totals, self_cost, calls)
+
+
+def run_driver(binary: Path, args: Sequence[str], name: str, env: Dict[str, str],
+               tmpdir: str, options: Sequence[str] = (),
+               preload: Optional[str] = None) -> Profile:
+    """The profile of a bench driver (``binary args``, which prints a RESULT
+    line) run under callgrind with ``options`` in ``env``; ``name`` labels
+    errors.  RuntimeError if the run fails, or if ``preload`` (the library
+    in LD_PRELOAD) could not be preloaded."""
+    fd, out = tempfile.mkstemp(prefix="callgrind.", dir=tmpdir)
+    os.close(fd)
+    cmd = ["valgrind", "--tool=callgrind", *options, f"--callgrind-out-file={out}",
+           str(binary), *args]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0 or "RESULT " not in proc.stdout:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+            raise RuntimeError(f"{binary.name} {' '.join(args)} under {name} failed "
+                               f"(exit {proc.returncode}):\n{tail}")
+        if preload and "cannot be preloaded" in proc.stderr:
+            raise RuntimeError(f"LD_PRELOAD of {preload} failed under valgrind")
+        return parse(out)
+    finally:
+        os.unlink(out)
+
+
+def have_valgrind(prog: str) -> bool:
+    """Whether valgrind is installed; if not, ``prog`` says so on stderr."""
+    if shutil.which("valgrind") is not None:
+        return True
+    print(f"{prog}: valgrind is not installed "
+          "(apt-get install valgrind, or run bench/setup_peers.sh)", file=sys.stderr)
+    return False

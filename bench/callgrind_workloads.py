@@ -19,7 +19,9 @@ allocator executed more instructions or missed the cache more often.  It
 cannot show what callgrind does not model: threads run one at a time on
 one simulated cache (no lines moving between cores), and a ``lock``ed
 instruction counts as one instruction whatever it costs.  Counts are
-repeatable from run to run where times on a shared machine are not.
+repeatable from run to run where times on a shared machine are not (to
+within 1% for the two-thread rows, whose interleaving valgrind's
+scheduler decides).
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ import argparse
 import concurrent.futures
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -62,21 +62,8 @@ def scaled_args(w, scale: int, threads: int = 2) -> List[str]:
 
 def run(binary: Path, args: Sequence[str], cand, tmpdir: str) -> Dict[str, int]:
     """Whole-program counts and those outside the driver for one run."""
-    fd, out = tempfile.mkstemp(prefix="callgrind.", dir=tmpdir)
-    os.close(fd)
-    cmd = ["valgrind", "--tool=callgrind", "--cache-sim=yes", f"--callgrind-out-file={out}",
-           str(binary), *args]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=bench.candidate_env(cand))
-        if proc.returncode != 0 or "RESULT " not in proc.stdout:
-            tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-            raise RuntimeError(f"{binary.name} {' '.join(args)} under {cand.name} failed "
-                               f"(exit {proc.returncode}):\n{tail}")
-        if "cannot be preloaded" in proc.stderr:
-            raise RuntimeError(f"LD_PRELOAD of {cand.preload} failed under valgrind")
-        prof = callgrind_profile.parse(out)
-    finally:
-        os.unlink(out)
+    prof = callgrind_profile.run_driver(binary, args, cand.name, bench.candidate_env(cand), tmpdir,
+                                        ["--cache-sim=yes"], cand.preload)
     if cand.preload and not any(os.path.realpath(ob) == os.path.realpath(cand.preload)
                                 for ob in prof.by_object("Ir")):
         raise RuntimeError(f"{cand.preload} does not appear in the profile: it did not run")
@@ -105,9 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bad = [n for n in names if n not in known]
     if bad:
         p.error(f"unknown workload(s) {', '.join(bad)}: choose from {', '.join(known)}")
-    if shutil.which("valgrind") is None:
-        print("callgrind_workloads: valgrind is not installed "
-              "(apt-get install valgrind, or run bench/setup_peers.sh)", file=sys.stderr)
+    if not callgrind_profile.have_valgrind("callgrind_workloads"):
         return 2
     selected = [a.strip() for a in opts.allocators.split(",")] if opts.allocators else None
     try:
