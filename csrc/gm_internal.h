@@ -354,7 +354,12 @@ typedef struct gm_mcache {
     uint64_t nflush[NUM_CLASSES];   /* objects taken off the list by flushes, ever. Same. */
     uint64_t nrecv[NUM_CLASSES];    /* objects put on the list from the transfer cache, ever. Same. */
     uint32_t ntcown[NUM_CLASSES];   /* its own batches in the class's transfer cache: a hint, exact when takeBatch last looked, high after others drained them. Owner only. */
-    uint32_t listmax[NUM_CLASSES];  /* bound on each list's length (tcache_bytes). Fixed at creation. */
+    uint32_t listmax[NUM_CLASSES];  /* bound on each list's length: listhome, or more while the list is grown (mcache.c, "Growing lists"). Owner writes, others read racily. */
+    uint32_t listhome[NUM_CLASSES]; /* the bound of the list's array in the lists block (tcache_bytes). Fixed at creation. */
+    uint32_t lastdrains[NUM_CLASSES]; /* nrecv + nspan (truncated) at the class's last overflow: if they moved since, the list ran empty in between. Owner only. */
+    uint32_t trimdrains[NUM_CLASSES]; /* the same at the grown list's growth or last trim pass. Owner only. */
+    uint64_t grown;                 /* bytes of objects and entries the grown lists may hold above their home bounds, in all. Owner only. */
+    uint64_t trim_at;               /* gm_now_ms() at the last trim pass over the grown lists. Owner only. */
     gm_freeobj *lists;              /* the lists' arrays, one block (gm_mcache_lists_bytes). Owner only. */
     gm_pagecache pcache;
     gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
@@ -762,6 +767,13 @@ GM_HIDDEN void gm_mcache_free_heap_cache(gm_mcache *hc);
 GM_HIDDEN void gm_mcache_reset_lists(gm_mcache *c, uint8_t clsbase);
 GM_HIDDEN void *gm_mcache_refill(gm_mcache *c, uint8_t sc);
 GM_HIDDEN void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep);
+/* Class sc's list is full: grow it rather than flush it, if it ran empty
+ * since it was last full and the budget allows.  Returns whether it has
+ * room now.  (mcache.c, "Growing lists".) */
+GM_HIDDEN bool gm_mcache_grow(gm_mcache *c, uint8_t sc);
+/* Shrink the lists that grew and have not run empty since the last pass,
+ * at most once per decay_ms.  c->grown != 0. */
+GM_HIDDEN void gm_mcache_trim(gm_mcache *c);
 GM_HIDDEN bool gm_mcache_receive(gm_mcache *c, uint8_t sc);
 GM_HIDDEN void gm_mcache_flushAll(gm_mcache *c);
 /* Flush and recycle the caches abandoned at least age_ms ago (the
@@ -921,7 +933,8 @@ struct gm_options {
      * reused memory */
     long long thp;
     /* bound of each per-thread, per-class list of freed objects (read when a thread's cache is
-     * created) */
+     * created); a list that overflows in bursts grows past it, a thread's lists by up to 32 times
+     * this in all */
     long long tcache_bytes;
     /* debug: freed large spans (1) or all spans returned to the heap (2) become PROT_NONE, so a use
      * after free crashes */

@@ -657,7 +657,8 @@ static GM_NOINLINE int free_slow(void *p, bool checked) {
 }
 
 /* Free the live object p of class sc, whose state byte is st, onto the
- * list of cache c (flushing half of it first if it is full); false if a
+ * list of cache c (growing it, or flushing half of it first, if it is
+ * full: mcache.c, "Growing lists"); false if a
  * racing free got it first.  The caller owns c (c's thread, or the one
  * flushing c at its thread's exit). */
 bool gm_free_to(gm_mcache *c, uint8_t sc, void *p, uint8_t *st) {
@@ -670,8 +671,12 @@ bool gm_free_to(gm_mcache *c, uint8_t sc, void *p, uint8_t *st) {
      * rebuilt 54 KiB of that class sent 205 objects through
      * free_objs_locked and cacheSpan's sweep on each cycle instead of
      * none. */
-    if (m->npush >= m->limit)
-        gm_mcache_flushClass(c, sc, c->listmax[sc] - c->listmax[sc] / 2);
+    if (m->npush >= m->limit) {
+        if (c->grown != 0)
+            gm_mcache_trim(c);
+        if (!gm_mcache_grow(c, sc))
+            gm_mcache_flushClass(c, sc, c->listmax[sc] - c->listmax[sc] / 2);
+    }
     if (!claim_live(st, c->clsbase | sc))
         return false;
     free_push(m, gm_list_slot(m), m->npush, p, st);

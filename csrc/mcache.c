@@ -50,6 +50,7 @@ __thread bool gm_tls_exiting;
 
 uint32_t gm_list_cap[NUM_CLASSES];
 static size_t lists_entries;    /* entries of a lists block: the arrays and their sentinels */
+static uint32_t list_off[NUM_CLASSES]; /* where class sc's sentinel is in a lists block (its array follows) */
 static gm_freeobj *free_lists;  /* recycled lists blocks, linked through entry 0's p. Under registry_lock. */
 
 static pthread_key_t mcache_key;
@@ -123,6 +124,7 @@ void gm_mcache_init(void) {
     lists_entries = 0;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         gm_list_cap[sc] = list_bound((uint8_t)sc, gm_opt.tcache_bytes);
+        list_off[sc] = (uint32_t)lists_entries;
         lists_entries += gm_list_cap[sc] != 0 ? gm_list_cap[sc] + 1 : 0;
     }
 }
@@ -167,22 +169,22 @@ void gm_mcache_reset_lists(gm_mcache *c, uint8_t clsbase) {
     c->clsbase = clsbase;
     for (int i = 0; i < MCACHE_CLS; i++)
         c->cls[i] = (gm_mclass)NO_LIST;
-    gm_freeobj *pos = c->lists;
+    c->grown = c->trim_at = 0;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         uint32_t cap = gm_list_cap[sc], max = list_bound((uint8_t)sc, tcache_bytes);
-        c->listmax[sc] = max < cap ? max : cap;
+        c->listmax[sc] = c->listhome[sc] = max < cap ? max : cap;
         c->nspan[sc] = c->nflush[sc] = c->nrecv[sc] = 0;
-        c->ntcown[sc] = 0;
+        c->ntcown[sc] = c->lastdrains[sc] = c->trimdrains[sc] = 0;
         if (cap == 0)
             continue;
         /* pos[0] is the sentinel: zero from persistentalloc, and never
          * written since (lists_alloc clears the one word it borrows), so
          * the pages of classes a thread never uses are never touched. */
+        gm_freeobj *pos = c->lists + list_off[sc];
         GM_ASSERT(pos[0].p == NULL);
         gm_mclass *m = gm_mclass_of(c, (uint8_t)sc);
         m->end = pos + 1 + c->listmax[sc];
         m->limit = c->listmax[sc] * LIST_UNIT;
-        pos += cap + 1;
     }
 }
 
@@ -323,6 +325,8 @@ void *gm_mcache_refill(gm_mcache *c, uint8_t sc) {
         gm_mcentral_uncacheSpan(s);
         m->span = &gm_emptyspan;
     }
+    if (c->grown != 0)
+        gm_mcache_trim(c);
     s = gm_mcentral_cacheSpan(c, sc);
     if (s == NULL)
         return NULL;
@@ -366,6 +370,125 @@ void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
     c->nflush[sc] += n;
 }
 
+/*
+ * Growing lists.  A list holds about tcache_bytes of objects, in an array
+ * of the thread's lists block; a burst of frees larger than that sends the
+ * older half out at every overflow, to the transfer cache while it has
+ * room and then to the spans (free_objs_locked: each entry checked, each
+ * canary read and cleared), and the burst of mallocs that follows takes
+ * them back through the spans (cacheSpan, nextFreeFast).  Python drops a
+ * parsed document or a list of words and builds the next one in exactly
+ * that pattern: strings_json's `del words` (10,000 strs of one class)
+ * took 1.7 times as long under install() as under pymalloc, which keeps
+ * every freed block in its pool, and the `split()` that made them 1.3
+ * times.  So a list that overflows after it ran empty since its last
+ * overflow (the thread frees in bursts and allocates them back; not at its
+ * first overflow: a thread that frees what it built once has no use for
+ * them) doubles
+ * instead, into an array of its own (mmap), as long as the thread's grown
+ * lists hold at most LIST_GROW_BUDGET times tcache_bytes more than their
+ * home bounds in all, and the process's at most LIST_GROW_TOTAL times
+ * that; a list that overflows without having run empty (a thread that
+ * frees what others allocate, a steady churn) flushes half, as before.
+ * A grown list that has not run empty for decay_ms (gm_mcache_trim, from
+ * the owner's slow paths) flushes down to half its home bound and goes
+ * home; so do all at thread exit and gm_release.  An idle thread keeps
+ * its grown lists until it allocates again or exits.
+ */
+#define LIST_GROW_BUDGET 32   /* x tcache_bytes: a thread's grown lists, their objects and entries above their home bounds */
+#define LIST_GROW_TOTAL 8     /* x a thread's budget: every thread's together */
+#define LIST_GROW_MAX 65536u  /* entries of a grown list */
+
+static uint64_t grown_total; /* the sum of every cache's grown. Atomic. */
+
+static uint32_t list_drains(const gm_mcache *c, uint8_t sc) { return (uint32_t)(c->nrecv[sc] + c->nspan[sc]); }
+
+/* The mapping of a grown array of max entries and its sentinel. */
+static size_t grown_bytes(uint32_t max) { return ((max + 1) * sizeof(gm_freeobj) + PAGE_SIZE - 1) & ~(size_t)(PAGE_SIZE - 1); }
+
+/* Move class sc's list into the array whose first entry is nb (nb[-1]: a
+ * NULL sentinel), bounded by max, which holds it; unmap its grown array,
+ * if it had one.  The counters keep every sum of gm_mclass: the top stays
+ * at the same distance from the base, and limit moves with listmax, so
+ * mallocs and the length are unchanged.  A stats reader racing with this
+ * may see limit and listmax from either side for that read. */
+static void list_move(gm_mcache *c, uint8_t sc, gm_freeobj *nb, uint32_t max) {
+    gm_mclass *m = gm_mclass_of(c, sc);
+    uint32_t old = c->listmax[sc], len = gm_list_len(m->npush, m->limit, old);
+    gm_freeobj *ob = gm_list_base(m, old);
+    GM_ASSERT(len <= max && nb[-1].p == NULL);
+    memcpy(nb, ob, len * sizeof *nb);
+    STORE_RELAXED(&m->limit, m->limit + ((int64_t)max - old) * (int64_t)LIST_UNIT);
+    STORE_RELAXED(&c->listmax[sc], max);
+    m->end = nb + max;
+    if (old > c->listhome[sc]) {
+        gm_sysFree(ob - 1, grown_bytes(old));
+        ATOMIC_ADD(&gm_mheap.mcache_sys, -(uint64_t)grown_bytes(old));
+    }
+}
+
+bool gm_mcache_grow(gm_mcache *c, uint8_t sc) {
+    uint32_t drains = list_drains(c, sc), max = c->listmax[sc];
+    /* It overflowed before (its first overflow flushes: a thread that
+     * frees what it built once need not keep it), and ran empty since. */
+    bool emptied = drains != c->lastdrains[sc] && c->nflush[sc] != 0;
+    c->lastdrains[sc] = drains;
+    uint64_t size = gm_class_to_size[sc] + LIST_UNIT, budget = (uint64_t)LOAD_RELAXED(&gm_opt.tcache_bytes) * LIST_GROW_BUDGET;
+    if (!emptied || c->clsbase != 0 || max >= LIST_GROW_MAX || c->grown >= budget)
+        return false;
+    uint64_t want = (uint64_t)max * 2, room = (budget - c->grown) / size;
+    if (want > LIST_GROW_MAX)
+        want = LIST_GROW_MAX;
+    if (want - max > room)
+        want = max + room;
+    uint64_t more = (want - max) * size;
+    if (want <= max || ATOMIC_ADD(&grown_total, more) + more > budget * LIST_GROW_TOTAL) {
+        if (want > max)
+            ATOMIC_ADD(&grown_total, -more);
+        return false;
+    }
+    gm_freeobj *a = gm_sysAlloc(grown_bytes((uint32_t)want)); /* zero: a[0] is the sentinel */
+    if (a == NULL) {
+        ATOMIC_ADD(&grown_total, -more);
+        return false;
+    }
+    ATOMIC_ADD(&gm_mheap.mcache_sys, (uint64_t)grown_bytes((uint32_t)want));
+    list_move(c, sc, a + 1, (uint32_t)want);
+    if (c->grown == 0)
+        c->trim_at = gm_now_ms();
+    c->grown += more;
+    c->trimdrains[sc] = drains;
+    return true;
+}
+
+/* Class sc's grown list back to its home array, with at most half its home
+ * bound of its newest objects (the rest flushed). */
+static void list_shrink(gm_mcache *c, uint8_t sc) {
+    uint32_t max = c->listmax[sc], home = c->listhome[sc];
+    if (max <= home)
+        return;
+    gm_mcache_flushClass(c, sc, home - home / 2);
+    list_move(c, sc, c->lists + list_off[sc] + 1, home);
+    uint64_t less = (uint64_t)(max - home) * (gm_class_to_size[sc] + LIST_UNIT);
+    c->grown -= less;
+    ATOMIC_ADD(&grown_total, -less);
+}
+
+void gm_mcache_trim(gm_mcache *c) {
+    uint64_t now = gm_now_ms();
+    if (now - c->trim_at < (uint64_t)LOAD_RELAXED(&gm_opt.decay_ms))
+        return;
+    c->trim_at = now;
+    for (int sc = 1; sc < NUM_CLASSES && c->grown != 0; sc++) {
+        if (c->listmax[sc] <= c->listhome[sc])
+            continue;
+        uint32_t drains = list_drains(c, (uint8_t)sc);
+        if (drains == c->trimdrains[sc])
+            list_shrink(c, (uint8_t)sc);
+        c->trimdrains[sc] = drains;
+    }
+}
+
 /* The list of class sc is empty: take a batch from the transfer cache, if
  * it has one that fits.  Returns whether the list has objects now.  The
  * class lock is taken only when a batch c may take may be there: one of
@@ -393,6 +516,7 @@ void gm_mcache_flushAll(gm_mcache *c) {
         gm_tiny_retire_all(c); /* first: empty blocks land on the lists flushed below */
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         gm_mcache_flushClass(c, (uint8_t)sc, 0);
+        list_shrink(c, (uint8_t)sc);
         gm_mclass *m = gm_mclass_of(c, (uint8_t)sc);
         if (m->span != &gm_emptyspan) {
             gm_mcentral_uncacheSpan(m->span);

@@ -194,7 +194,7 @@ static int check_cache(gm_mcache *c, uint64_t *listed_objects, uint64_t *span_ob
         gm_mcentral *mc = &c->heap->central[sc];
         uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]), n = 0;
         int64_t d = (int64_t)(m->npush - m->limit);
-        if (c->listmax[sc] > gm_list_cap[sc] || d > 0 || d % (int64_t)LIST_UNIT != 0 || m->npush % LIST_UNIT != 0 ||
+        if (c->listhome[sc] > gm_list_cap[sc] || c->listmax[sc] < c->listhome[sc] || d > 0 || d % (int64_t)LIST_UNIT != 0 || m->npush % LIST_UNIT != 0 ||
             d / (int64_t)LIST_UNIT + c->listmax[sc] < 0 || gm_list_base(m, c->listmax[sc])[-1].p != NULL) {
             gm_warn_check("mcache free list counters or sentinel are off", NULL);
             bad++;

@@ -170,7 +170,8 @@ OPTIONS: list[Option] = [
            "and of reused memory"),
     Option("tcache_bytes", 32 * KiB, 0, 16 * MiB, "bytes",
            "bound of each per-thread, per-class list of freed objects (read when a thread's "
-           "cache is created)"),
+           "cache is created); a list that overflows in bursts grows past it, a thread's lists "
+           "by up to 32 times this in all"),
     Option("fault_on_free", 0, 0, 2, "choice",
            "debug: freed large spans (1) or all spans returned to the heap (2) become PROT_NONE, "
            "so a use after free crashes"),

@@ -541,6 +541,128 @@ TEST(transfer_cache_keeps_its_batches_through_a_burst) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* Growing lists (mcache.c): a thread that frees a burst larger than its
+ * list, allocates it back and frees it again gets a longer list for the
+ * class (not at the first overflow), takes the next burst's first objects
+ * from it rather than from the spans, stays within its budget, and goes
+ * home (its lists block, its bound) at gm_thread_flush, its array
+ * unmapped.  Its own thread, so that the lists start empty. */
+#define GROW_SIZE 48
+static uint64_t mcache_sys(void) {
+    struct gm_stats st;
+    st.size = sizeof st;
+    CHECK_EQ(gm_read_stats(&st), 0);
+    return st.mcache_sys;
+}
+static void burst(void **objs, uint32_t n, size_t size) {
+    for (uint32_t i = 0; i < n; i++)
+        CHECK((objs[i] = gm_malloc(size)) != NULL);
+    for (uint32_t i = 0; i < n; i++)
+        gm_free(objs[i]);
+}
+/* What gm_mcache.grown should be for c: every grown list's objects and entries above home. */
+static uint64_t grown_sum(const gm_mcache *c) {
+    uint64_t sum = 0;
+    for (int sc = 1; sc < NUM_CLASSES; sc++) {
+        CHECK(c->listmax[sc] >= c->listhome[sc]);
+        sum += (uint64_t)(c->listmax[sc] - c->listhome[sc]) * (gm_class_to_size[sc] + LIST_UNIT);
+    }
+    return sum;
+}
+static void *grow_thread(void *arg) {
+    (void)arg;
+    uint8_t sc = gm_size_to_class(GROW_SIZE);
+    void *first = gm_malloc(GROW_SIZE); /* the thread's cache */
+    CHECK(first != NULL);
+    gm_free(first);
+    gm_mcache *c = gm_mcache_of(gm_tls.alloc);
+    gm_mclass *m = gm_mclass_of(c, sc);
+    uint32_t home = c->listhome[sc], n = 4 * home;
+    CHECK(home >= 16 && c->listmax[sc] == home && c->grown == 0);
+    void **objs = malloc(n * sizeof *objs);
+    CHECK(objs != NULL);
+    burst(objs, n, GROW_SIZE); /* the first overflow flushes */
+    CHECK_EQ(c->listmax[sc], home);
+    uint64_t sys = mcache_sys();
+    burst(objs, n, GROW_SIZE); /* ran empty, then overflowed: grows */
+    CHECK(c->listmax[sc] > home);
+    CHECK(c->grown > 0 && c->grown == grown_sum(c));
+    CHECK(mcache_sys() > sys); /* the grown array */
+    CHECK_EQ(gm_check_heap(), 0);
+    /* The next burst's first mallocs pop the list: no span is touched. */
+    uint32_t len = gm_list_len(m->npush, m->limit, c->listmax[sc]);
+    uint64_t nspan = c->nspan[sc], nrecv = c->nrecv[sc];
+    CHECK(len > home);
+    for (uint32_t i = 0; i < len; i++)
+        CHECK((objs[i] = gm_malloc(GROW_SIZE)) != NULL);
+    CHECK_EQ(c->nspan[sc], nspan);
+    CHECK_EQ(c->nrecv[sc], nrecv);
+    for (uint32_t i = 0; i < len; i++)
+        gm_free(objs[i]);
+    /* Every class in bursts, several times: within the budget. */
+    long long tcache = 0;
+    CHECK_EQ(gm_option_get("tcache_bytes", &tcache), 0);
+    for (int round = 0; round < 4; round++)
+        for (size_t size = 16; size <= 4096; size += size / 2)
+            burst(objs, n, size);
+    CHECK(c->grown == grown_sum(c) && c->grown <= (uint64_t)tcache * 32);
+    CHECK_EQ(gm_check_heap(), 0);
+    gm_thread_flush(); /* home again */
+    CHECK_EQ(c->listmax[sc], home);
+    CHECK(c->grown == 0 && grown_sum(c) == 0);
+    CHECK(mcache_sys() <= sys);
+    CHECK_EQ(gm_check_heap(), 0);
+    free(objs);
+    return NULL;
+}
+
+TEST(lists_grow_for_bursts_and_go_home) {
+    gm_release();
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, grow_thread, NULL), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
+/* A grown list that has not run empty for decay_ms goes home at the
+ * thread's next slow path (here decay_ms = 0: the next one), keeping half
+ * its home bound of its newest objects; one in use stays grown. */
+static void *trim_thread(void *arg) {
+    (void)arg;
+    uint8_t a = gm_size_to_class(GROW_SIZE), b = gm_size_to_class(4 * GROW_SIZE);
+    void *first = gm_malloc(GROW_SIZE);
+    CHECK(first != NULL);
+    gm_free(first);
+    gm_mcache *c = gm_mcache_of(gm_tls.alloc);
+    uint32_t home = c->listhome[a], n = 4 * home;
+    void **objs = malloc(n * sizeof *objs);
+    CHECK(objs != NULL);
+    for (int i = 0; i < 3; i++)
+        burst(objs, n, GROW_SIZE);
+    CHECK(c->listmax[a] > home);
+    long long decay = 0;
+    CHECK_EQ(gm_option_get("decay_ms", &decay), 0);
+    CHECK_EQ(gm_option_set("decay_ms", 0), 0);
+    burst(objs, n, 4 * GROW_SIZE); /* class b's slow paths trim class a, unused since it grew */
+    CHECK_EQ(gm_option_set("decay_ms", decay), 0);
+    CHECK_EQ(c->listmax[a], home);
+    gm_mclass *m = gm_mclass_of(c, a);
+    CHECK(gm_list_len(m->npush, m->limit, home) <= home - home / 2);
+    CHECK(c->grown == grown_sum(c));
+    (void)b;
+    CHECK_EQ(gm_check_heap(), 0);
+    free(objs);
+    return NULL;
+}
+
+TEST(idle_grown_lists_go_home) {
+    gm_release();
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, NULL, trim_thread, NULL), 0);
+    CHECK_EQ(pthread_join(t, NULL), 0);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 /* The transfer cache takes one batch per thread with a cache (at least
  * TC_BATCHES_MIN, tc_room): with TC_BATCHES_MIN + 8 threads alive, a burst
  * of frees leaves more than TC_BYTES in it, and at most that many batches'
@@ -1122,6 +1244,8 @@ int main(void) {
     RUN(transfer_cache_hands_batches_between_threads);
     RUN(transfer_cache_gives_a_thread_its_own_batch_not_an_allocators);
     RUN(transfer_cache_keeps_its_batches_through_a_burst);
+    RUN(lists_grow_for_bursts_and_go_home);
+    RUN(idle_grown_lists_go_home);
     RUN(transfer_cache_grows_with_the_threads);
     RUN(partial_spans_go_back_to_their_thread);
     RUN(producer_consumer_cross_thread_frees);
