@@ -392,8 +392,10 @@ void gm_mcache_flushClass(gm_mcache *c, uint8_t sc, uint32_t keep) {
  * frees what others allocate, a steady churn) flushes half, as before.
  * A grown list that has not run empty for decay_ms (gm_mcache_trim, from
  * the owner's slow paths) flushes down to half its home bound and goes
- * home; so do all at thread exit and gm_release.  An idle thread keeps
- * its grown lists until it allocates again or exits.
+ * home; all go home when the cache is flushed (gm_release,
+ * gm_thread_flush, an exited thread's cache that no new thread adopted in
+ * decay_ms).  An idle thread keeps its grown lists until it allocates
+ * again.
  */
 #define LIST_GROW_BUDGET 32   /* x tcache_bytes: a thread's grown lists, their objects and entries above their home bounds */
 #define LIST_GROW_TOTAL 8     /* x a thread's budget: every thread's together */

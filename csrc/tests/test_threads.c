@@ -533,13 +533,17 @@ static void *burst_thread(void *arg) {
     return NULL;
 }
 
-TEST(transfer_cache_keeps_its_batches_through_a_burst) {
-    gm_release(); /* every transfer cache empty */
+/* fn on a thread of its own, after gm_release (every transfer cache
+ * empty); the heap checks out after. */
+static void in_own_thread(void *(*fn)(void *)) {
+    gm_release();
     pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, burst_thread, NULL), 0);
+    CHECK_EQ(pthread_create(&t, NULL, fn, NULL), 0);
     CHECK_EQ(pthread_join(t, NULL), 0);
     CHECK_EQ(gm_check_heap(), 0);
 }
+
+TEST(transfer_cache_keeps_its_batches_through_a_burst) { in_own_thread(burst_thread); }
 
 /* Growing lists (mcache.c): a thread that frees a burst larger than its
  * list, allocates it back and frees it again gets a longer list for the
@@ -616,20 +620,14 @@ static void *grow_thread(void *arg) {
     return NULL;
 }
 
-TEST(lists_grow_for_bursts_and_go_home) {
-    gm_release();
-    pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, grow_thread, NULL), 0);
-    CHECK_EQ(pthread_join(t, NULL), 0);
-    CHECK_EQ(gm_check_heap(), 0);
-}
+TEST(lists_grow_for_bursts_and_go_home) { in_own_thread(grow_thread); }
 
 /* A grown list that has not run empty for decay_ms goes home at the
  * thread's next slow path (here decay_ms = 0: the next one), keeping half
  * its home bound of its newest objects; one in use stays grown. */
 static void *trim_thread(void *arg) {
     (void)arg;
-    uint8_t a = gm_size_to_class(GROW_SIZE), b = gm_size_to_class(4 * GROW_SIZE);
+    uint8_t a = gm_size_to_class(GROW_SIZE);
     void *first = gm_malloc(GROW_SIZE);
     CHECK(first != NULL);
     gm_free(first);
@@ -643,25 +641,18 @@ static void *trim_thread(void *arg) {
     long long decay = 0;
     CHECK_EQ(gm_option_get("decay_ms", &decay), 0);
     CHECK_EQ(gm_option_set("decay_ms", 0), 0);
-    burst(objs, n, 4 * GROW_SIZE); /* class b's slow paths trim class a, unused since it grew */
+    burst(objs, n, 4 * GROW_SIZE); /* another class's slow paths trim class a, unused since it grew */
     CHECK_EQ(gm_option_set("decay_ms", decay), 0);
     CHECK_EQ(c->listmax[a], home);
     gm_mclass *m = gm_mclass_of(c, a);
     CHECK(gm_list_len(m->npush, m->limit, home) <= home - home / 2);
     CHECK(c->grown == grown_sum(c));
-    (void)b;
     CHECK_EQ(gm_check_heap(), 0);
     free(objs);
     return NULL;
 }
 
-TEST(idle_grown_lists_go_home) {
-    gm_release();
-    pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, trim_thread, NULL), 0);
-    CHECK_EQ(pthread_join(t, NULL), 0);
-    CHECK_EQ(gm_check_heap(), 0);
-}
+TEST(idle_grown_lists_go_home) { in_own_thread(trim_thread); }
 
 /* The transfer cache takes one batch per thread with a cache (at least
  * TC_BATCHES_MIN, tc_room): with TC_BATCHES_MIN + 8 threads alive, a burst
