@@ -360,7 +360,7 @@ typedef struct gm_mcache {
     uint32_t trimdrains[NUM_CLASSES]; /* the same at the grown list's growth or last trim pass. Owner only. */
     uint64_t grown;                 /* bytes of objects and entries the grown lists may hold above their home bounds, in all. Owner only. */
     uint64_t trim_at;               /* gm_now_ms() at the last trim pass over the grown lists. Owner only. */
-    gm_freeobj *lists;              /* the lists' arrays, one block (gm_mcache_lists_bytes). Owner only. */
+    gm_freeobj *lists;              /* the lists' home arrays, one block (a grown list's array is a mapping of its own). Owner only. */
     gm_pagecache pcache;
     gm_mspan *spancache[SPAN_CACHE_MAX]; /* dead span structs for page-cache spans. Owner only. */
     int nspancache;

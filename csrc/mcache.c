@@ -11,7 +11,8 @@
  * malloc pops the list before trying the span, so a thread that frees and
  * allocates again reuses hot memory without a lock.  When the list grows
  * past its bound (about tcache_bytes of objects), the older half leaves in
- * one batch, for the transfer cache or the spans (mcentral.c); a thread
+ * one batch, for the transfer cache or the spans (mcentral.c), unless the
+ * list is one that overflows in bursts (see "Growing lists"); a thread
  * whose list is empty and whose span has no slot ready takes a batch from
  * the transfer cache before it scans the span further.
  *
