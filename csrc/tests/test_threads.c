@@ -623,8 +623,8 @@ static void *grow_thread(void *arg) {
 TEST(lists_grow_for_bursts_and_go_home) { in_own_thread(grow_thread); }
 
 /* A grown list that has not run empty for decay_ms goes home at the
- * thread's next slow path (here decay_ms = 0: the next one), keeping half
- * its home bound of its newest objects; one in use stays grown. */
+ * thread's next slow path (here decay_ms = 0: the next one, another
+ * class's), keeping at most half its home bound of its newest objects. */
 static void *trim_thread(void *arg) {
     (void)arg;
     uint8_t a = gm_size_to_class(GROW_SIZE);
