@@ -406,6 +406,10 @@ static uint64_t grown_total; /* the sum of every cache's grown. Atomic. */
 
 static uint32_t list_drains(const gm_mcache *c, uint8_t sc) { return (uint32_t)(c->nrecv[sc] + c->nspan[sc]); }
 
+/* What one more entry of a class's list counts against the budget: the
+ * object it may hold and the entry itself. */
+static uint64_t slot_bytes(uint8_t sc) { return gm_class_to_size[sc] + LIST_UNIT; }
+
 /* The mapping of a grown array of max entries and its sentinel. */
 static size_t grown_bytes(uint32_t max) { return ((max + 1) * sizeof(gm_freeobj) + PAGE_SIZE - 1) & ~(size_t)(PAGE_SIZE - 1); }
 
@@ -436,7 +440,7 @@ bool gm_mcache_grow(gm_mcache *c, uint8_t sc) {
      * frees what it built once need not keep it), and ran empty since. */
     bool emptied = drains != c->lastdrains[sc] && c->nflush[sc] != 0;
     c->lastdrains[sc] = drains;
-    uint64_t size = gm_class_to_size[sc] + LIST_UNIT, budget = (uint64_t)LOAD_RELAXED(&gm_opt.tcache_bytes) * LIST_GROW_BUDGET;
+    uint64_t size = slot_bytes(sc), budget = (uint64_t)LOAD_RELAXED(&gm_opt.tcache_bytes) * LIST_GROW_BUDGET;
     if (!emptied || c->clsbase != 0 || max >= LIST_GROW_MAX || c->grown >= budget)
         return false;
     uint64_t want = (uint64_t)max * 2, room = (budget - c->grown) / size;
@@ -444,10 +448,11 @@ bool gm_mcache_grow(gm_mcache *c, uint8_t sc) {
         want = LIST_GROW_MAX;
     if (want - max > room)
         want = max + room;
+    if (want <= max)
+        return false;
     uint64_t more = (want - max) * size;
-    if (want <= max || ATOMIC_ADD(&grown_total, more) + more > budget * LIST_GROW_TOTAL) {
-        if (want > max)
-            ATOMIC_ADD(&grown_total, -more);
+    if (ATOMIC_ADD(&grown_total, more) + more > budget * LIST_GROW_TOTAL) {
+        ATOMIC_ADD(&grown_total, -more);
         return false;
     }
     gm_freeobj *a = gm_sysAlloc(grown_bytes((uint32_t)want)); /* zero: a[0] is the sentinel */
@@ -472,7 +477,7 @@ static void list_shrink(gm_mcache *c, uint8_t sc) {
         return;
     gm_mcache_flushClass(c, sc, home - home / 2);
     list_move(c, sc, c->lists + list_off[sc] + 1, home);
-    uint64_t less = (uint64_t)(max - home) * (gm_class_to_size[sc] + LIST_UNIT);
+    uint64_t less = (uint64_t)(max - home) * slot_bytes(sc);
     c->grown -= less;
     ATOMIC_ADD(&grown_total, -less);
 }
