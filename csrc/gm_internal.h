@@ -189,16 +189,21 @@ enum span_list {
  *
  * allocBits is Go's allocation bitmap, read by nextFreeIndex: a snapshot,
  * taken when the span was last handed to an mcache (the sweep sets bit i iff
- * object i is not OBJ_FREE), of the slots that were not free then.  Objects
- * freed back while the span is cached wait for the next sweep.
+ * object i is not OBJ_FREE), of the slots that were not free then; the
+ * scan of a coloured span that comes round to its first slots sets the
+ * bits of the slots it took (mspan.c's scan_wraps).  Objects freed back
+ * while the span is cached wait for the next sweep.
  *
  * Invariants (checked by gm_check_heap):
  *   allocBits bits at and beyond nelems are 0;
- *   cached: every slot below freeindex, and every slot with its allocBits
- *     bit set, was taken by the owner: allocCount counts every such slot not
+ *   cached: every slot from skipped up to freeindex, and every slot with
+ *     its allocBits bit set, was taken by the owner: allocCount counts every such slot not
  *     flushed back since, plus the slots it has not yet handed out (they are
  *     reserved for it): allocCount == nelems - (taken slots now OBJ_FREE);
  *     slots not taken are OBJ_FREE;
+ *     the slots below skipped are reserved for the owner's scan to come
+ *     round to (see "Colouring" in mcentral.c), and skipped is 0 when
+ *     the span is not cached;
  *   uncached: allocCount == the number of objects not OBJ_FREE;
  *   list == LIST_FULL iff uncached and allocCount == nelems;
  *     list == LIST_PARTIAL iff uncached and 0 < allocCount < nelems.
@@ -224,6 +229,7 @@ typedef struct gm_mspan {
     /* Second line: fields other threads write under a lock. */
     uint32_t allocCount;      /* see invariants above. Under mcentral.lock. */
     uint8_t sampled;          /* large spans: 1 if the object is in the heap profile. Set by its allocator, cleared by its freer. */
+    uint16_t skipped;         /* slots [0, skipped) of a class's first span, which the scan reaches last so that its first objects start at its colour (mcentral.c). Owner, or mcentral.lock. */
     /* Spans of the 16-byte class that have hosted tiny blocks: a word per
      * slot (tiny.c).  Set once, under the class lock (read acquire);
      * returned with the span. */
@@ -252,7 +258,8 @@ typedef struct gm_mspan {
     struct gm_mspan *next;    /* list links: mcentral partial/full, heap free lists, span caches */
     struct gm_mspan *prev;
     /* allocBits: see above.  Written by the sweep under mcentral.lock while
-     * no mcache owns the span; read by the owner. */
+     * no mcache owns the span, and by the owner when its scan comes round
+     * (scan_wraps); read by the owner. */
     uint64_t allocBits[BITMAP_WORDS];
 } __attribute__((aligned(64))) gm_mspan;
 _Static_assert(sizeof(gm_mspan) == 192, "a span struct is three cache lines");
@@ -642,6 +649,15 @@ GM_HIDDEN void gm_mheap_fork_child(void);
 GM_HIDDEN void gm_span_init_small(gm_mspan *s, uint8_t sizeclass);
 GM_HIDDEN uintptr_t gm_span_nextFreeIndex(gm_mspan *s);
 GM_HIDDEN void gm_span_refillAllocCache(gm_mspan *s, uintptr_t whichByte);
+/* The bits of word w of a bitmap that stand for slots in [from, to), from < to. */
+GM_INLINE uint64_t gm_bits_between(uintptr_t w, uintptr_t from, uintptr_t to) {
+    uint64_t m = ~(uint64_t)0;
+    if (w == from / 64)
+        m &= ~(uint64_t)0 << (from % 64);
+    if (w == (to - 1) / 64 && to % 64 != 0)
+        m &= ((uint64_t)1 << (to % 64)) - 1;
+    return m;
+}
 GM_INLINE bool gm_bit(const uint64_t *bits, uintptr_t i) {
     return (LOAD_RELAXED(&bits[i / 64]) >> (i % 64)) & 1;
 }

@@ -102,6 +102,35 @@ static void release_span(gm_mcentral *mc, gm_mspan *s) {
 #define PARTIAL_SCAN 16 /* partial spans cacheSpan looks at for one of the cache's own */
 
 /*
+ * Colouring (after Bonwick's slab colouring, by the order of the slots
+ * rather than their addresses).  Spans start on page boundaries, so the
+ * first objects of every class's first span sit at the same offsets in
+ * their pages and map to the same few sets of a 64-set L1 cache (4 KiB
+ * apart).  Those are the objects a program that has just started, or just
+ * called install(), uses over and over: a loop's malloc pops what its last
+ * free pushed, and the first objects each class handed out are the ones
+ * that go round.  Twelve ways then hold a dozen classes' hot objects
+ * between them, and the rest evict each other (bench python's growth under
+ * install(), simulated with cachegrind: 3.07 million L1 misses against
+ * pymalloc's 2.57 million, and the same 2.25 million as pymalloc's with a
+ * fully associative cache; 2.44 million coloured).  So the scan of a
+ * class's first span (the class has no other in use) starts at slot k, the
+ * first whose offset is at least its colour, a number of cache lines that
+ * differs from class to class and page to page, and comes round to slots
+ * [0, k) (s->skipped, reserved with the rest) when it reaches the end
+ * (gm_span_nextFreeIndex).  At most a quarter of a span is skipped.  Only
+ * the first span: colouring every fresh span made the same workload's
+ * dict_objects 1.2x slower (its time is the cycle collector walking a
+ * million objects in the order they were allocated, and the order no longer
+ * follows the addresses), for nothing the first span does not already get.
+ */
+static uintptr_t span_colour(const gm_mspan *s) {
+    uintptr_t lines = ((s->startAddr >> PAGE_SHIFT) * 7 + s->sizeclass * 3) % (4096 / 64);
+    uintptr_t k = (lines * 64 + s->elemsize - 1) / s->elemsize;
+    return k < s->nelems / 4 ? k : s->nelems / 4;
+}
+
+/*
  * cacheSpan: a span of class sc with free slots, for mcache c.  All of its
  * free slots are reserved for c (allocCount = nelems).  NULL when out of
  * memory.
@@ -110,6 +139,7 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
     gm_mcentral *mc = &c->heap->central[sc];
     pthread_mutex_lock(&mc->lock);
     gm_mspan *s = mc->partial;
+    uintptr_t skip = 0;
     /* Its own first (see lastOwner), among the first few. */
     int k = 0;
     for (gm_mspan *t = s; t != NULL && k < PARTIAL_SCAN; t = t->next, k++) {
@@ -131,38 +161,43 @@ gm_mspan *gm_mcentral_cacheSpan(gm_mcache *c, uint8_t sc) {
             return NULL;
         }
         s->tinywords = NULL;
-        mc->nspans++;
+        if (mc->nspans++ == 0)
+            skip = span_colour(s);
     }
     GM_ASSERT(s->sizeclass == sc && s->allocCount < s->nelems && s->cachedBy == NULL);
     s->cachedBy = c;
     s->lastOwner = c;
     s->allocCount = s->nelems;
-    STORE_RELAXED(&s->freeindex, 0);
-    gm_span_refillAllocCache(s, 0);
+    STORE_RELAXED(&s->skipped, (uint16_t)skip);
+    STORE_RELAXED(&s->freeindex, skip);
+    gm_span_refillAllocCache(s, skip / 64 * 8);
+    s->allocCache >>= skip % 64;
     pthread_mutex_unlock(&mc->lock);
     return s;
 }
 
+/* Slots in [from, to) whose allocBits bit is 0. */
+static uint32_t free_slots(const gm_mspan *s, uintptr_t from, uintptr_t to) {
+    uint32_t n = 0;
+    for (uintptr_t w = from / 64; from < to && w <= (to - 1) / 64; w++)
+        n += gm_popcount(~s->allocBits[w] & gm_bits_between(w, from, to));
+    return n;
+}
+
 /*
  * uncacheSpan: the owner is done with s.  The slots it reserved but did not
- * hand out (0 bits at and above freeindex) go back.
+ * hand out (0 bits at and above freeindex, and below skipped) go back.
  */
 void gm_mcentral_uncacheSpan(gm_mspan *s) {
     gm_mcentral *mc = &s->heap->central[s->sizeclass];
     pthread_mutex_lock(&mc->lock);
-    uintptr_t fi = s->freeindex, nwords = (s->nelems + 63) / 64;
-    uint32_t unused = 0;
-    for (uintptr_t w = fi / 64; w < nwords; w++) {
-        uint64_t valid = ~(uint64_t)0;
-        if (w == fi / 64 && fi % 64 != 0)
-            valid &= ~(((uint64_t)1 << (fi % 64)) - 1);
-        if (w == nwords - 1 && s->nelems % 64 != 0)
-            valid &= ((uint64_t)1 << (s->nelems % 64)) - 1;
-        unused += (uint32_t)gm_popcount(~s->allocBits[w] & valid);
-    }
+    /* The slots the scan has not reached yet: from freeindex to the end,
+     * and those a coloured fresh span skipped if it has not come round. */
+    uint32_t unused = free_slots(s, s->freeindex, s->nelems) + free_slots(s, 0, s->skipped);
     if (unused > s->allocCount)
         gm_throw("uncacheSpan: more unused slots than reserved ones");
     s->allocCount -= unused;
+    STORE_RELAXED(&s->skipped, 0);
     s->cachedBy = NULL;
     s->allocCache = 0;
     if (s->allocCount == 0) {
@@ -514,7 +549,7 @@ int gm_span_check(const gm_mspan *s, bool cached) {
     uint32_t notfree = 0, taken_free = 0;
     for (uintptr_t i = 0; i < s->nelems; i++) {
         uint8_t st = gm_objstate(s, i);
-        bool taken = i < s->freeindex || gm_bit(s->allocBits, i);
+        bool taken = (i >= s->skipped && i < s->freeindex) || gm_bit(s->allocBits, i);
         if (!(st == OBJ_FREE || st == s->liveval || st == OBJ_CACHED ||
               st == OBJ_SAMPLED || st == OBJ_TINY) ||
             (st == OBJ_TINY && (s->sizeclass != TINY_CLASS || gm_tiny_check_block(s, i)))) {
@@ -536,6 +571,10 @@ int gm_span_check(const gm_mspan *s, bool cached) {
             bad++;
         }
     } else {
+        if (s->skipped != 0) {
+            gm_warn_check("uncached span with skipped slots", s);
+            bad++;
+        }
         if (s->allocCount != notfree) {
             gm_warn_check("uncached span: allocCount != objects not free", s);
             bad++;

@@ -4,7 +4,9 @@
  * The allocation state of a small span is allocBits plus freeindex: slots
  * below freeindex have been handed out (or were allocated when the span was
  * last cached) and have their bit set; at or above it, a 0 bit is a free
- * slot.  allocCache holds the
+ * slot.  The scan of a class's first span starts at its colour, skipping
+ * slots [0, skipped), and comes round to them at the end (scan_wraps;
+ * mcentral.c, "Colouring").  allocCache holds the
  * complement of the 64 bits at freeindex, shifted so that ctz finds the next
  * free slot in one instruction (gm_nextFreeFast in gm_internal.h).  Handing
  * a slot out marks its state byte OBJ_LIVE; the frees that Go's sweeper
@@ -32,6 +34,7 @@ void gm_span_init_small(gm_mspan *s, uint8_t sizeclass) {
         GM_ASSERT(s->objstate[i] == OBJ_FREE);
 #endif
     s->allocCount = 0;
+    s->skipped = 0;
     s->freeindex = 0;
     memset(s->allocBits, 0, sizeof s->allocBits);
     s->allocCache = ~(uint64_t)0;
@@ -45,7 +48,7 @@ void gm_span_refillAllocCache(gm_mspan *s, uintptr_t whichByte) {
 
 /* The index of the next free slot at or after freeindex, or nelems; moves
  * freeindex past it.  Owner of the span only. */
-uintptr_t gm_span_nextFreeIndex(gm_mspan *s) {
+static uintptr_t next_free_index(gm_mspan *s) {
     uintptr_t sfreeindex = s->freeindex, snelems = s->nelems;
     if (sfreeindex == snelems)
         return sfreeindex;
@@ -77,4 +80,24 @@ uintptr_t gm_span_nextFreeIndex(gm_mspan *s) {
     GM_ASSERT(gm_objstate(s, result) == OBJ_FREE);
     gm_set_objstate(gm_objstate_ptr(s, result), s->liveval);
     return result;
+}
+
+/* The scan of a coloured span (mcentral.c, "Colouring") has reached
+ * its end: every slot from skipped on has been taken, which their bits now
+ * say, and the scan comes round to slot 0 for the slots it skipped. */
+static void scan_wraps(gm_mspan *s) {
+    for (uintptr_t w = s->skipped / 64; w <= (s->nelems - 1) / 64; w++)
+        STORE_RELAXED(&s->allocBits[w], LOAD_RELAXED(&s->allocBits[w]) | gm_bits_between(w, s->skipped, s->nelems));
+    STORE_RELAXED(&s->skipped, 0);
+    STORE_RELAXED(&s->freeindex, 0);
+    gm_span_refillAllocCache(s, 0);
+}
+
+uintptr_t gm_span_nextFreeIndex(gm_mspan *s) {
+    uintptr_t i = next_free_index(s);
+    if (i == s->nelems && s->skipped != 0) {
+        scan_wraps(s);
+        i = next_free_index(s);
+    }
+    return i;
 }

@@ -403,6 +403,47 @@ TEST(realloc_same_class_in_place) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* Colouring (mcentral.c): the first span of a class hands its slots out
+ * from a colour that differs from class to class, not from its first slot,
+ * and comes round to the slots it skipped when it reaches its end, so every
+ * slot is still handed out once, in one pass; the spans after it start at
+ * slot 0.  A new heap's classes have no spans yet. */
+TEST(first_spans_start_at_their_colour) {
+    static const size_t sizes[] = {32, 48, 64, 80, 96, 112, 128, 160, 192, 256, 320, 512};
+    enum { NS = sizeof sizes / sizeof sizes[0], PER = 600 };
+    gm_heap_t *h = gm_heap_new(NULL);
+    CHECK(h != NULL);
+    static void *objs[NS][PER];
+    uint64_t sets = 0; /* the L1 sets (address bits 6-11) of the classes' first objects */
+    int coloured = 0;
+    for (int c = 0; c < NS; c++) {
+        for (int i = 0; i < PER; i++)
+            CHECK((objs[c][i] = gm_heap_malloc(h, sizes[c])) != NULL);
+        if (c == NS / 2)
+            CHECK_EQ(gm_check_heap(), 0); /* a span cached halfway round */
+        gm_mspan *s = gm_span_of((uintptr_t)objs[c][0]);
+        CHECK(s != NULL && s->sizeclass == gm_size_to_class(sizes[c]));
+        uintptr_t first = gm_span_index(s, (uintptr_t)objs[c][0]);
+        sets |= (uint64_t)1 << (((uintptr_t)objs[c][0] >> 6) & 63);
+        coloured += first != 0;
+        /* One pass round the first span: first, ..., nelems-1, 0, ..., first-1. */
+        CHECK(PER > s->nelems);
+        for (uint32_t i = 0; i < s->nelems; i++)
+            CHECK(objs[c][i] == (void *)(s->startAddr + (first + i) % s->nelems * s->elemsize));
+        /* The next span is not coloured. */
+        gm_mspan *t = gm_span_of((uintptr_t)objs[c][s->nelems]);
+        CHECK(t != s && objs[c][s->nelems] == (void *)t->startAddr);
+    }
+    CHECK(coloured >= NS / 2);
+    CHECK(gm_popcount(sets) >= NS / 2);
+    for (int c = 0; c < NS; c++)
+        for (int i = 0; i < PER; i++)
+            gm_free(objs[c][i]);
+    gm_thread_flush();
+    CHECK_EQ(gm_check_heap(), 0);
+    CHECK_EQ(gm_heap_destroy(h), 0);
+}
+
 /* ---- usable size and alignment ------------------------------------------------ */
 
 TEST(usable_size) {
@@ -1293,6 +1334,7 @@ int main(void) {
     RUN(realloc_grow_shrink_preserves);
     RUN(realloc_large_shrinks_in_place);
     RUN(realloc_same_class_in_place);
+    RUN(first_spans_start_at_their_colour);
     RUN(realloc_large_grows_into_free_pages);
     RUN(usable_size);
     RUN(posix_memalign_bad_alignment);
