@@ -323,17 +323,20 @@ def test_stats_objects_zero_is_the_empty_workload() -> None:
 
 
 def test_bench_python_group_lists_and_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    """``bench python``: the Python-object group, one round of one workload
-    under pymalloc and install(): a ratio with its range and the peak RSS."""
+    """``bench python``: the Python-object group, two rounds of two
+    workloads under pymalloc and install(): a ratio with its range and the
+    peak RSS, and the geometric mean of the workloads' medians."""
     assert _bench.main(["python", "--list"]) == 0
     out = capsys.readouterr().out
     assert "dict_objects" in out and "install()" in out and "pymalloc" in out
-    assert _bench.main(["python", "--rounds", "2", "--workloads", "short_lived",
+    assert _bench.main(["python", "--rounds", "2", "--workloads", "short_lived,growth",
                         "--configs", "pymalloc,install()", "-q"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
-    assert "short_lived" in rows and "geomean" in rows, out
+    assert "short_lived" in rows and "geomean" in rows and "geomean-med" in rows, out
     ratio = float(rows["short_lived"][3])
     assert 0.3 < ratio < 3, out
+    medians = float(rows["short_lived"][3]) * float(rows["growth"][3])
+    assert abs(float(rows["geomean-med"][1]) - medians ** 0.5) < 0.002, out
     with pytest.raises(SystemExit):
         _bench.main(["python", "--configs", "install()"])  # pymalloc is the reference

@@ -24,9 +24,11 @@ Each configuration's figure for a workload is the median over rounds of
 its time divided by pymalloc's time *in the same round* (runs next to each
 other share the machine's state of the moment), shown with the
 interquartile range of those per-round ratios: a difference is only
-claimed (``faster``/``slower``) when that range excludes 1.  The last row
-is the geometric mean over the workloads, computed per round, with its
-own range.  Peak RSS: median over rounds, relative to pymalloc's.
+claimed (``faster``/``slower``) when that range excludes 1.  The row
+``geomean`` is the geometric mean over the workloads, computed per round,
+with its own range; ``geomean-med`` is the geometric mean of the
+workloads' medians, the cells above it (the two differ when the rounds are
+uneven).  Peak RSS: median over rounds, relative to pymalloc's.
 """
 
 from __future__ import annotations
@@ -304,6 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         head += f"  {c:>28}"
     print(head)
     geo_rounds: Dict[str, List[float]] = {c: [0.0] * opts.rounds for c in names}
+    geo_medians: Dict[str, float] = {c: 0.0 for c in names}
     geo_rss: Dict[str, float] = {c: 0.0 for c in names}
     doc: Dict[str, object] = {"python": opts.python, "rounds": opts.rounds, "workloads": {}}
     for w in workloads:
@@ -318,6 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 geo_rounds[c][i] += math.log(x) / len(workloads)
             geo_rss[c] += math.log(rm) / len(workloads)
             lo, med, hi = quartiles(rt)
+            geo_medians[c] += math.log(med) / len(workloads)
             entry[c] = {"seconds": [x["seconds"] for x in runs[w][c]],
                         "hwm_kib": [x["hwm_kib"] for x in runs[w][c]],
                         "time_ratio": [lo, med, hi], "rss_ratio": rm}
@@ -330,6 +334,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lo, med, hi = quartiles([math.exp(x) for x in geo_rounds[c]])
         doc.setdefault("geomean", {})[c] = {"time_ratio": [lo, med, hi], "rss_ratio": math.exp(geo_rss[c])}  # type: ignore[union-attr]
         line += f"  {med:5.3f} [{lo:5.3f},{hi:5.3f}] {verdict(lo, hi):>6} {math.exp(geo_rss[c]):4.2f}"
+    print(line)
+    line = f"{'geomean-med':<14} {'':>10} {'':>6}"
+    for c in names[1:]:
+        doc.setdefault("geomean_of_medians", {})[c] = math.exp(geo_medians[c])  # type: ignore[union-attr]
+        line += f"  {math.exp(geo_medians[c]):5.3f}{'':>22}"
     print(line)
     if opts.json:
         with open(opts.json, "w", encoding="utf-8") as f:
