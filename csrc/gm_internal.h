@@ -803,6 +803,8 @@ GM_HIDDEN void gm_mcache_fork_child(void);
 GM_HIDDEN void gm_registry_lock(void);
 GM_HIDDEN void gm_check_begin(void);
 GM_HIDDEN void gm_check_end(void);
+GM_HIDDEN void gm_drain_begin(void); /* the transfer caches' drain and the heap check wait for each other (mcache.c) */
+GM_HIDDEN void gm_drain_end(void);
 GM_HIDDEN void gm_registry_unlock(void);
 GM_HIDDEN gm_mcache *gm_registry_first(void);
 extern GM_HIDDEN uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES];

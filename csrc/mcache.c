@@ -68,8 +68,9 @@ static uint32_t nowned;          /* mcaches with a live thread. Written under re
 #define ABANDONED_MAX 8
 static gm_mcache *abandoned;     /* newest first, linked by anext. Under registry_lock. */
 static uint32_t reaping;         /* abandoned caches being flushed (still in the registry). Under registry_lock. */
-static uint32_t checking;        /* heap checks running: no reaping starts meanwhile. Under registry_lock. */
-static pthread_cond_t reaped = PTHREAD_COND_INITIALIZER; /* reaping dropped to 0. With registry_lock. */
+static uint32_t checking;        /* heap checks running: no reaping or drain starts meanwhile. Under registry_lock. */
+static uint32_t draining;        /* drains of the transfer caches under way (gm_drain_begin). Under registry_lock. */
+static pthread_cond_t reaped = PTHREAD_COND_INITIALIZER; /* reaping, draining or checking dropped to 0. With registry_lock. */
 static uint32_t nabandoned;      /* Under registry_lock; read racily (relaxed) to skip the lock when 0. */
 uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES]; /* counters of exited threads. Under registry_lock. */
 
@@ -543,14 +544,34 @@ void gm_registry_lock(void) { pthread_mutex_lock(&registry_lock); }
  * meanwhile.  Waits for the flushes under way. */
 void gm_check_begin(void) {
     pthread_mutex_lock(&registry_lock);
-    while (reaping != 0)
+    while (reaping != 0 || draining != 0)
         pthread_cond_wait(&reaped, &registry_lock);
     checking++;
     pthread_mutex_unlock(&registry_lock);
 }
 void gm_check_end(void) {
     pthread_mutex_lock(&registry_lock);
-    checking--;
+    if (--checking == 0)
+        pthread_cond_broadcast(&reaped);
+    pthread_mutex_unlock(&registry_lock);
+}
+/* A drain of the transfer caches begins (and ends): it moves batches,
+ * which a heap check counts as listed objects, to their spans, which it
+ * counts class by class afterwards, so a check and a drain wait for each
+ * other (a check that saw a batch and then its span missed its objects:
+ * a CI run failed so, at the scavenger's aged drain).  Called with no
+ * lock held. */
+void gm_drain_begin(void) {
+    pthread_mutex_lock(&registry_lock);
+    while (checking != 0)
+        pthread_cond_wait(&reaped, &registry_lock);
+    draining++;
+    pthread_mutex_unlock(&registry_lock);
+}
+void gm_drain_end(void) {
+    pthread_mutex_lock(&registry_lock);
+    if (--draining == 0)
+        pthread_cond_broadcast(&reaped);
     pthread_mutex_unlock(&registry_lock);
 }
 void gm_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
@@ -605,7 +626,7 @@ void gm_mcache_fork_child(void) {
             pthread_mutex_init(&hp->central[sc].lock, NULL);
     pthread_mutex_init(&registry_lock, NULL);
     pthread_cond_init(&reaped, NULL);
-    reaping = checking = 0; /* a reaper's cache, mid-flush, is orphaned below */
+    reaping = checking = draining = 0; /* a reaper's cache, mid-flush, is orphaned below */
     gm_mcache *c = registry;
     STORE_RELAXED(&nowned, gm_tls_mcache != &gm_nocache);
     while (c != NULL) {

@@ -475,11 +475,13 @@ static void drain_central(gm_mcentral *mc, uint64_t now, uint64_t age_ms, bool *
 bool gm_mcentral_drainAged(uint64_t age_ms, uint64_t *oldest) {
     uint64_t now = gm_now_ms();
     bool left = false, released = false;
+    gm_drain_begin(); /* not while a heap check counts */
     gm_heaps_lock(); /* no heap is destroyed meanwhile */
     for (gm_heap *hp = gm_heaps_next(NULL); hp != NULL; hp = gm_heaps_next(hp))
         for (int sc = 1; sc < NUM_CLASSES; sc++)
             drain_central(&hp->central[sc], now, age_ms, &left, oldest, &released);
     gm_heaps_unlock();
+    gm_drain_end();
     if (released)
         gm_scavenger_notify();
     return left;
