@@ -617,7 +617,8 @@ extern GM_HIDDEN uint64_t gm_secret;
 GM_HIDDEN void gm_pages_init(void);
 /* Allocate a span of npages; sizeclass 0 for a large object.  Returns the
  * span in state SPAN_INUSE with needzero set, or NULL when out of memory
- * or over the hard limit.  Small spans come from c's page cache. */
+ * or over the hard limit.  Spans of fewer than PAGE_CACHE_MAX_SPAN pages
+ * come from c's page cache. */
 GM_HIDDEN gm_mspan *gm_mheap_alloc(gm_mcache *c, uintptr_t npages, uint8_t sizeclass, struct gm_heap *hp);
 /* A large span whose start is aligned to align (a power of two > PAGE_SIZE). */
 GM_HIDDEN gm_mspan *gm_mheap_alloc_aligned(uintptr_t npages, uintptr_t align, struct gm_heap *hp);
@@ -628,7 +629,8 @@ GM_HIDDEN void gm_mheap_release_heap_span(gm_mspan *s, bool fault);
 GM_HIDDEN void gm_mheap_free_faulted(gm_mspan *s);
 GM_HIDDEN void gm_mheap_free(gm_mspan *s);
 /* Grow the unsampled large object p (span s) in place to npages, from the
- * free run after it: true if it did (realloc). */
+ * free run after it or the calling thread's page cache: true if it did
+ * (realloc). */
 GM_HIDDEN bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages);
 /* Shrink it in place to npages > 0, the rest of its pages freed: true if it
  * did (realloc). */

@@ -848,12 +848,40 @@ static bool large_unchanged(const gm_mspan *s, uintptr_t p, uintptr_t have, cons
            s->startAddr == p && s->npages == have && s->heap == hp && !LOAD_RELAXED(&s->sampled);
 }
 
+/* Pages [a, a + n pages) when every one is free in the calling thread's
+ * page cache: taken out of it, their state in *ps (nscav, allzero), as
+ * claim_pages gives a run's.  The cache is its owner's, and the caller is
+ * its owner. */
+static bool pagecache_take(uintptr_t a, uintptr_t n, struct page_state *ps) {
+    gm_mcache *c = gm_tls_mcache;
+    if (c == NULL || c == &gm_nocache)
+        return false;
+    gm_pagecache *pc = &c->pcache;
+    if (pc->base == 0 || a < pc->base || n > PAGE_CACHE_PAGES ||
+        (a - pc->base) / PAGE_SIZE > PAGE_CACHE_PAGES - n)
+        return false;
+    unsigned i = (unsigned)((a - pc->base) / PAGE_SIZE);
+    uint64_t bits = (n == 64 ? ~(uint64_t)0 : (((uint64_t)1 << n) - 1)) << i;
+    if ((pc->free & bits) != bits)
+        return false;
+    ps->nscav = (uintptr_t)gm_popcount(pc->scav & bits);
+    ps->allzero = (pc->zero & bits) == bits;
+    pc->free &= ~bits;
+    pc->scav &= ~bits;
+    pc->zero &= ~bits;
+    return true;
+}
+
 /*
  * realloc of a large object in place: span s, the unsampled large object at
- * p, grows to npages by taking the front of the free run that follows it
- * (glibc extends a chunk into its free neighbour the same way).  Returns
- * whether it did; on false nothing changed.  Checked under the heap lock,
- * as a free is: a racing free of p makes it fail.
+ * p, grows to npages by taking the pages that follow it, the front of a
+ * free run (glibc extends a chunk into its free neighbour the same way) or
+ * free pages of the thread's page cache (an object of fewer than
+ * PAGE_CACHE_MAX_SPAN pages came from that cache, and the pages after it
+ * are often still there: strings_json's lists of 5 to 10 pages moved for
+ * want of them).  Returns whether it did; on false nothing changed.
+ * Checked under the heap lock, as a free is: a racing free of p makes it
+ * fail.
  */
 bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
     gm_heap *hp = LOAD_RELAXED(&s->heap);
@@ -863,16 +891,17 @@ bool gm_mheap_grow_large(gm_mspan *s, uintptr_t p, uintptr_t npages) {
     pthread_mutex_lock(&gm_mheap.lock);
     uintptr_t extra = npages - have, end = p + have * PAGE_SIZE;
     gm_mspan *r = NULL;
-    bool ok = large_unchanged(s, p, have, hp) && (r = free_run_at(end)) != NULL && r->startAddr == end && r->npages >= extra &&
-              unfault_pages(end, extra);
-    if (!ok) {
+    struct page_state ps;
+    bool ok = large_unchanged(s, p, have, hp);
+    if (ok && (r = free_run_at(end)) != NULL && r->startAddr == end && r->npages >= extra && unfault_pages(end, extra)) {
+        if (cut_front(r, extra) != NULL)
+            gm_fixalloc_free(&gm_mheap.spanalloc, r);
+        ps = claim_pages(end, extra);
+    } else if (!ok || !pagecache_take(end, extra, &ps)) {
         pthread_mutex_unlock(&gm_mheap.lock);
         both_unreserve(hp, extra * PAGE_SIZE);
         return false;
     }
-    if (cut_front(r, extra) != NULL)
-        gm_fixalloc_free(&gm_mheap.spanalloc, r);
-    struct page_state ps = claim_pages(end, extra);
     if (!ps.allzero)
         s->needzero = 1;
     s->npages = npages;

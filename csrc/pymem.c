@@ -37,9 +37,10 @@
  *     library that shrinks a big buffer to fit gets its written pages
  *     back, without a copy, as glibc splits a chunk).  Headroom pages
  *     never written are never resident;
- *   - a large object that grows takes the free pages right after it, when
- *     there are enough, and stays where it is (gm_mheap_grow_large: as
- *     glibc grows a chunk into its free neighbour).
+ *   - a large object that grows takes the free pages right after it (a
+ *     free run, or the thread's page cache), when there are enough, and
+ *     stays where it is (gm_mheap_grow_large: as glibc grows a chunk into
+ *     its free neighbour).
  * (strings_json of `python -m pygomalloc bench python`, counted with
  * callgrind: the bytes realloc copies under install() fall from 1.7 to
  * 0.5 MB per round; 1.5 MB with the 1/4 rule for large shrinks; glibc's

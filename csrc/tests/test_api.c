@@ -335,6 +335,52 @@ TEST(realloc_large_grows_into_free_pages) {
     CHECK_EQ(gm_check_heap(), 0);
 }
 
+/* A large object of fewer than PAGE_CACHE_MAX_SPAN pages comes from the
+ * thread's page cache; it grows in place into the cache's free pages after
+ * it, which are no free run, and they leave the cache. */
+TEST(realloc_large_grows_into_cached_pages) {
+    const size_t sz = 5 * PAGE_SIZE, grown = 7 * PAGE_SIZE;
+    CHECK(sz > MAX_SMALL_SIZE && grown / PAGE_SIZE < PAGE_CACHE_MAX_SPAN);
+    char *keep[64];
+    int nkeep = 0, inplace = 0;
+    for (int tries = 0; tries < 64 && inplace == 0; tries++) {
+        char *p = gm_malloc(sz);
+        CHECK(p != NULL);
+        gm_pagecache *pc = &gm_tls_mcache->pcache;
+        uintptr_t a = (uintptr_t)p, end = a + sz;
+        /* The two pages after p free in the cache (else keep p and retry). */
+        if (pc->base == 0 || a < pc->base || end + 2 * PAGE_SIZE > pc->base + PAGE_CACHE_PAGES * PAGE_SIZE ||
+            ((pc->free >> ((end - pc->base) / PAGE_SIZE)) & 3) != 3) {
+            keep[nkeep++] = p;
+            continue;
+        }
+        unsigned i = (unsigned)((end - pc->base) / PAGE_SIZE);
+        CHECK(gm_span_of(end) == NULL); /* no free run: the old path had nothing to take */
+        fill(p, sz, 5);
+        struct gm_stats s0 = {.size = sizeof s0};
+        gm_read_stats(&s0);
+        char *q = gm_realloc(p, grown);
+        CHECK(q == p);
+        inplace++;
+        CHECK_EQ(verify(q, sz, 5), sz);
+        CHECK_EQ((pc->free >> i) & 3, 0); /* the pages left the cache */
+        size_t now = gm_usable_size(q); /* grown, or with realloc's headroom */
+        CHECK(now >= grown);
+        CHECK_EQ(gm_check(q + now - 1), GM_ERR_INTERIOR); /* they are the object's */
+        fill(q, now, 6);
+        struct gm_stats s1 = {.size = sizeof s1};
+        gm_read_stats(&s1);
+        CHECK_EQ(s1.heap_inuse - s0.heap_inuse, now - sz);
+        CHECK_EQ(s1.heap_alloc - s0.heap_alloc, now - sz);
+        CHECK_EQ(gm_check_heap(), 0);
+        gm_free(q);
+    }
+    CHECK_EQ(inplace, 1);
+    while (nkeep > 0)
+        gm_free(keep[--nkeep]);
+    CHECK_EQ(gm_check_heap(), 0);
+}
+
 /* A large object shrunk by a third or more stays where it is and gives the
  * pages after its new end back: the heap's figures fall by them at once
  * and they are no longer the object's.  A smaller shrink keeps every page.
@@ -1336,6 +1382,7 @@ int main(void) {
     RUN(realloc_same_class_in_place);
     RUN(first_spans_start_at_their_colour);
     RUN(realloc_large_grows_into_free_pages);
+    RUN(realloc_large_grows_into_cached_pages);
     RUN(usable_size);
     RUN(posix_memalign_bad_alignment);
     RUN(posix_memalign_good);
