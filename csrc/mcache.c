@@ -106,7 +106,10 @@ static void mcache_destructor(void *arg) {
         gm_scavenger_notify(); /* to flush it if nobody takes it */
 }
 
-/* Objects of class sc a list holds for tcache_bytes: 8 to 512. */
+/* Objects of class sc a list holds for tcache_bytes: 8 to 512.  Never 1:
+ * an overflow keeps the newer half, max - max / 2 entries, which for a
+ * bound of 1 is the whole list (tried: the next push went past the list's
+ * end). */
 static uint32_t list_bound(uint8_t sc, long long tcache_bytes) {
     if (gm_class_to_size[sc] < 16)
         return 0; /* the 8-byte class holds no objects (see "Object states") */
@@ -126,6 +129,7 @@ void gm_mcache_init(void) {
     lists_entries = 0;
     for (int sc = 1; sc < NUM_CLASSES; sc++) {
         gm_list_cap[sc] = list_bound((uint8_t)sc, gm_opt.tcache_bytes);
+        GM_ASSERT(gm_list_cap[sc] == 0 || gm_list_cap[sc] >= 2);
         list_off[sc] = (uint32_t)lists_entries;
         lists_entries += gm_list_cap[sc] != 0 ? gm_list_cap[sc] + 1 : 0;
     }
