@@ -586,3 +586,21 @@ def test_tiny_option_packs_small_objects() -> None:
         gm.check_heap()
     finally:
         gm.set_option("tiny", 0)
+
+
+def test_tiny_double_free_after_its_block_went_back_is_not_allocated() -> None:
+    # The hypothesis machine's find (tests/test_stateful.py): a tiny object's
+    # second free after a thread flush, once its block had emptied, raised
+    # InteriorPointerError.
+    gm.set_option("tiny", 1)
+    try:
+        first, second = gm.malloc(1), gm.malloc(1)
+        assert second % 16 != 0  # inside the block's 16-byte slot
+        gm.free(first)
+        gm.thread_flush()
+        gm.free(second)  # the block's last object: the block goes back
+        with pytest.raises(gm.NotAllocatedError):
+            gm.free(second)
+        gm.check_heap()
+    finally:
+        gm.set_option("tiny", 0)

@@ -1152,6 +1152,19 @@ TEST(tiny_objects_share_blocks) {
     CHECK_EQ(gm_check_heap(), 0);
     for (int i = 0; i < TINY_N; i++)
         CHECK(gm_check(objs[i]) != GM_OK);
+    /* A tiny double free once the block has emptied and gone back to its
+     * span: the address is inside a slot with no object in it, and the
+     * second free is refused as not allocated (it was "interior"). */
+    unsigned char *first = gm_malloc(1), *second = gm_malloc(1);
+    CHECK(((uintptr_t)second & 15) != 0); /* not a slot's start: the block's second object */
+    CHECK_EQ(gm_option_set("abort_on_error", 0), 0);
+    CHECK_EQ(gm_free_checked(first), GM_OK);
+    gm_thread_flush(); /* the block is no longer the thread's current one */
+    CHECK_EQ(gm_free_checked(second), GM_OK); /* its last object: the block goes */
+    CHECK_EQ(gm_check(second), GM_ERR_NOT_ALLOCATED);
+    CHECK_EQ(gm_free_checked(second), GM_ERR_NOT_ALLOCATED);
+    CHECK_EQ(gm_option_set("abort_on_error", 1), 0);
+    CHECK_EQ(gm_check_heap(), 0);
     CHECK_EQ(gm_option_set("tiny", 0), 0);
     void *p = gm_malloc(3);
     CHECK_EQ(gm_usable_size(p), 16); /* off again: the 16-byte class */
