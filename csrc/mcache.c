@@ -71,6 +71,23 @@ static uint32_t reaping;         /* abandoned caches being flushed (still in the
 static uint32_t checking;        /* heap checks running: no reaping or drain starts meanwhile. Under registry_lock. */
 static uint32_t draining;        /* drains of the transfer caches under way (gm_drain_begin). Under registry_lock. */
 static pthread_cond_t reaped = PTHREAD_COND_INITIALIZER; /* reaping, draining or checking dropped to 0. With registry_lock. */
+
+/* One more of *mine, once *a and *b are 0 (waiting on reaped), and one
+ * fewer (waking the waiters at 0): how checks, drains and reapers keep
+ * out of each other's way.  Take and drop registry_lock. */
+static void registry_enter(uint32_t *mine, const uint32_t *a, const uint32_t *b) {
+    pthread_mutex_lock(&registry_lock);
+    while (*a != 0 || *b != 0)
+        pthread_cond_wait(&reaped, &registry_lock);
+    (*mine)++;
+    pthread_mutex_unlock(&registry_lock);
+}
+static void registry_leave(uint32_t *mine) {
+    pthread_mutex_lock(&registry_lock);
+    if (--*mine == 0)
+        pthread_cond_broadcast(&reaped);
+    pthread_mutex_unlock(&registry_lock);
+}
 static uint32_t nabandoned;      /* Under registry_lock; read racily (relaxed) to skip the lock when 0. */
 uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES]; /* counters of exited threads. Under registry_lock. */
 
@@ -289,10 +306,7 @@ bool gm_mcache_reap(uint64_t age_ms, uint64_t *oldest) {
         reap = c->anext;
         c->anext = NULL;
         mcache_release(c);
-        pthread_mutex_lock(&registry_lock);
-        if (--reaping == 0)
-            pthread_cond_broadcast(&reaped);
-        pthread_mutex_unlock(&registry_lock);
+        registry_leave(&reaping);
     }
     return left;
 }
@@ -546,38 +560,16 @@ void gm_registry_lock(void) { pthread_mutex_lock(&registry_lock); }
 /* A heap check begins (and ends): it walks the caches, spans and lists
  * and adds their objects up, so no reaper may flush an abandoned cache
  * meanwhile.  Waits for the flushes under way. */
-void gm_check_begin(void) {
-    pthread_mutex_lock(&registry_lock);
-    while (reaping != 0 || draining != 0)
-        pthread_cond_wait(&reaped, &registry_lock);
-    checking++;
-    pthread_mutex_unlock(&registry_lock);
-}
-void gm_check_end(void) {
-    pthread_mutex_lock(&registry_lock);
-    if (--checking == 0)
-        pthread_cond_broadcast(&reaped);
-    pthread_mutex_unlock(&registry_lock);
-}
+void gm_check_begin(void) { registry_enter(&checking, &reaping, &draining); }
+void gm_check_end(void) { registry_leave(&checking); }
 /* A drain of the transfer caches begins (and ends): it moves batches,
  * which a heap check counts as listed objects, to their spans, which it
  * counts class by class afterwards, so a check and a drain wait for each
  * other (a check that saw a batch and then its span missed its objects:
  * a CI run failed so, at the scavenger's aged drain).  Called with no
  * lock held. */
-void gm_drain_begin(void) {
-    pthread_mutex_lock(&registry_lock);
-    while (checking != 0)
-        pthread_cond_wait(&reaped, &registry_lock);
-    draining++;
-    pthread_mutex_unlock(&registry_lock);
-}
-void gm_drain_end(void) {
-    pthread_mutex_lock(&registry_lock);
-    if (--draining == 0)
-        pthread_cond_broadcast(&reaped);
-    pthread_mutex_unlock(&registry_lock);
-}
+void gm_drain_begin(void) { registry_enter(&draining, &checking, &checking); }
+void gm_drain_end(void) { registry_leave(&draining); }
 void gm_registry_unlock(void) { pthread_mutex_unlock(&registry_lock); }
 gm_mcache *gm_registry_first(void) { return registry; }
 
