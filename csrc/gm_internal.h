@@ -377,6 +377,7 @@ typedef struct gm_mcache {
     uint8_t tinynext[4];            /* its next slot to hand out. Owner only. */
     uint64_t tiny_mallocs, tiny_frees; /* tiny objects allocated / freed on this thread, ever. Owner writes, others read racily. */
     uint64_t slow_frees;            /* frees of small objects that took free's slow path (full list, sampled...). Owner only. */
+    uint8_t claiming;               /* 1 from before free's read of gm_plain_owner to after its plain claim's store (plain owner); gm_plain_end waits for 0. Owner writes, gm_plain_end reads (atomic). */
     uint64_t rand;                  /* xorshift state for the sampling intervals. Owner only. */
     /* Heaps (heap.c).  A thread's cache for the default heap is on the
      * registry; its caches for the heaps a program made hang off it: each
@@ -832,6 +833,23 @@ GM_INLINE gm_mcache *gm_alloc_ptr(gm_mcache *c) { return (gm_mcache *)((char *)c
 /* Set on a thread whose cache was handed back at exit: its later frees go
  * straight to the spans instead of creating a cache that would leak. */
 extern GM_HIDDEN __thread bool gm_tls_exiting;
+
+/*
+ * The plain owner (mcache.c, "One freeing thread"): while one thread is
+ * the only one that has freed, its frees claim state bytes with a plain
+ * store, not a compare-and-swap: no other thread can race for them.  This
+ * is its default-heap cache, NULL once a second thread frees or gets a
+ * cache (for good), or if the kernel has no membarrier.  Written under
+ * the registry lock; read relaxed by free's fast path.
+ */
+extern GM_HIDDEN gm_mcache *gm_plain_owner;
+/* A thread other than the plain owner is about to claim a state byte:
+ * end the plain owner's plain claims first (no-op when there is none). */
+GM_HIDDEN void gm_plain_end(void);
+/* Tests: make the calling thread the plain owner again (it must have a
+ * cache, and no other thread may free meanwhile); false if membarrier is
+ * not available. */
+GM_HIDDEN bool gm_debug_plain_reset(void);
 
 /* ---- heap.c: heaps programs hold ------------------------------------------ */
 

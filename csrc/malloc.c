@@ -558,14 +558,35 @@ GM_INLINE bool claim_live(uint8_t *st, uint8_t live) {
 GM_INLINE bool free_push_fast(void *p, uintptr_t a, uintptr_t e, bool fixed_tls, bool ordered) {
     uint8_t *st = gm_state_at(e, a);
     uintptr_t b = LOAD_RELAXED(st);
-    gm_mclass *m = (gm_mclass *)((char *)tls_free(fixed_tls) + b * sizeof(gm_mclass));
+    gm_mcache *c = tls_free(fixed_tls);
+    gm_mclass *m = (gm_mclass *)((char *)c + b * sizeof(gm_mclass));
     uint64_t npush = m->npush;
     int64_t d = (int64_t)(npush - m->limit); /* < 0: room; the top's offset from end */
-    if (likely(d < 0 && (ordered ? (STORE_RELAXED(st, OBJ_CACHED), true) : claim_live(st, (uint8_t)b)))) {
-        free_push(m, (gm_freeobj *)((char *)m->end + d), npush, p, st);
-        return true;
+    if (unlikely(d >= 0))
+        return false;
+    if (ordered) {
+        STORE_RELAXED(st, OBJ_CACHED);
+    } else if (likely(LOAD_RELAXED(&gm_plain_owner) == c)) {
+        /* The plain owner (mcache.c, "One freeing thread") claims with a
+         * plain store: its flag up, gm_plain_owner read again, the store,
+         * the flag down.  The compiler fences keep that order; the
+         * processor keeps it but for the store-then-load, which
+         * gm_plain_end's membarrier covers.  (A flag, not a count: free is
+         * not async-signal-safe.) */
+        STORE_RELAXED(&c->claiming, 1);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        bool mine = LOAD_RELAXED(&gm_plain_owner) == c;
+        if (likely(mine))
+            STORE_RELAXED(st, OBJ_CACHED);
+        __atomic_signal_fence(__ATOMIC_SEQ_CST);
+        STORE_RELAXED(&c->claiming, 0);
+        if (unlikely(!mine) && !claim_live(st, (uint8_t)b))
+            return false;
+    } else if (!claim_live(st, (uint8_t)b)) {
+        return false;
     }
-    return false;
+    free_push(m, (gm_freeobj *)((char *)m->end + d), npush, p, st);
+    return true;
 }
 
 GM_INLINE int free_fast(void *p, bool checked, bool fixed_tls) {
@@ -591,6 +612,8 @@ static int bad_free(int code, void *p, bool checked) {
 static GM_NOINLINE int free_slow(void *p, bool checked) {
     if (p == NULL)
         return GM_OK;
+    if (unlikely(LOAD_RELAXED(&gm_plain_owner) != NULL) && gm_tls_mcache != LOAD_RELAXED(&gm_plain_owner))
+        gm_plain_end(); /* this thread may claim next (mcache.c, "One freeing thread") */
     int code = gm_check(p);
     if (code != GM_OK)
         return bad_free(code, p, checked);

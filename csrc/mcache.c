@@ -25,9 +25,32 @@
  * mcentral, then the heap) so that the child starts with consistent
  * structures; in the child, the caches of the threads that did not survive
  * are flushed, so their memory is not lost.
+ *
+ * One freeing thread.  free() claims an object's state byte by
+ * compare-and-swap so that of two threads freeing it at once exactly one
+ * wins (README "Security").  Until a second thread frees, or gets a cache,
+ * no other thread can race for a state byte, and the first thread with a
+ * cache, the plain owner (gm_plain_owner), claims with a plain store: the
+ * locked instruction costs 3 to 8 ns per free (README "Where pygomalloc
+ * loses").  The second thread ends this for good before its first claim
+ * (gm_plain_end): it clears gm_plain_owner, makes every running thread of
+ * the process execute a memory barrier (membarrier(2), private expedited),
+ * and waits for the owner's `claiming` to drop to 0.  The owner raises
+ * `claiming` before it reads gm_plain_owner and lowers it after its plain
+ * store.  So either the owner read gm_plain_owner after its barrier, saw
+ * NULL and takes the compare-and-swap, or its raised flag was visible
+ * when gm_plain_end looked, and gm_plain_end waited until the plain store
+ * was done and visible (x86 keeps a thread's stores in order): the other
+ * threads' compare-and-swaps come after it, as they would after a racing
+ * compare-and-swap that won.  Without membarrier (kernels before 4.14)
+ * there is no plain owner.
  */
 #define _GNU_SOURCE
+#include <linux/membarrier.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "gm_internal.h"
 
@@ -89,6 +112,43 @@ static void registry_leave(uint32_t *mine) {
     pthread_mutex_unlock(&registry_lock);
 }
 static uint32_t nabandoned;      /* Under registry_lock; read racily (relaxed) to skip the lock when 0. */
+
+gm_mcache *gm_plain_owner;
+static pthread_mutex_t plain_lock = PTHREAD_MUTEX_INITIALIZER; /* serialises gm_plain_end */
+static bool plain_tried;         /* the first cache was made: a plain owner was set, or could not be. Under registry_lock. */
+
+static int membarrier(int cmd) { return (int)syscall(__NR_membarrier, cmd, 0, 0); }
+
+void gm_plain_end(void) {
+    if (LOAD_RELAXED(&gm_plain_owner) == NULL)
+        return;
+    pthread_mutex_lock(&plain_lock);
+    gm_mcache *o = LOAD_RELAXED(&gm_plain_owner);
+    if (o != NULL) {
+        __atomic_store_n(&gm_plain_owner, NULL, __ATOMIC_SEQ_CST);
+        if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0)
+            gm_throw("membarrier failed after it was registered");
+        while (__atomic_load_n(&o->claiming, __ATOMIC_ACQUIRE) != 0)
+            sched_yield(); /* the owner is preempted in its few instructions */
+    }
+    pthread_mutex_unlock(&plain_lock);
+}
+
+/* The first cache's thread becomes the plain owner if membarrier can be
+ * had.  Under registry_lock. */
+static void plain_first(gm_mcache *c) {
+    plain_tried = true;
+    if (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0)
+        __atomic_store_n(&gm_plain_owner, c, __ATOMIC_SEQ_CST);
+}
+
+bool gm_debug_plain_reset(void) {
+    gm_mcache *c = gm_tls_mcache;
+    if (c == &gm_nocache || membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0)
+        return false;
+    __atomic_store_n(&gm_plain_owner, c, __ATOMIC_SEQ_CST);
+    return true;
+}
 uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES]; /* counters of exited threads. Under registry_lock. */
 
 static void mcache_release(gm_mcache *c);
@@ -247,6 +307,10 @@ gm_mcache *gm_mcache_create(void) {
         c->linked = true;
     }
     STORE_RELAXED(&nowned, nowned + 1);
+    if (!plain_tried)
+        plain_first(c);
+    else
+        gm_plain_end(); /* a second thread with a cache: it may free next */
     pthread_mutex_unlock(&registry_lock);
     gm_tls.free = gm_tls.alloc = c;
     pthread_setspecific(mcache_key, c);
@@ -614,6 +678,11 @@ static gm_mcache *orphans;
 
 void gm_mcache_fork_child(void) {
     gm_persistent_reinit();
+    /* The child's one thread: the plain owner only if it was the parent's
+     * (another's claiming flag may have been caught raised). */
+    pthread_mutex_init(&plain_lock, NULL);
+    if (LOAD_RELAXED(&gm_plain_owner) != gm_tls_mcache)
+        STORE_RELAXED(&gm_plain_owner, NULL);
     pthread_mutex_init(&gm_mheap.lock, NULL);
     gm_mheap_fork_child();
     gm_heaps_fork_child();
