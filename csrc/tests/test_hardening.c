@@ -373,6 +373,15 @@ static bool plain_reset(void) {
     return ok;
 }
 
+/* The figures of a plain-owner race, and its one verdict: no object freed
+ * twice or never. */
+static void plain_race_report(uint64_t done, uint64_t ender_won, const char *what, uint64_t bad) {
+    fprintf(stderr, "(%llu rounds: the new thread's free won %llu times, the owner's %llu; %s: %llu)\n",
+            (unsigned long long)done, (unsigned long long)ender_won, (unsigned long long)(done - ender_won), what,
+            (unsigned long long)bad);
+    CHECK_EQ(bad, 0);
+}
+
 /* The first thread with a cache claims state bytes with a plain store
  * until another thread frees (mcache.c, "One freeing thread").  Here the
  * plain owner (this thread, made so again each round) allocates and frees
@@ -445,10 +454,7 @@ TEST(racing_double_free_as_the_plain_owner_ends) {
         done++;
     }
     struct gm_stats s1 = stats();
-    fprintf(stderr, "(%llu rounds: the new thread's free won %llu times, the owner's %llu; rounds with two winners or none: %llu)\n",
-            (unsigned long long)done, (unsigned long long)ender_won, (unsigned long long)(done - ender_won),
-            (unsigned long long)bad);
-    CHECK_EQ(bad, 0);
+    plain_race_report(done, ender_won, "rounds with two winners or none", bad);
     /* One double free reported per round; and where the new thread's free
      * won, the object may have been the one the owner's malloc was handing
      * out at that moment: the malloc then clears the first word the free
@@ -522,10 +528,7 @@ TEST(racing_double_free_as_the_plain_owner_ends_row) {
         done++;
     }
     struct gm_stats s1 = stats();
-    fprintf(stderr, "(%llu rounds: the new thread's free won %llu times, the owner's %llu; objects freed twice or never: %llu)\n",
-            (unsigned long long)done, (unsigned long long)ender_won, (unsigned long long)(done - ender_won),
-            (unsigned long long)bad);
-    CHECK_EQ(bad, 0);
+    plain_race_report(done, ender_won, "objects freed twice or never", bad);
     /* One double free reported per round, and nothing left over. */
     CHECK_EQ(s1.bad_frees - s0.bad_frees, done);
     CHECK_EQ(s1.heap_objects, s0.heap_objects);
