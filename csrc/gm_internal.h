@@ -839,12 +839,12 @@ extern GM_HIDDEN __thread bool gm_tls_exiting;
  * the only one that has freed, its frees claim state bytes with a plain
  * store, not a compare-and-swap: no other thread can race for them.  This
  * is its default-heap cache, NULL once a second thread frees or gets a
- * cache (for good), or if the kernel has no membarrier.  Written under
- * the registry lock; read relaxed by free's fast path.
+ * cache (for good), or if the kernel has no membarrier.  Set under the
+ * registry lock, cleared by gm_plain_end; read relaxed by free's fast path.
  */
 extern GM_HIDDEN gm_mcache *gm_plain_owner;
-/* A thread other than the plain owner is about to claim a state byte:
- * end the plain owner's plain claims first (no-op when there is none). */
+/* The calling thread may claim a state byte next: unless it is the plain
+ * owner (or there is none), end the plain owner's plain claims first. */
 GM_HIDDEN void gm_plain_end(void);
 /* Tests: make the calling thread the plain owner again (it must have a
  * cache, and no other thread may free meanwhile); false if membarrier is

@@ -612,7 +612,7 @@ static int bad_free(int code, void *p, bool checked) {
 static GM_NOINLINE int free_slow(void *p, bool checked) {
     if (p == NULL)
         return GM_OK;
-    if (unlikely(LOAD_RELAXED(&gm_plain_owner) != NULL) && gm_tls_mcache != LOAD_RELAXED(&gm_plain_owner))
+    if (unlikely(LOAD_RELAXED(&gm_plain_owner) != NULL))
         gm_plain_end(); /* this thread may claim next (mcache.c, "One freeing thread") */
     int code = gm_check(p);
     if (code != GM_OK)

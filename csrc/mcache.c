@@ -120,10 +120,11 @@ static bool plain_tried;         /* the first cache was made: a plain owner was 
 static int membarrier(int cmd) { return (int)syscall(__NR_membarrier, cmd, 0, 0); }
 
 void gm_plain_end(void) {
-    if (LOAD_RELAXED(&gm_plain_owner) == NULL)
+    gm_mcache *o = LOAD_RELAXED(&gm_plain_owner);
+    if (o == NULL || o == gm_tls_mcache)
         return;
     pthread_mutex_lock(&plain_lock);
-    gm_mcache *o = LOAD_RELAXED(&gm_plain_owner);
+    o = LOAD_RELAXED(&gm_plain_owner);
     if (o != NULL) {
         __atomic_store_n(&gm_plain_owner, NULL, __ATOMIC_SEQ_CST);
         if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0)
@@ -134,21 +135,16 @@ void gm_plain_end(void) {
     pthread_mutex_unlock(&plain_lock);
 }
 
-/* The first cache's thread becomes the plain owner if membarrier can be
- * had.  Under registry_lock. */
-static void plain_first(gm_mcache *c) {
-    plain_tried = true;
-    if (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0)
-        __atomic_store_n(&gm_plain_owner, c, __ATOMIC_SEQ_CST);
-}
-
-bool gm_debug_plain_reset(void) {
-    gm_mcache *c = gm_tls_mcache;
-    if (c == &gm_nocache || membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0)
+/* Make c's thread the plain owner if membarrier can be had. */
+static bool plain_own(gm_mcache *c) {
+    if (membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) != 0)
         return false;
     __atomic_store_n(&gm_plain_owner, c, __ATOMIC_SEQ_CST);
     return true;
 }
+
+bool gm_debug_plain_reset(void) { return gm_tls_mcache != &gm_nocache && plain_own(gm_tls_mcache); }
+
 uint64_t gm_dead_nmalloc[NUM_CLASSES], gm_dead_nfree[NUM_CLASSES]; /* counters of exited threads. Under registry_lock. */
 
 static void mcache_release(gm_mcache *c);
@@ -307,10 +303,12 @@ gm_mcache *gm_mcache_create(void) {
         c->linked = true;
     }
     STORE_RELAXED(&nowned, nowned + 1);
-    if (!plain_tried)
-        plain_first(c);
-    else
+    if (!plain_tried) { /* the first cache's thread becomes the plain owner */
+        plain_tried = true;
+        (void)plain_own(c);
+    } else {
         gm_plain_end(); /* a second thread with a cache: it may free next */
+    }
     pthread_mutex_unlock(&registry_lock);
     gm_tls.free = gm_tls.alloc = c;
     pthread_setspecific(mcache_key, c);
